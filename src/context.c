@@ -1,0 +1,483 @@
+/*-------------------------------------------------------------------------
+ * context.c
+ *	  The current tenant: GUC hooks, typed accessors, set_tenant(),
+ *	  clear_tenant(), and the guard against session-level tenants.
+ *
+ * tenancy.tenant_id is parsed once, in its check hook, into a TenantKey
+ * kept as the GUC's "extra"; the GUC machinery restores the right extra on
+ * RESET, DISCARD ALL, ROLLBACK and savepoint rollback, so the accessors
+ * just read the cached key.
+ *-------------------------------------------------------------------------
+ */
+#include "tenancy.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc_tables.h"
+
+/* The key the GUC currently holds (its extra), or NULL when unset. */
+static const TenantKey *current_key = NULL;
+
+/* Bumped whenever the key or its type changes; keys per-call caches. */
+static uint64 tenant_generation = 1;
+
+/* Set when the tenant GUC was assigned from SQL in this transaction. */
+static bool tenant_set_in_xact = false;
+
+static void session_guard_callback(XactEvent event, void *arg);
+
+/* Per-call-site cache of the accessor's result, in the query's memory. */
+typedef struct AccessorCache
+{
+	uint64		generation;
+	Datum		value;
+	pg_uuid_t	uuid;
+} AccessorCache;
+
+void
+tenancy_context_init(void)
+{
+	RegisterXactCallback(session_guard_callback, NULL);
+}
+
+bool
+tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
+{
+	TenantKey	key;
+	TenantKey  *copy;
+	const char *detail;
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;			/* unset: no extra */
+
+	if (!tenant_key_parse(*newval, (TenantKeyType) tenancy_tenant_type, &key, &detail))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_TEXT_REPRESENTATION);
+		GUC_check_errmsg("invalid tenant key \"%s\" for key type %s",
+						 *newval, tenant_key_type_name((TenantKeyType) tenancy_tenant_type));
+		GUC_check_errdetail("%s", detail);
+		return false;
+	}
+
+	copy = tenancy_guc_malloc(sizeof(TenantKey));
+	if (copy == NULL)
+		return false;
+	memcpy(copy, &key, sizeof(TenantKey));
+
+	/* Store the canonical spelling, so SHOW and GUC_REPORT agree with it. */
+	if (strcmp(key.text, *newval) != 0)
+	{
+		char	   *canon = tenancy_guc_strdup(key.text);
+
+		if (canon == NULL)
+		{
+			tenancy_guc_free(copy);
+			return false;
+		}
+		tenancy_guc_free(*newval);
+		*newval = canon;
+	}
+	*extra = copy;
+	if (source == PGC_S_SESSION)
+		tenant_set_in_xact = true;
+	return true;
+}
+
+void
+tenancy_assign_tenant_id(const char *newval, void *extra)
+{
+	current_key = (const TenantKey *) extra;
+	tenant_generation++;
+}
+
+void
+tenancy_assign_tenant_type(int newval, void *extra)
+{
+	tenant_generation++;
+}
+
+/*
+ * The current key, or NULL when none is set.  A key parsed under another
+ * key type than the one now in force counts as unset (fail closed).
+ */
+const TenantKey *
+tenant_context_get(void)
+{
+	const TenantKey *key = current_key;
+
+	if (key != NULL && key->type != (TenantKeyType) tenancy_tenant_type)
+		key = NULL;
+	if (key == NULL && tenancy_require_tenant)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("no tenant is set"),
+				 errdetail("tenancy.require_tenant is on."),
+				 errhint("Call tenancy.set_tenant() at the start of the transaction.")));
+	return key;
+}
+
+static const char *
+accessor_name(TenantKeyType type)
+{
+	switch (type)
+	{
+		case TENANT_KEY_UUID:
+			return "tenancy.current_tenant()";
+		case TENANT_KEY_BIGINT:
+			return "tenancy.current_tenant_bigint()";
+		case TENANT_KEY_TEXT:
+			return "tenancy.current_tenant_text()";
+	}
+	return "?";
+}
+
+static void
+check_accessor_type(TenantKeyType want)
+{
+	TenantKeyType have = (TenantKeyType) tenancy_tenant_type;
+
+	if (have != want)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("tenant keys are of type %s, not %s",
+						tenant_key_type_name(have), tenant_key_type_name(want)),
+				 errhint("Use %s, or change tenancy.tenant_type.", accessor_name(have))));
+}
+
+/* The call site's cache, renewed when the tenant changed since last call. */
+static AccessorCache *
+accessor_cache(FunctionCallInfo fcinfo, bool *fresh)
+{
+	AccessorCache *cache = NULL;
+
+	if (fcinfo->flinfo != NULL)
+		cache = (AccessorCache *) fcinfo->flinfo->fn_extra;
+	*fresh = (cache == NULL || cache->generation != tenant_generation);
+	if (*fresh)
+	{
+		/* A new chunk: a value handed out earlier stays valid. */
+		cache = fcinfo->flinfo != NULL
+			? MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(AccessorCache))
+			: palloc(sizeof(AccessorCache));
+		cache->generation = tenant_generation;
+		if (fcinfo->flinfo != NULL)
+			fcinfo->flinfo->fn_extra = cache;
+	}
+	return cache;
+}
+
+PG_FUNCTION_INFO_V1(tenancy_current_tenant);
+Datum
+tenancy_current_tenant(PG_FUNCTION_ARGS)
+{
+	const TenantKey *key;
+	AccessorCache *cache;
+	bool		fresh;
+
+	check_accessor_type(TENANT_KEY_UUID);
+	key = tenant_context_get();
+	if (key == NULL)
+		PG_RETURN_NULL();
+	cache = accessor_cache(fcinfo, &fresh);
+	if (fresh)
+		cache->uuid = key->uuid;
+	PG_RETURN_UUID_P(&cache->uuid);
+}
+
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_bigint);
+Datum
+tenancy_current_tenant_bigint(PG_FUNCTION_ARGS)
+{
+	const TenantKey *key;
+
+	check_accessor_type(TENANT_KEY_BIGINT);
+	key = tenant_context_get();
+	if (key == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(key->i64);
+}
+
+/* The canonical text of the key, whatever the key type. */
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_text);
+Datum
+tenancy_current_tenant_text(PG_FUNCTION_ARGS)
+{
+	const TenantKey *key;
+	AccessorCache *cache;
+	bool		fresh;
+
+	key = tenant_context_get();
+	if (key == NULL)
+		PG_RETURN_NULL();
+	cache = accessor_cache(fcinfo, &fresh);
+	if (fresh)
+	{
+		MemoryContext old = MemoryContextSwitchTo(GetMemoryChunkContext(cache));
+
+		cache->value = PointerGetDatum(cstring_to_text(key->text));
+		MemoryContextSwitchTo(old);
+	}
+	PG_RETURN_DATUM(cache->value);
+}
+
+PG_FUNCTION_INFO_V1(tenancy_key_type);
+Datum
+tenancy_key_type(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_OID(tenant_key_type_oid((TenantKeyType) tenancy_tenant_type));
+}
+
+/* Canonical text of a key of the current type, or 22P02. */
+PG_FUNCTION_INFO_V1(tenancy_normalize_key);
+Datum
+tenancy_normalize_key(PG_FUNCTION_ARGS)
+{
+	char	   *input = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TenantKey	key;
+	const char *detail;
+
+	if (!tenant_key_parse(input, (TenantKeyType) tenancy_tenant_type, &key, &detail))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid tenant key \"%s\" for key type %s",
+						input, tenant_key_type_name((TenantKeyType) tenancy_tenant_type)),
+				 errdetail("%s", detail)));
+	PG_RETURN_TEXT_P(cstring_to_text(key.text));
+}
+
+/* Slugs: lower case letters, digits and inner hyphens, at most 63 bytes. */
+static bool
+slug_is_valid(const char *s)
+{
+	size_t		len = strlen(s);
+
+	if (len == 0 || len > 63 || s[0] == '-' || s[len - 1] == '-')
+		return false;
+	for (const char *p = s; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-'))
+			return false;
+	return true;
+}
+
+/*
+ * Resolve a key or a slug to a canonical key in key_out.  With validation
+ * on, the tenant must exist and be active; with it off, any well-formed key
+ * is taken as it is and only slugs are looked up.
+ */
+static void
+resolve_tenant(const char *input, char *key_out)
+{
+	TenantKey	key;
+	const char *detail;
+	char		slug[TENANT_KEY_MAXLEN + 1];
+	char		status = 'a';
+	bool		parsed;
+	bool		found = false;
+
+	parsed = tenant_key_parse(input, (TenantKeyType) tenancy_tenant_type, &key, &detail);
+	if (parsed && !tenancy_validate_tenant)
+	{
+		strlcpy(key_out, key.text, TENANT_KEY_MAXLEN + 1);
+		return;
+	}
+	if (parsed)
+		found = registry_lookup(key.text, false, key_out, slug, &status);
+	if (!found && slug_is_valid(input))
+		found = registry_lookup(input, true, key_out, slug, &status);
+	if (!found)
+	{
+		if (!parsed && !slug_is_valid(input))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+					 errmsg("invalid tenant key or slug \"%s\"", input),
+					 errdetail("%s", detail),
+					 errhint("Pass a tenant key of type %s or a tenant slug.",
+							 tenant_key_type_name((TenantKeyType) tenancy_tenant_type))));
+		tenancy_count(TENANCY_REFUSED_UNKNOWN);
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("tenant \"%s\" does not exist", input),
+				 errhint("Register it with tenancy.create_tenant().")));
+	}
+	if (status != 'a' && tenancy_validate_tenant)
+	{
+		tenancy_count(TENANCY_REFUSED_SUSPENDED);
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenant \"%s\" is suspended", slug),
+				 errhint("tenancy.activate_tenant() makes it active again.")));
+	}
+}
+
+static void
+set_tenant_guc(const char *value, bool is_local)
+{
+	(void) set_config_option("tenancy.tenant_id", value,
+							 superuser() ? PGC_SUSET : PGC_USERSET,
+							 PGC_S_SESSION,
+							 is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET,
+							 true, 0, false);
+}
+
+PG_FUNCTION_INFO_V1(tenancy_set_tenant);
+Datum
+tenancy_set_tenant(PG_FUNCTION_ARGS)
+{
+	bool		is_local = PG_ARGISNULL(1) ? true : PG_GETARG_BOOL(1);
+	char	   *input;
+	char		key[TENANT_KEY_MAXLEN + 1];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenant must not be null"),
+				 errhint("Use tenancy.clear_tenant() to unset the tenant.")));
+	input = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (input[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenant must not be empty"),
+				 errhint("Use tenancy.clear_tenant() to unset the tenant.")));
+	if (!is_local && !tenancy_allow_session_tenant)
+	{
+		tenancy_count(TENANCY_REFUSED_SESSION);
+		ereport(ERROR,
+				(errcode(ERRCODE_CANT_CHANGE_RUNTIME_PARAM),
+				 errmsg("cannot set the tenant for the session"),
+				 errdetail("tenancy.allow_session_tenant is off."),
+				 errhint("Set the tenant in each transaction: SELECT tenancy.set_tenant($1).")));
+	}
+
+	resolve_tenant(input, key);
+
+	if (is_local && !IsTransactionBlock())
+		ereport(WARNING,
+				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+				 errmsg("tenancy.set_tenant() outside a transaction block sets the tenant for this statement only"),
+				 errhint("Call it after BEGIN, or pass is_local => false to set it for the session.")));
+
+	set_tenant_guc(key, is_local);
+	tenancy_count(TENANCY_SET_TENANT);
+	PG_RETURN_TEXT_P(cstring_to_text(key));
+}
+
+/* Unset the tenant, for the transaction and the session. */
+PG_FUNCTION_INFO_V1(tenancy_clear_tenant);
+Datum
+tenancy_clear_tenant(PG_FUNCTION_ARGS)
+{
+	set_tenant_guc("", false);
+	PG_RETURN_VOID();
+}
+
+/* Key, slug and status of a tenant named by key or slug; NULL if unknown. */
+PG_FUNCTION_INFO_V1(tenancy_lookup_tenant);
+Datum
+tenancy_lookup_tenant(PG_FUNCTION_ARGS)
+{
+	char	   *input = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TenantKey	key;
+	const char *detail;
+	char		key_out[TENANT_KEY_MAXLEN + 1];
+	char		slug[TENANT_KEY_MAXLEN + 1];
+	char		status;
+	bool		found = false;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (tenant_key_parse(input, (TenantKeyType) tenancy_tenant_type, &key, &detail))
+		found = registry_lookup(key.text, false, key_out, slug, &status);
+	if (!found && slug_is_valid(input))
+		found = registry_lookup(input, true, key_out, slug, &status);
+	if (!found)
+		PG_RETURN_NULL();
+	values[0] = CStringGetTextDatum(key_out);
+	values[1] = CStringGetTextDatum(slug);
+	values[2] = CStringGetTextDatum(status == 'a' ? "active" : "suspended");
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/* ---- guard against session-level tenants ---- */
+
+static struct config_string *
+tenant_guc_record(void)
+{
+	static struct config_string *record = NULL;
+
+	if (record == NULL)
+	{
+#if PG_VERSION_NUM >= 160000
+		record = (struct config_string *) find_option("tenancy.tenant_id", false, false, ERROR);
+#else
+		struct config_generic **vars = get_guc_variables();
+		int			n = GetNumConfigOptions();
+
+		for (int i = 0; i < n; i++)
+		{
+			if (strcmp(vars[i]->name, "tenancy.tenant_id") == 0)
+			{
+				record = (struct config_string *) vars[i];
+				break;
+			}
+		}
+		if (record == NULL)
+			elog(ERROR, "tenancy.tenant_id is not defined");
+#endif
+	}
+	return record;
+}
+
+/*
+ * Before commit, refuse a transaction that would leave a session-level
+ * tenant behind when tenancy.allow_session_tenant is off.  This catches
+ * every way of setting it (SET, set_config(), set_tenant(is_local => false))
+ * and lets through SET LOCAL, RESET, DISCARD and clearing.
+ */
+static void
+session_guard_callback(XactEvent event, void *arg)
+{
+	struct config_string *record;
+	GucStack   *stack;
+
+	if (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PRE_PREPARE)
+	{
+		if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+			event == XACT_EVENT_PREPARE)
+			tenant_set_in_xact = false;
+		return;
+	}
+	if (!tenant_set_in_xact || tenancy_allow_session_tenant)
+		return;
+
+	record = tenant_guc_record();
+	for (stack = record->gen.stack; stack != NULL; stack = stack->prev)
+	{
+		const char *survivor;
+		const char *reset = record->reset_val ? record->reset_val : "";
+
+		if (stack->state == GUC_SET)
+			survivor = *record->variable;
+		else if (stack->state == GUC_SET_LOCAL)
+			survivor = stack->masked.val.stringval;
+		else
+			continue;
+		if (survivor != NULL && survivor[0] != '\0' && strcmp(survivor, reset) != 0)
+		{
+			tenancy_count(TENANCY_REFUSED_SESSION);
+			ereport(ERROR,
+					(errcode(ERRCODE_CANT_CHANGE_RUNTIME_PARAM),
+					 errmsg("cannot set the tenant for the session"),
+					 errdetail("tenancy.allow_session_tenant is off, and this transaction set tenancy.tenant_id to \"%s\" beyond its end.",
+							   survivor),
+					 errhint("Use SET LOCAL or tenancy.set_tenant(), which last one transaction.")));
+		}
+		break;
+	}
+}

@@ -1,0 +1,217 @@
+/*-------------------------------------------------------------------------
+ * registry.c
+ *	  Cached lookups in the tenant registry, tenancy.tenants.
+ *
+ * set_tenant() must not query the catalog on every call, so each backend
+ * caches what it looked up (found or not).  A statement trigger on the
+ * registry sends a relcache invalidation for it on every change; our
+ * callback marks the cache stale, and the next lookup starts afresh.
+ * Lookups run as the registry's owner, so application roles need no
+ * privilege on the registry to set their tenant.
+ *-------------------------------------------------------------------------
+ */
+#include "tenancy.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+/* Cache entries beyond this many make the cache start afresh. */
+#define REGISTRY_CACHE_MAX 10000
+
+typedef struct RegistryCacheEntry
+{
+	char		lookup[TENANT_KEY_MAXLEN + 2];	/* 'k' or 's', then the key or slug */
+	bool		found;
+	char		status;			/* 'a'ctive or 's'uspended */
+	char		key[TENANT_KEY_MAXLEN + 1];
+	char		slug[TENANT_KEY_MAXLEN + 1];
+} RegistryCacheEntry;
+
+static HTAB *registry_cache = NULL;
+static bool registry_valid = false;
+static Oid	registry_relid = InvalidOid;
+static Oid	registry_owner = InvalidOid;
+static Oid	registry_key_type = InvalidOid;
+static SPIPlanPtr plan_by_key = NULL;
+static SPIPlanPtr plan_by_slug = NULL;
+
+static void
+registry_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == registry_relid)
+		registry_valid = false;
+}
+
+void
+tenancy_registry_init(void)
+{
+	CacheRegisterRelcacheCallback(registry_relcache_callback, (Datum) 0);
+}
+
+/* Start afresh: find the registry, forget every lookup and plan. */
+static void
+registry_reset(void)
+{
+	HASHCTL		ctl;
+	Oid			nsp;
+	HeapTuple	tup;
+
+	if (registry_cache != NULL)
+		hash_destroy(registry_cache);
+	registry_cache = NULL;
+	if (plan_by_key != NULL)
+		SPI_freeplan(plan_by_key);
+	if (plan_by_slug != NULL)
+		SPI_freeplan(plan_by_slug);
+	plan_by_key = plan_by_slug = NULL;
+
+	nsp = get_namespace_oid("tenancy", true);
+	registry_relid = OidIsValid(nsp) ? get_relname_relid("tenants", nsp) : InvalidOid;
+	if (!OidIsValid(registry_relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("tenant registry tenancy.tenants does not exist"),
+				 errhint("Run CREATE EXTENSION tenancy in this database.")));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(registry_relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", registry_relid);
+	registry_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	registry_key_type = get_atttype(registry_relid, get_attnum(registry_relid, "id"));
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = TENANT_KEY_MAXLEN + 2;
+	ctl.entrysize = sizeof(RegistryCacheEntry);
+	ctl.hcxt = TopMemoryContext;
+	registry_cache = hash_create("tenancy registry cache", 64, &ctl,
+								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	registry_valid = true;
+}
+
+static SPIPlanPtr
+registry_plan(bool by_slug)
+{
+	SPIPlanPtr	plan;
+	Oid			argtype = TEXTOID;
+	char	   *sql;
+
+	if (by_slug)
+		sql = "SELECT id::text, slug, status FROM tenancy.tenants "
+			"WHERE slug OPERATOR(pg_catalog.=) $1";
+	else
+		sql = psprintf("SELECT id::text, slug, status FROM tenancy.tenants "
+					   "WHERE id OPERATOR(pg_catalog.=) CAST($1 AS %s)",
+					   format_type_be(registry_key_type));
+	plan = SPI_prepare(sql, 1, &argtype);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+/* Read one registry row into entry, as the registry's owner. */
+static void
+registry_fetch(const char *tenant, bool by_slug, RegistryCacheEntry *entry)
+{
+	Oid			save_userid;
+	int			save_sec;
+	Datum		arg = CStringGetTextDatum(tenant);
+	SPIPlanPtr *plan = by_slug ? &plan_by_slug : &plan_by_key;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(registry_owner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (*plan == NULL)
+		*plan = registry_plan(by_slug);
+	if (SPI_execute_plan(*plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "tenant registry lookup failed");
+	entry->found = (SPI_processed > 0);
+	if (entry->found)
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *status = SPI_getvalue(row, desc, 3);
+
+		strlcpy(entry->key, SPI_getvalue(row, desc, 1), sizeof(entry->key));
+		strlcpy(entry->slug, SPI_getvalue(row, desc, 2), sizeof(entry->slug));
+		entry->status = (status != NULL && strcmp(status, "active") == 0) ? 'a' : 's';
+	}
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+/*
+ * Look a tenant up by canonical key or by slug.  Returns whether it exists;
+ * if so, fills key_out, slug_out (TENANT_KEY_MAXLEN + 1 bytes each) and
+ * *status_out ('a' or 's').
+ */
+bool
+registry_lookup(const char *tenant, bool by_slug,
+				char *key_out, char *slug_out, char *status_out)
+{
+	char		lookup[TENANT_KEY_MAXLEN + 2];
+	RegistryCacheEntry *entry;
+	RegistryCacheEntry fetched;
+	bool		present;
+
+	if (!registry_valid || hash_get_num_entries(registry_cache) >= REGISTRY_CACHE_MAX)
+		registry_reset();
+	if (!by_slug && registry_key_type != tenant_key_type_oid((TenantKeyType) tenancy_tenant_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("tenant registry keys are of type %s but tenancy.tenant_type is %s",
+						format_type_be(registry_key_type),
+						tenant_key_type_name((TenantKeyType) tenancy_tenant_type)),
+				 errhint("Set tenancy.tenant_type to the type of tenancy.tenants.id.")));
+
+	lookup[0] = by_slug ? 's' : 'k';
+	strlcpy(lookup + 1, tenant, sizeof(lookup) - 1);
+	entry = hash_search(registry_cache, lookup, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		memset(&fetched, 0, sizeof(fetched));
+		registry_fetch(tenant, by_slug, &fetched);
+		/* An invalidation may have arrived while fetching: start afresh. */
+		if (!registry_valid)
+			registry_reset();
+		entry = hash_search(registry_cache, lookup, HASH_ENTER, &present);
+		memcpy(entry->key, fetched.key, sizeof(entry->key));
+		memcpy(entry->slug, fetched.slug, sizeof(entry->slug));
+		entry->found = fetched.found;
+		entry->status = fetched.status;
+	}
+	if (!entry->found)
+		return false;
+	strlcpy(key_out, entry->key, TENANT_KEY_MAXLEN + 1);
+	strlcpy(slug_out, entry->slug, TENANT_KEY_MAXLEN + 1);
+	*status_out = entry->status;
+	return true;
+}
+
+/* Statement trigger on tenancy.tenants: tell every backend to forget. */
+PG_FUNCTION_INFO_V1(tenancy_registry_changed);
+Datum
+tenancy_registry_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("tenancy.registry_changed() must be called as a trigger")));
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,84 @@
+/*-------------------------------------------------------------------------
+ * tenancy.h
+ *	  Declarations shared by the modules of the tenancy extension.
+ *-------------------------------------------------------------------------
+ */
+#ifndef TENANCY_H
+#define TENANCY_H
+
+#include "postgres.h"
+#include "utils/guc.h"
+#include "utils/uuid.h"
+
+/* Longest text tenant key, in bytes. */
+#define TENANT_KEY_MAXLEN 255
+
+typedef enum TenantKeyType
+{
+	TENANT_KEY_UUID,
+	TENANT_KEY_BIGINT,
+	TENANT_KEY_TEXT
+} TenantKeyType;
+
+/* A parsed tenant key: its type, binary value and canonical text. */
+typedef struct TenantKey
+{
+	TenantKeyType type;
+	pg_uuid_t	uuid;
+	int64		i64;
+	char		text[TENANT_KEY_MAXLEN + 1];
+} TenantKey;
+
+/* GUC variables (tenancy.c) */
+extern int	tenancy_tenant_type;
+extern bool tenancy_require_tenant;
+extern bool tenancy_validate_tenant;
+extern bool tenancy_allow_session_tenant;
+extern char *tenancy_tenant_id;
+
+/* tenant_key.c */
+extern bool tenant_key_parse(const char *input, TenantKeyType type,
+							 TenantKey *key, const char **detail);
+extern const char *tenant_key_type_name(TenantKeyType type);
+extern Oid	tenant_key_type_oid(TenantKeyType type);
+
+/* context.c */
+extern bool tenancy_check_tenant_id(char **newval, void **extra, GucSource source);
+extern void tenancy_assign_tenant_id(const char *newval, void *extra);
+extern void tenancy_assign_tenant_type(int newval, void *extra);
+extern void tenancy_context_init(void);
+extern const TenantKey *tenant_context_get(void);
+
+/* registry.c */
+extern void tenancy_registry_init(void);
+extern bool registry_lookup(const char *tenant, bool by_slug,
+							char *key_out, char *slug_out, char *status_out);
+
+/* tenancy.c */
+extern bool tenancy_preloaded;
+extern void tenancy_require_preload(const char *feature);
+
+/* stats.c: cluster-wide tenant context counters */
+typedef enum TenancyCounter
+{
+	TENANCY_SET_TENANT,
+	TENANCY_REFUSED_UNKNOWN,
+	TENANCY_REFUSED_SUSPENDED,
+	TENANCY_REFUSED_SESSION,
+	TENANCY_NUM_COUNTERS
+} TenancyCounter;
+extern void tenancy_stats_init(void);
+extern void tenancy_count(TenancyCounter counter);
+
+/* Memory for GUC check hooks: malloc before 16, guc_malloc from 16 on. */
+#if PG_VERSION_NUM >= 160000
+#define tenancy_guc_malloc(sz)	guc_malloc(LOG, (sz))
+#define tenancy_guc_strdup(s)	guc_strdup(LOG, (s))
+#define tenancy_guc_free(p)		guc_free(p)
+#else
+#define tenancy_guc_malloc(sz)	malloc(sz)
+#define tenancy_guc_strdup(s)	strdup(s)
+#define tenancy_guc_free(p)		free(p)
+#endif
+
+#endif							/* TENANCY_H */
