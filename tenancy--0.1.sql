@@ -210,6 +210,7 @@ CREATE FUNCTION tenancy.bind_role_sql(role regrole, tenant text DEFAULT NULL) RE
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k text := CASE WHEN tenant IS NULL THEN tenancy.implicit_tenant() ELSE tenancy.tenant_key(tenant) END;
+    rolname name := (SELECT r.rolname FROM pg_roles r WHERE r.oid = role);
     stmt text := '';
 BEGIN
     IF k IS NULL THEN
@@ -221,10 +222,10 @@ BEGIN
     -- at the same level, ahead of the key, so the key is parsed with it.
     IF current_setting('tenancy.tenant_type') <> 'uuid' THEN
         stmt := format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_type = %L;' || chr(10),
-                       role::text, current_database(), current_setting('tenancy.tenant_type'));
+                       rolname, current_database(), current_setting('tenancy.tenant_type'));
     END IF;
     RETURN stmt || format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_id = %L;',
-                          role::text, current_database(), k);
+                          rolname, current_database(), k);
 END
 $$;
 COMMENT ON FUNCTION tenancy.bind_role_sql(regrole, text) IS 'the ALTER ROLE statements bind_role() would run';
@@ -243,7 +244,8 @@ COMMENT ON FUNCTION tenancy.bind_role(regrole, text) IS 'make a tenant (default:
 CREATE FUNCTION tenancy.unbind_role(role regrole) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;', role::text, current_database());
+    stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
+                        (SELECT r.rolname FROM pg_roles r WHERE r.oid = role), current_database());
 BEGIN
     EXECUTE stmt;
     RETURN stmt;
