@@ -1014,7 +1014,8 @@ COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'm
 ------------------------------------------------------------------------------
 
 -- The plan, step by step, for tbl (or every registered table):
---   1. CREATE UNIQUE INDEX CONCURRENTLY (tenant, ...) for each unique
+--   1. CREATE UNIQUE INDEX CONCURRENTLY (tenant, ...) (without CONCURRENTLY
+--      on partitioned tables, where PostgreSQL does not support it) for each unique
 --      constraint or index without the tenant column, and a unique
 --      (tenant, key) on each parent a foreign key needs;
 --   2. add each foreign key again as (tenant, key) NOT VALID;
@@ -1047,7 +1048,8 @@ BEGIN
     END IF;
 
     FOR r IN
-        SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relnamespace::regnamespace::name AS nsp
+        SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
+               c.relnamespace::regnamespace::name AS nsp
         FROM tenancy.tables t
         JOIN pg_class c ON c.oid = t.relation
         JOIN pg_attribute a ON a.attrelid = t.relation AND a.attname = t.column_name
@@ -1082,9 +1084,27 @@ BEGIN
             -- a generated surrogate primary key stays (verify() accepts it)
             CONTINUE WHEN f.indisprimary AND f.generated;
             newname := left(r.relname || '_' || r.col || '_' || f.colnames, 59) || '_key';
+            acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
+                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            IF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
+                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on
+                -- partitioned tables: rebuild the constraint in one step
+                -- (the index build blocks writes).
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'rebuild_constraint',
+                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
+                                  r.rel, f.conname, f.conname,
+                                  CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+                planned := planned || jsonb_build_object(
+                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), f.conname);
+                CONTINUE;
+            END IF;
             phases[1] := phases[1] || jsonb_build_object(
                 'rel', r.rel::text, 'action', 'create_scoped_index',
-                'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)%s%s%s',
+                'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)%s%s%s',
+                              CASE WHEN r.relkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
                               newname, r.rel, r.col, f.keycols,
                               CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END,
                               CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
@@ -1095,8 +1115,6 @@ BEGIN
                     format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), newname);
             END IF;
             IF f.contype IN ('p', 'u') THEN
-                acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
-                     || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_constraint',
                     'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
@@ -1118,7 +1136,7 @@ BEGIN
         -- 1 to 4: foreign keys to registered tables, as (tenant, key)
         FOR f IN
             SELECT c.oid, c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
-                   pc.relname AS prelname, pc.relnamespace::regnamespace::name AS pnsp,
+                   pc.relname AS prelname, pc.relkind AS prelkind, pc.relnamespace::regnamespace::name AS pnsp,
                    c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
                    tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
                    tenancy.column_list(c.confrelid::regclass, c.confkey) AS refcols,
@@ -1149,7 +1167,8 @@ BEGIN
                     idx := left(f.prelname || '_' || f.pcol || '_' || f.refnames, 59) || '_key';
                     phases[1] := phases[1] || jsonb_build_object(
                         'rel', f.parent::text, 'action', 'create_parent_index',
-                        'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)',
+                        'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)',
+                                      CASE WHEN f.prelkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
                                       idx, f.parent, f.pcol, f.refcols),
                         'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
                 END IF;

@@ -77,6 +77,21 @@ SELECT id, tenant_id, parent_task FROM ready_scope_task ORDER BY id;
 DELETE FROM ready_scope_project WHERE id = 1;
 SELECT count(*) AS tasks_left FROM ready_scope_task;
 
+-- A partitioned table: no concurrent build, no USING INDEX; the constraint is rebuilt in one step.
+CREATE TABLE ready_scope_event (tenant_id uuid NOT NULL, day date NOT NULL, code text NOT NULL,
+                                UNIQUE (code, day)) PARTITION BY RANGE (day);
+CREATE TABLE ready_scope_event_2026 PARTITION OF ready_scope_event FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO tenancy.tables (relation) VALUES ('ready_scope_event');
+SELECT step, action, sql FROM tenancy.scope_constraints_plan('ready_scope_event');
+\set ON_ERROR_STOP on
+SELECT * FROM tenancy.scope_constraints_sql('ready_scope_event') \gexec
+\set ON_ERROR_STOP off
+SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'ready_scope_event'::regclass AND contype = 'u';
+INSERT INTO ready_scope_event VALUES ('11111111-1111-1111-1111-111111111111', '2026-05-01', 'x'),
+                                     ('22222222-2222-2222-2222-222222222222', '2026-05-01', 'x');
+DELETE FROM tenancy.tables WHERE relation = 'ready_scope_event'::regclass;
+DROP TABLE ready_scope_event;
+
 -- Errors.
 \set VERBOSITY sqlstate
 SELECT * FROM tenancy.scope_constraints_sql('pg_class');
