@@ -1358,8 +1358,8 @@ COMMENT ON FUNCTION tenancy.remove_member(text, text) IS 'remove a membership; f
 -- The shadow-organization pattern: every user who owns at least one row of
 -- the resource tables gets a personal tenant (slug <prefix><user key>) with
 -- the user as owner.  Idempotent: a user who already owns the tenant of that
--- slug is left alone; a slug taken by another tenant is a conflict, reported
--- and skipped, never joined.
+-- slug is left alone; a slug taken by another tenant (or wanted by two
+-- users at once) is a conflict, reported and skipped, never joined.
 CREATE FUNCTION tenancy.create_personal_tenants(
     users regclass, key_column name, name_column name,
     resource_tables regclass[], owner_columns name[],
@@ -1425,14 +1425,16 @@ BEGIN
 
     EXECUTE format($q$
         WITH c AS (
-            SELECT u.%1$I::text AS user_key, coalesce(u.%2$I::text, u.%1$I::text) AS name, %3$s AS slug
-            FROM %4$s u
-            WHERE u.%1$I IS NOT NULL AND (%5$s)
+            SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
+            FROM (SELECT u.%1$I::text AS user_key, coalesce(u.%2$I::text, u.%1$I::text) AS name, %3$s AS slug
+                  FROM %4$s u
+                  WHERE u.%1$I IS NOT NULL AND (%5$s)) s
         ),
         ins AS (
             INSERT INTO tenancy.tenants (id, slug, name)
             SELECT %6$s, c.slug, c.name FROM c
-            WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = c.slug)
+            WHERE c.sharing = 1
+              AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = c.slug)
             ON CONFLICT DO NOTHING
             RETURNING id, slug
         ),
@@ -1462,7 +1464,7 @@ BEGIN
                   slug_prefix = excluded.slug_prefix;
 
     IF conflicts > 0 THEN
-        RAISE WARNING '% users were skipped: the slug of their personal tenant belongs to a tenant they do not own', conflicts
+        RAISE WARNING '% users were skipped: the slug of their personal tenant is held by a tenant they do not own, or wanted by another user', conflicts
             USING HINT = 'tenancy.verify() lists them as user_without_tenant; add them with tenancy.add_member() or use another slug_prefix.';
     END IF;
 END

@@ -80,6 +80,18 @@ SELECT * FROM tenancy.create_personal_tenants(NULL, 'id', 'full_name', '{ready_i
 \set VERBOSITY default
 SELECT * FROM tenancy.create_personal_tenants('ready_identity_users', 'id', 'full_name', '{ready_identity_projects}', '{nope}');
 
+-- Two keys wanting one slug (a key crafted to match another's hashed
+-- slug): neither joins the other's tenant.
+CREATE TABLE ready_identity_members (login text PRIMARY KEY);
+CREATE TABLE ready_identity_notes (id int PRIMARY KEY, author text);
+INSERT INTO ready_identity_members VALUES ('X'), ('x-' || left(md5('X'), 8));
+INSERT INTO ready_identity_notes VALUES (1, 'X'), (2, 'x-' || left(md5('X'), 8));
+SELECT * FROM tenancy.create_personal_tenants('ready_identity_members', 'login', 'login',
+                                              '{ready_identity_notes}', '{author}', 'ws-');
+SELECT count(*) AS ws_tenants FROM tenancy.tenants WHERE slug LIKE 'ws-%';
+DELETE FROM tenancy.identity_sources WHERE users = 'ready_identity_members'::regclass;
+DROP TABLE ready_identity_notes, ready_identity_members;
+
 -- set_tenant_as(): a member may switch, anyone else is refused (42501).
 BEGIN;
 SELECT tenancy.set_tenant_as('dave', 'user-dave') IS NOT NULL AS switched;
