@@ -41,8 +41,9 @@ SELECT function_returns('tenancy', 'implicit_tenant', ARRAY[]::text[], 'text');
 SELECT function_returns('tenancy', 'key_type', ARRAY[]::text[], 'regtype');
 SELECT isnt_definer('tenancy', 'set_tenant', ARRAY['text', 'boolean'], 'set_tenant() is not SECURITY DEFINER');
 SELECT is((SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-            WHERE n.nspname = 'tenancy' AND p.prosecdef), 0::bigint,
-          'no SECURITY DEFINER function in the foundation');
+            WHERE n.nspname = 'tenancy' AND p.prosecdef
+              AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)), 0::bigint,
+          'every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp');
 
 -- GUCs.
 SELECT is(current_setting('tenancy.tenant_type'), 'uuid', 'key type defaults to uuid');
