@@ -34,8 +34,9 @@ static void session_guard_callback(XactEvent event, void *arg);
 typedef struct AccessorCache
 {
 	uint64		generation;
-	Datum		value;
-	pg_uuid_t	uuid;
+	Datum		value;			/* current_tenant_text() */
+	int64		i64;			/* current_tenant_bigint() */
+	pg_uuid_t	uuid;			/* current_tenant() */
 } AccessorCache;
 
 void
@@ -148,7 +149,13 @@ check_accessor_type(TenantKeyType want)
 				 errhint("Use %s, or change tenancy.tenant_type.", accessor_name(have))));
 }
 
-/* The call site's cache, renewed when the tenant changed since last call. */
+/*
+ * The call site's cache, renewed when the tenant changed since last call.
+ * It is only filled once the accessor has passed every check (accessor of
+ * the key type in force, a key set and parsed under that type); the
+ * generation is bumped by any change of the key or of the key type, so a
+ * cache of the current generation can be returned without checking again.
+ */
 static AccessorCache *
 accessor_cache(FunctionCallInfo fcinfo, bool *fresh)
 {
@@ -170,9 +177,31 @@ accessor_cache(FunctionCallInfo fcinfo, bool *fresh)
 	return cache;
 }
 
-PG_FUNCTION_INFO_V1(tenancy_current_tenant);
-Datum
-tenancy_current_tenant(PG_FUNCTION_ARGS)
+/*
+ * The accessors are split in two.  The SQL-callable function is the per-row
+ * fast path: it returns the call site's cache when that holds the key of the
+ * current generation, and has no locals, so it compiles to a handful of
+ * instructions without stack protector or saved registers.  This is all a
+ * query pays per row once its first row has been evaluated (an RLS policy or
+ * a WHERE clause calls the accessor for every row of a sequential scan).
+ * Everything else (type checks, require_tenant, filling the cache) is in the
+ * out-of-line slow path.
+ */
+static inline AccessorCache *
+accessor_cache_current(FunctionCallInfo fcinfo)
+{
+	AccessorCache *cache;
+
+	if (unlikely(fcinfo->flinfo == NULL))
+		return NULL;
+	cache = (AccessorCache *) fcinfo->flinfo->fn_extra;
+	if (likely(cache != NULL && cache->generation == tenant_generation))
+		return cache;
+	return NULL;
+}
+
+static pg_noinline Datum
+current_tenant_slow(FunctionCallInfo fcinfo)
 {
 	const TenantKey *key;
 	AccessorCache *cache;
@@ -188,23 +217,47 @@ tenancy_current_tenant(PG_FUNCTION_ARGS)
 	PG_RETURN_UUID_P(&cache->uuid);
 }
 
-PG_FUNCTION_INFO_V1(tenancy_current_tenant_bigint);
+PG_FUNCTION_INFO_V1(tenancy_current_tenant);
 Datum
-tenancy_current_tenant_bigint(PG_FUNCTION_ARGS)
+tenancy_current_tenant(PG_FUNCTION_ARGS)
+{
+	AccessorCache *cache = accessor_cache_current(fcinfo);
+
+	if (likely(cache != NULL))
+		PG_RETURN_UUID_P(&cache->uuid);
+	return current_tenant_slow(fcinfo);
+}
+
+static pg_noinline Datum
+current_tenant_bigint_slow(FunctionCallInfo fcinfo)
 {
 	const TenantKey *key;
+	AccessorCache *cache;
+	bool		fresh;
 
 	check_accessor_type(TENANT_KEY_BIGINT);
 	key = tenant_context_get();
 	if (key == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_INT64(key->i64);
+	cache = accessor_cache(fcinfo, &fresh);
+	if (fresh)
+		cache->i64 = key->i64;
+	PG_RETURN_INT64(cache->i64);
 }
 
-/* The canonical text of the key, whatever the key type. */
-PG_FUNCTION_INFO_V1(tenancy_current_tenant_text);
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_bigint);
 Datum
-tenancy_current_tenant_text(PG_FUNCTION_ARGS)
+tenancy_current_tenant_bigint(PG_FUNCTION_ARGS)
+{
+	AccessorCache *cache = accessor_cache_current(fcinfo);
+
+	if (likely(cache != NULL))
+		PG_RETURN_INT64(cache->i64);
+	return current_tenant_bigint_slow(fcinfo);
+}
+
+static pg_noinline Datum
+current_tenant_text_slow(FunctionCallInfo fcinfo)
 {
 	const TenantKey *key;
 	AccessorCache *cache;
@@ -222,6 +275,18 @@ tenancy_current_tenant_text(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(old);
 	}
 	PG_RETURN_DATUM(cache->value);
+}
+
+/* The canonical text of the key, whatever the key type. */
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_text);
+Datum
+tenancy_current_tenant_text(PG_FUNCTION_ARGS)
+{
+	AccessorCache *cache = accessor_cache_current(fcinfo);
+
+	if (likely(cache != NULL))
+		PG_RETURN_DATUM(cache->value);
+	return current_tenant_text_slow(fcinfo);
 }
 
 PG_FUNCTION_INFO_V1(tenancy_key_type);
