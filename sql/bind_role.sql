@@ -37,6 +37,8 @@ DISCARD ALL;
 SELECT tenancy.current_tenant_text() AS after_discard_all;
 SET tenancy.tenant_id = 'bbbbbbbb-0000-0000-0000-000000000002';
 SELECT tenancy.current_tenant_text() AS after_refused_set;
+SELECT tenancy.clear_tenant();
+SELECT tenancy.current_tenant_text() AS after_refused_clear;
 -- An application role can read and set its tenant, but not change the registry.
 SELECT tenancy.create_tenant('mine', 'Mine');
 UPDATE tenancy.tenants SET status = 'suspended';

@@ -52,6 +52,8 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 	TenantKey  *copy;
 	const char *detail;
 
+	if (source == PGC_S_SESSION)
+		tenant_set_in_xact = true;	/* for the session guard */
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;			/* unset: no extra */
 
@@ -83,8 +85,6 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 		*newval = canon;
 	}
 	*extra = copy;
-	if (source == PGC_S_SESSION)
-		tenant_set_in_xact = true;
 	return true;
 }
 
@@ -502,8 +502,9 @@ tenant_guc_record(void)
 /*
  * Before commit, refuse a transaction that would leave a session-level
  * tenant behind when tenancy.allow_session_tenant is off.  This catches
- * every way of setting it (SET, set_config(), set_tenant(is_local => false))
- * and lets through SET LOCAL, RESET, DISCARD and clearing.
+ * every way of setting it (SET, set_config(), set_tenant(is_local => false),
+ * and clearing it when the session's default is a bound tenant) and lets
+ * through SET LOCAL, RESET and DISCARD.
  */
 static void
 session_guard_callback(XactEvent event, void *arg)
@@ -533,14 +534,19 @@ session_guard_callback(XactEvent event, void *arg)
 			survivor = stack->masked.val.stringval;
 		else
 			continue;
-		if (survivor != NULL && survivor[0] != '\0' && strcmp(survivor, reset) != 0)
+		/*
+		 * Anything but the session's own default is refused: for a role
+		 * bound to a tenant, a cleared tenant would leak as much as another
+		 * one (the next client would lose its default).
+		 */
+		if (strcmp(survivor ? survivor : "", reset) != 0)
 		{
 			tenancy_count(TENANCY_REFUSED_SESSION);
 			ereport(ERROR,
 					(errcode(ERRCODE_CANT_CHANGE_RUNTIME_PARAM),
 					 errmsg("cannot set the tenant for the session"),
-					 errdetail("tenancy.allow_session_tenant is off, and this transaction set tenancy.tenant_id to \"%s\" beyond its end.",
-							   survivor),
+					 errdetail("tenancy.allow_session_tenant is off, and this transaction would leave the session's tenant at \"%s\" instead of its default \"%s\".",
+							   survivor ? survivor : "", reset),
 					 errhint("Use SET LOCAL or tenancy.set_tenant(), which last one transaction.")));
 		}
 		break;
