@@ -417,10 +417,10 @@ BEGIN
         RETURN '';
     END IF;
     RETURN array_to_string(stmts, ';' || chr(10)) || ';' || chr(10)
-        || format('-- undo: ALTER TABLE %s %s %I;', tbl,
+        || format('-- undo: ALTER TABLE %s %s %I%s;', tbl,
                   CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
-                  column_name)
-        || CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN '' ELSE ' DROP DEFAULT;' END;
+                  column_name,
+                  CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN '' ELSE ' DROP DEFAULT' END);
 END
 $$;
 COMMENT ON FUNCTION tenancy.add_tenant_column_sql(regclass, name, boolean) IS 'the DDL add_tenant_column() would run, and how to undo it';
@@ -460,7 +460,8 @@ BEGIN
             IF attempt = max_attempts THEN
                 RAISE EXCEPTION 'could not lock table "%" after % attempts', tbl, max_attempts
                     USING ERRCODE = 'lock_not_available',
-                          DETAIL = format('Each attempt waited at most %s for the ACCESS EXCLUSIVE lock.', lock_timeout),
+                          DETAIL = format('Each attempt waited at most %s ms for the ACCESS EXCLUSIVE lock.',
+                                         round(extract(epoch FROM lock_timeout) * 1000)),
                           HINT = 'Long transactions on the table hold it; retry later or raise lock_timeout.';
             END IF;
             PERFORM pg_sleep((wait_ms * (0.5 + random())) / 1000.0);
@@ -688,7 +689,8 @@ $$;
 CREATE FUNCTION tenancy.backfill_options(batch_size integer, min_batch_size integer, max_batch_size integer,
                                          target_batch_time interval, lock_timeout interval,
                                          statement_timeout interval, pause interval, max_runtime interval,
-                                         max_replication_lag interval, progress_interval interval)
+                                         max_replication_lag interval, progress_interval interval,
+                                         max_retries integer)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -700,7 +702,8 @@ DECLARE
         'pause_ms', extract(epoch FROM pause) * 1000,
         'max_runtime_s', extract(epoch FROM max_runtime),
         'max_lag_ms', extract(epoch FROM max_replication_lag) * 1000,
-        'progress_s', extract(epoch FROM progress_interval)));
+        'progress_s', extract(epoch FROM progress_interval),
+        'max_retries', max_retries));
     k text;
 BEGIN
     FOR k IN SELECT jsonb_object_keys(o) LOOP
@@ -718,17 +721,17 @@ CREATE FUNCTION tenancy.queue_backfill(tbl regclass, tenant text DEFAULT NULL, s
                                        batch_size integer DEFAULT NULL, min_batch_size integer DEFAULT NULL,
                                        max_batch_size integer DEFAULT NULL, target_batch_time interval DEFAULT NULL,
                                        lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL,
-                                       pause interval DEFAULT NULL, max_runtime interval DEFAULT NULL,
-                                       max_replication_lag interval DEFAULT NULL)
+                                       pause interval DEFAULT NULL,
+                                       max_replication_lag interval DEFAULT NULL, max_retries integer DEFAULT NULL)
 RETURNS bigint
 -- No SET clause: the job keeps the caller's search_path for its source.
 LANGUAGE sql AS $$
     SELECT tenancy.backfill_job(tbl, column_name, tenant, source, via,
         tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time, lock_timeout,
-                                 statement_timeout, pause, max_runtime, max_replication_lag, NULL),
+                                 statement_timeout, pause, NULL, max_replication_lag, NULL, max_retries),
         pg_catalog.current_setting('search_path'));
 $$;
-COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval)
+COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer)
     IS 'record a backfill job (state queued) for the background worker or a later CALL tenancy.backfill(tbl); returns its id';
 
 -- The engine.  A procedure that commits after each batch: it cannot carry
@@ -755,7 +758,8 @@ CREATE PROCEDURE tenancy.backfill(
     pause interval DEFAULT NULL,
     max_runtime interval DEFAULT NULL,
     max_replication_lag interval DEFAULT NULL,
-    progress_interval interval DEFAULT NULL)
+    progress_interval interval DEFAULT NULL,
+    max_retries integer DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -774,7 +778,7 @@ DECLARE
     max_run_s   numeric;
     max_lag     interval;
     progress_s  numeric;
-    max_retries constant integer := 30;
+    retry_limit integer;
     kcols       text;
     rowk        text;
     lo_e        text;
@@ -832,7 +836,8 @@ BEGIN
     END IF;
     job_id := tenancy.backfill_job(tbl, column_name, tenant, source, via,
                   tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time,
-                      lock_timeout, statement_timeout, pause, max_runtime, max_replication_lag, progress_interval),
+                      lock_timeout, statement_timeout, pause, NULL, max_replication_lag, progress_interval,
+                      max_retries),
                   pg_catalog.current_setting('search_path'));
     SELECT * INTO job FROM tenancy.backfill_jobs j WHERE j.id = job_id;
     o := job.options;
@@ -843,9 +848,10 @@ BEGIN
     lt_ms := coalesce((o->>'lock_timeout_ms')::numeric, 250)::integer;
     st_ms := coalesce((o->>'statement_timeout_ms')::numeric, 5000)::integer;
     pause_s := coalesce((o->>'pause_ms')::numeric, 0) / 1000;
-    max_run_s := (o->>'max_runtime_s')::numeric;
+    max_run_s := extract(epoch FROM max_runtime);   -- per CALL, not kept with the job
     max_lag := ((o->>'max_lag_ms') || ' ms')::interval;
     progress_s := coalesce((o->>'progress_s')::numeric, 5);
+    retry_limit := coalesce((o->>'max_retries')::integer, 30);
     next_notice := t_start + pg_catalog.make_interval(secs => progress_s::double precision);
     n := least(n, nmax);
     -- The session's statement_timeout would cut the whole run: each batch
@@ -1108,8 +1114,8 @@ BEGIN
             IF outcome = 'timeout' OR failures % 3 = 0 THEN
                 n := greatest(n / 2, 1);
             END IF;
-            IF failures > max_retries THEN
-                err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tbl, max_retries, err_msg);
+            IF failures > retry_limit THEN
+                err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tbl, retry_limit, err_msg);
                 outcome := 'fail';
             ELSE
                 UPDATE tenancy.backfill_jobs j
@@ -1123,9 +1129,10 @@ BEGIN
         ELSIF outcome = 'error' AND n > 1 THEN
             -- An error from the data: narrow the batch down to the failing row.
             n := greatest(n / 2, 1);
+            outcome := 'narrow';
         END IF;
 
-        IF outcome = 'cancel' OR outcome = 'fail' OR (outcome = 'error' AND n = 1) THEN
+        IF outcome IN ('cancel', 'fail', 'error') THEN
             IF outcome = 'error' THEN
                 IF job.phase = 'batches' AND job.method = 'primary key' THEN
                     SELECT '(' || string_agg(pg_catalog.quote_ident(k), ', ') || ')=(' || pg_catalog.array_to_string(hi, ', ') || ')'
@@ -1158,6 +1165,12 @@ BEGIN
         END IF;
     END LOOP;
 
+    IF job.batches = 0 THEN
+        UPDATE tenancy.backfill_jobs j SET state = 'done', phase = 'done', pid = NULL, updated_at = pg_catalog.now(),
+               finished_at = pg_catalog.now()
+         WHERE j.id = job_id;
+        COMMIT;
+    END IF;
     PERFORM tenancy.backfill_unlock(tbl);
     IF job.batches = 0 THEN
         RAISE NOTICE 'backfill of %: no NULL in column %, nothing to do', tbl, pg_catalog.quote_ident(job.column_name);
@@ -1166,7 +1179,7 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval)
+COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer)
     IS 'fill NULL tenant values in committed batches from a tenant, an expression or a foreign key; resumable';
 
 REVOKE EXECUTE ON FUNCTION
@@ -1178,8 +1191,8 @@ REVOKE EXECUTE ON FUNCTION
     tenancy.add_tenant_column_sql(regclass, name, boolean),
     tenancy.add_tenant_column(regclass, name, boolean, interval, integer),
     tenancy.backfill_job(regclass, name, text, text, name, jsonb, text),
-    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval)
+    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer)
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE
-    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval)
+    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer)
 FROM PUBLIC;
