@@ -675,6 +675,14 @@ BEGIN
         val := format('%L::%s', src, keytype);
     END IF;
 
+    -- Filling a column of a unique index changes a key: row locks become
+    -- FOR UPDATE, which blocks foreign-key checks of inserts into children.
+    IF EXISTS (SELECT FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+                WHERE x.indrelid = tbl AND x.indisunique AND a.attname = col) THEN
+        RAISE WARNING 'column "%" of "%" is part of a unique index', col, tbl
+            USING DETAIL = 'Filling it locks each row FOR UPDATE instead of FOR NO KEY UPDATE, which blocks inserts into tables referencing it until each batch commits.',
+                  HINT = 'Create unique indexes that include the tenant column after the backfill.';
+    END IF;
     INSERT INTO tenancy.backfill_jobs (relation, column_name, source_kind, source, value_sql, search_path, options)
     VALUES (tbl, col, kind, src, val, caller_search_path, coalesce(options, '{}'))
     RETURNING id INTO job_id;
@@ -816,6 +824,7 @@ DECLARE
     rows_per_block numeric;
     lag         interval;
     appname     text;
+    orig_appname text := pg_catalog.current_setting('application_name');
     sweeps      integer := 0;
     sweep_rows  bigint := 0;
     quiet_sweeps integer := 0;
@@ -956,7 +965,8 @@ BEGIN
         qtbl, job.column_name, qtbl, job.column_name, job.value_sql, job.column_name);
     SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
       INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-    appname := pg_catalog.left('tenancy.backfill ' || qtbl, 63);
+    -- pg_stat_activity shows the table and the progress in application_name.
+    appname := 'tenancy.backfill ' || qtbl;
     lo := job.cursor;
     ub := job.upper_bound;
 
@@ -968,6 +978,7 @@ BEGIN
                    updated_at = pg_catalog.now() WHERE j.id = job_id;
             COMMIT;
             PERFORM tenancy.backfill_unlock(tbl);
+            PERFORM pg_catalog.set_config('application_name', orig_appname, false);
             RAISE NOTICE 'backfill of % paused at max_runtime after % rows; CALL tenancy.backfill(%) again to resume',
                 tbl, job.rows_done, pg_catalog.quote_literal(tbl::text);
             RETURN;
@@ -988,7 +999,9 @@ BEGIN
         t0 := pg_catalog.clock_timestamp();
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
-                    pg_catalog.set_config('application_name', appname, true),
+                    pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
+                        CASE WHEN job.phase = 'sweep' THEN 'sweep'
+                             ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
                     pg_catalog.set_config('search_path', job.search_path, true),
                     tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
             IF job.phase = 'batches' AND job.method = 'primary key' THEN
@@ -1152,6 +1165,7 @@ BEGIN
              WHERE j.id = job_id;
             COMMIT;
             PERFORM tenancy.backfill_unlock(tbl);
+            PERFORM pg_catalog.set_config('application_name', orig_appname, false);
             IF err_detail IS NOT NULL AND err_detail <> '' THEN
                 RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail,
                     HINT = 'Batches before this row are committed. Fix the data or the source, then CALL tenancy.backfill() again to resume.';
@@ -1172,6 +1186,7 @@ BEGIN
         COMMIT;
     END IF;
     PERFORM tenancy.backfill_unlock(tbl);
+    PERFORM pg_catalog.set_config('application_name', orig_appname, false);
     IF job.batches = 0 THEN
         RAISE NOTICE 'backfill of %: no NULL in column %, nothing to do', tbl, pg_catalog.quote_ident(job.column_name);
     ELSE
