@@ -1065,9 +1065,10 @@ BEGIN
             job.rows_done := job.rows_done + updated;
             job.batches := job.batches + 1;
             -- Adapt the batch size to the target duration: smoothed per-row
-            -- cost, growth at most 1.2x a step, halving after a slow batch.
+            -- cost, growth at most 1.2x a step, halving after a batch over
+            -- twice the target.
             per_row := CASE WHEN per_row IS NULL THEN ms / n ELSE 0.7 * per_row + 0.3 * ms / n END;
-            IF ms > 1.5 * target_ms THEN
+            IF ms > 2 * target_ms THEN
                 n := greatest(n / 2, nmin);
             ELSE
                 n := least(pg_catalog.ceil(n * 1.2)::bigint,
