@@ -704,13 +704,13 @@ LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     o jsonb := jsonb_strip_nulls(jsonb_build_object(
         'batch_size', batch_size, 'min_batch_size', min_batch_size, 'max_batch_size', max_batch_size,
-        'target_ms', extract(epoch FROM target_batch_time) * 1000,
-        'lock_timeout_ms', extract(epoch FROM lock_timeout) * 1000,
-        'statement_timeout_ms', extract(epoch FROM statement_timeout) * 1000,
-        'pause_ms', extract(epoch FROM pause) * 1000,
-        'max_runtime_s', extract(epoch FROM max_runtime),
-        'max_lag_ms', extract(epoch FROM max_replication_lag) * 1000,
-        'progress_s', extract(epoch FROM progress_interval),
+        'target_ms', ceil(extract(epoch FROM target_batch_time) * 1000)::bigint,
+        'lock_timeout_ms', ceil(extract(epoch FROM lock_timeout) * 1000)::bigint,
+        'statement_timeout_ms', ceil(extract(epoch FROM statement_timeout) * 1000)::bigint,
+        'pause_ms', ceil(extract(epoch FROM pause) * 1000)::bigint,
+        'max_runtime_s', ceil(extract(epoch FROM max_runtime))::bigint,
+        'max_lag_ms', ceil(extract(epoch FROM max_replication_lag) * 1000)::bigint,
+        'progress_s', round(extract(epoch FROM progress_interval), 3),
         'max_retries', max_retries));
     k text;
 BEGIN
@@ -1198,15 +1198,13 @@ $$;
 COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer)
     IS 'fill NULL tenant values in committed batches from a tenant, an expression or a foreign key; resumable';
 
+-- The entry points are granted by the extension owner to the roles that
+-- run the migration (with privileges on tenancy.tables and
+-- tenancy.backfill_jobs).  The helpers they call run as the caller and do
+-- nothing the caller could not do, so they stay executable.
 REVOKE EXECUTE ON FUNCTION
-    tenancy.backfill_try_lock(regclass),
-    tenancy.backfill_unlock(regclass),
-    tenancy.batch_timeout(integer),
-    tenancy.check_tenant_table(regclass, boolean),
-    tenancy.add_tenant_column_ddl(regclass, name, boolean),
     tenancy.add_tenant_column_sql(regclass, name, boolean),
     tenancy.add_tenant_column(regclass, name, boolean, interval, integer),
-    tenancy.backfill_job(regclass, name, text, text, name, jsonb, text),
     tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer)
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE
