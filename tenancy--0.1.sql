@@ -1164,9 +1164,10 @@ BEGIN
                SET state = 'failed', pid = NULL, last_error = err_msg, throttle = NULL, batch_size = n,
                    updated_at = pg_catalog.now()
              WHERE j.id = job_id;
+            -- Restored before the COMMIT: the RAISE below aborts the next transaction.
+            PERFORM pg_catalog.set_config('application_name', orig_appname, false);
             COMMIT;
             PERFORM tenancy.backfill_unlock(tbl);
-            PERFORM pg_catalog.set_config('application_name', orig_appname, false);
             IF err_detail IS NOT NULL AND err_detail <> '' THEN
                 RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail,
                     HINT = 'Batches before this row are committed. Fix the data or the source, then CALL tenancy.backfill() again to resume.';

@@ -115,6 +115,7 @@ CALL tenancy.backfill('bf_fail', source => '(CASE WHEN 1 / t.divisor = 1 THEN ''
 SELECT count(tenant_id) BETWEEN 15 AND 16 AS earlier_batches_kept, count(*) FILTER (WHERE id > 16 AND tenant_id IS NOT NULL) AS later
   FROM bf_fail;
 SELECT state, last_error FROM tenancy.backfill_jobs WHERE relation = 'bf_fail'::regclass;
+SELECT current_setting('application_name') AS application_name;   -- shown as progress while running, restored
 UPDATE bf_fail SET divisor = 1 WHERE id = 17;
 CALL tenancy.backfill('bf_fail');
 SELECT count(*) AS jobs, min(state) AS state, min(rows_done) AS rows_done FROM tenancy.backfill_jobs

@@ -17,6 +17,7 @@ CREATE FUNCTION bfc_wait_for(cond text) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE ok boolean;
 BEGIN
     FOR i IN 1 .. 1000 LOOP
+        PERFORM pg_stat_clear_snapshot();   -- pg_stat_activity is cached per transaction
         EXECUTE cond INTO ok;
         IF ok THEN RETURN true; END IF;
         PERFORM pg_sleep(0.02);
