@@ -496,6 +496,7 @@ CREATE TABLE tenancy.backfill_jobs (
                   CHECK (source_kind OPERATOR(pg_catalog.=) ANY (ARRAY['tenant', 'expression', 'foreign_key'])),
     source        text NOT NULL,
     value_sql     text NOT NULL,
+    batch_sql     text,
     search_path   text NOT NULL,
     options       jsonb NOT NULL DEFAULT '{}',
     state         text NOT NULL DEFAULT 'queued'
@@ -698,7 +699,7 @@ CREATE FUNCTION tenancy.backfill_options(batch_size integer, min_batch_size inte
                                          target_batch_time interval, lock_timeout interval,
                                          statement_timeout interval, pause interval, max_runtime interval,
                                          max_replication_lag interval, progress_interval interval,
-                                         max_retries integer)
+                                         max_retries integer, compact_indexes boolean)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -711,10 +712,11 @@ DECLARE
         'max_runtime_s', ceil(extract(epoch FROM max_runtime))::bigint,
         'max_lag_ms', ceil(extract(epoch FROM max_replication_lag) * 1000)::bigint,
         'progress_s', round(extract(epoch FROM progress_interval), 3),
-        'max_retries', max_retries));
+        'max_retries', max_retries, 'compact_indexes', compact_indexes));
     k text;
 BEGIN
     FOR k IN SELECT jsonb_object_keys(o) LOOP
+        CONTINUE WHEN k = 'compact_indexes';
         IF (o ->> k)::numeric < 0 OR (k IN ('batch_size', 'min_batch_size', 'max_batch_size', 'target_ms')
                                       AND (o ->> k)::numeric <= 0) THEN
             RAISE EXCEPTION 'backfill option % must be positive', k USING ERRCODE = 'invalid_parameter_value';
@@ -730,16 +732,18 @@ CREATE FUNCTION tenancy.queue_backfill(tbl regclass, tenant text DEFAULT NULL, s
                                        max_batch_size integer DEFAULT NULL, target_batch_time interval DEFAULT NULL,
                                        lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL,
                                        pause interval DEFAULT NULL,
-                                       max_replication_lag interval DEFAULT NULL, max_retries integer DEFAULT NULL)
+                                       max_replication_lag interval DEFAULT NULL, max_retries integer DEFAULT NULL,
+                                       compact_indexes boolean DEFAULT NULL)
 RETURNS bigint
 -- No SET clause: the job keeps the caller's search_path for its source.
 LANGUAGE sql AS $$
     SELECT tenancy.backfill_job(tbl, column_name, tenant, source, via,
         tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time, lock_timeout,
-                                 statement_timeout, pause, NULL, max_replication_lag, NULL, max_retries),
+                                 statement_timeout, pause, NULL, max_replication_lag, NULL, max_retries,
+                                 compact_indexes),
         pg_catalog.current_setting('search_path'));
 $$;
-COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer)
+COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean)
     IS 'record a backfill job (state queued) for the background worker or a later CALL tenancy.backfill(tbl); returns its id';
 
 -- The engine.  A procedure that commits after each batch: it cannot carry
@@ -767,7 +771,8 @@ CREATE PROCEDURE tenancy.backfill(
     max_runtime interval DEFAULT NULL,
     max_replication_lag interval DEFAULT NULL,
     progress_interval interval DEFAULT NULL,
-    max_retries integer DEFAULT NULL)
+    max_retries integer DEFAULT NULL,
+    compact_indexes boolean DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -797,6 +802,7 @@ DECLARE
     sql_hi      text;
     sql_up_first text;
     sql_up      text;
+    setv        text;
     sql_tid     text;
     sql_sweep   text;
     sql_find    text;
@@ -846,7 +852,7 @@ BEGIN
     job_id := tenancy.backfill_job(tbl, column_name, tenant, source, via,
                   tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time,
                       lock_timeout, statement_timeout, pause, NULL, max_replication_lag, progress_interval,
-                      max_retries),
+                      max_retries, compact_indexes),
                   pg_catalog.current_setting('search_path'));
     SELECT * INTO job FROM tenancy.backfill_jobs j WHERE j.id = job_id;
     o := job.options;
@@ -921,6 +927,32 @@ BEGIN
     UPDATE tenancy.tables t SET stage = 'backfill' WHERE t.relation = tbl AND t.stage = 'expand';
     COMMIT;
 
+    -- The SET list.  Unless compact_indexes is on, it also names the columns
+    -- of the table's non-unique indexes, as "col = t.col": no value and no
+    -- lock strength changes (both are decided on the values), but btree then
+    -- knows these indexes were not "unchanged by the update" and skips its
+    -- bottom-up deletion passes.  Those passes remove the index entries of
+    -- rows earlier batches moved (dead once committed) and so keep the
+    -- indexes compact, at a high price on indexes in random order; a single
+    -- UPDATE never pays it, since its own old versions are not dead yet.
+    -- Columns of unique indexes, generated columns, columns named by UPDATE
+    -- OF triggers and columns the caller may not update are never named.
+    setv := pg_catalog.format('%I = %s', job.column_name, job.value_sql);
+    IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
+        setv := setv || coalesce((
+            SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attname <> job.column_name
+               AND EXISTS (SELECT FROM pg_catalog.pg_index x
+                            WHERE x.indrelid = tbl AND NOT x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x
+                                WHERE x.indrelid = tbl AND x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                                WHERE g.tgrelid = tbl AND NOT g.tgisinternal AND a.attnum = ANY (g.tgattr))
+               AND pg_catalog.has_column_privilege(tbl, a.attnum, 'UPDATE')), '');
+    END IF;
+
     -- The statements of a batch.  The row is aliased t; keys travel as text
     -- arrays cast back to the key types, so composite keys need nothing else.
     IF job.method = 'primary key' THEN
@@ -940,11 +972,11 @@ BEGIN
                                     ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, lo_e, rowk, hi_e, kcols);
         sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s <= %s ORDER BY %s OFFSET $3 LIMIT 1',
                                           ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, hi_e, kcols);
-        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %I = %s WHERE %s > %s AND %s <= %s AND t.%I IS NULL',
-                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name, job.value_sql,
+        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s > %s AND %s <= %s AND t.%I IS NULL',
+                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
                                     rowk, lo_e, rowk, hi_e, job.column_name);
-        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %I = %s WHERE %s <= %s AND t.%I IS NULL',
-                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name, job.value_sql,
+        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s <= %s AND t.%I IS NULL',
+                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
                                           rowk, hi_e, job.column_name);
         sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
                                       '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
@@ -955,16 +987,19 @@ BEGIN
                                       qtbl, job.column_name);
     END IF;
     -- Block ranges (tables without a primary key, and the sweep).
-    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %I = %s WHERE t.ctid >= $1 AND t.ctid < $2 AND t.%I IS NULL',
-                                 qtbl, job.column_name, job.value_sql, job.column_name);
+    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid >= $1 AND t.ctid < $2 AND t.%I IS NULL',
+                                 qtbl, setv, job.column_name);
     -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
     sql_sweep := pg_catalog.format(
         'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
-        'u AS (UPDATE %s AS t SET %I = %s WHERE (t.tableoid, t.ctid) IN (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
+        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) IN (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
         'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
-        qtbl, job.column_name, qtbl, job.column_name, job.value_sql, job.column_name);
+        qtbl, job.column_name, qtbl, setv, job.column_name);
     SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
       INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    UPDATE tenancy.backfill_jobs j SET batch_sql = CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END
+     WHERE j.id = job_id;
+    COMMIT;
     -- pg_stat_activity shows the table and the progress in application_name.
     appname := 'tenancy.backfill ' || qtbl;
     lo := job.cursor;
@@ -1196,7 +1231,7 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer)
+COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean)
     IS 'fill NULL tenant values in committed batches from a tenant, an expression or a foreign key; resumable';
 
 -- The entry points are granted by the extension owner to the roles that
@@ -1206,8 +1241,8 @@ COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer,
 REVOKE EXECUTE ON FUNCTION
     tenancy.add_tenant_column_sql(regclass, name, boolean),
     tenancy.add_tenant_column(regclass, name, boolean, interval, integer),
-    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer)
+    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean)
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE
-    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer)
+    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean)
 FROM PUBLIC;

@@ -96,8 +96,9 @@ SELECT state, batches > 10 AS many_batches FROM tenancy.backfill_jobs WHERE rela
 --    a row the batch already updated is inserted without waiting.  With the
 --    tenant column in a unique index the lock is FOR UPDATE and the insert
 --    waits (the control case, and the warning).
-CREATE TABLE bfc_parent (id int PRIMARY KEY, tenant_id uuid);
-INSERT INTO bfc_parent SELECT g FROM generate_series(1, 10) g;
+CREATE TABLE bfc_parent (id int PRIMARY KEY, grp int, tenant_id uuid);
+CREATE INDEX ON bfc_parent (grp);   -- named in the batches' SET list: still no key change
+INSERT INTO bfc_parent SELECT g, g % 3 FROM generate_series(1, 10) g;
 CREATE TABLE bfc_child (id serial PRIMARY KEY, parent_id int REFERENCES bfc_parent);
 CREATE TABLE bfc_parent_u (id int PRIMARY KEY, tenant_id uuid, UNIQUE (tenant_id, id));
 INSERT INTO bfc_parent_u SELECT g FROM generate_series(1, 10) g;
