@@ -8,8 +8,11 @@
 # rate-limited pgbench read/write workload (select, update, insert) runs on
 # the same table; the same workload with no backfill is the latency baseline.
 # Prints rows/s and ratios to the single UPDATE, batch durations (p50, p99,
-# max), WAL bytes per row, the workload's p99 latency and its ratio to the
-# baseline, and tenancy.backfill's rows/s at ROWS vs ROWS/10.
+# max), WAL bytes per row, the size of the table's indexes afterwards, the
+# workload's p99 latency and its ratio to the baseline, and
+# tenancy.backfill's rows/s at ROWS vs ROWS/10.  tenancy.backfill runs twice:
+# by default, and with compact_indexes => true (btree bottom-up deletion
+# cleans index entries as it goes: smaller indexes, slower).
 #
 #   ROWS=10000000 (default)  LOOP_LIMIT=10000  WORKLOAD_TPS=100  PORT=5535
 #   LOOP_CAP=3: the loop stops after LOOP_CAP times the single UPDATE's time
@@ -113,8 +116,10 @@ run_method() {
             q -c "UPDATE bench_run SET tenant_id = '00000000-0000-0000-0000-00000000000a' WHERE tenant_id IS NULL" >/dev/null
             t1=$(now)
             calc "($t1 - $t0) * 1000" >> "$W/batch.$name" ;;
-        backfill)
-            PGOPTIONS="-c client_min_messages=debug1" q -c "CALL tenancy.backfill('bench_run')" 2>"$W/backfill.log" >/dev/null
+        backfill|compact)
+            local opt=""
+            [ "$name" = compact ] && opt=", compact_indexes => true"
+            PGOPTIONS="-c client_min_messages=debug1" q -c "CALL tenancy.backfill('bench_run'$opt)" 2>"$W/backfill.log" >/dev/null
             t1=$(now)
             sed -n 's/.*tenancy.backfill .* batch [0-9]*: [0-9]* rows updated in \([0-9.]*\) ms.*/\1/p' "$W/backfill.log" \
                 > "$W/batch.$name" ;;
@@ -155,6 +160,7 @@ SQL
     R_left=$(q -c "SELECT count(*) FROM bench_run WHERE tenant_id IS NULL")
     R_rows=$(( rows - R_left ))
     R_wal=$(q -c "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')")
+    R_idx=$(q -c "SELECT pg_indexes_size('bench_run') / 1048576")
 }
 
 report() {	# report LABEL NAME
@@ -162,10 +168,10 @@ report() {	# report LABEL NAME
     rate=$(calc "$R_rows / $R_secs")
     p99w=$(calc "$(pctl 99 "$W/lat.$name") / 1000")
     eval "RATE_$name=$rate"
-    printf '%-22s %10.0f %6.2fx %8d %8.1f %8.1f %8.1f %10.0f %10.1f %6.2fx%s\n' "$label" "$rate" \
+    printf '%-24s %10.0f %6.2fx %8d %8.1f %8.1f %8.1f %10.0f %8d %10.1f %6.2fx%s\n' "$label" "$rate" \
         "$(calc "$rate / $RATE_update")" "$(wc -l < "$W/batch.$name")" \
         "$(pctl 50 "$W/batch.$name")" "$(pctl 99 "$W/batch.$name")" "$(pctl 100 "$W/batch.$name")" \
-        "$(calc "$R_wal / $R_rows")" "$p99w" "$(calc "$p99w / $BASE_P99")" \
+        "$(calc "$R_wal / $R_rows")" "$R_idx" "$p99w" "$(calc "$p99w / $BASE_P99")" \
         "$([ "$R_left" -gt 0 ] && echo "  (stopped at the cap, $R_left rows left)")"
 }
 
@@ -184,13 +190,15 @@ workload baseline "$BASELINE_S"
 BASE_P99=$(calc "$(pctl 99 "$W/lat.baseline") / 1000")
 
 echo "backfill bench: $ROWS rows, 2 secondary indexes + primary key; pgbench select/update/insert at $TPS tps on the same table"
-printf '%-22s %10s %7s %8s %8s %8s %8s %10s %10s %7s\n' method rows/s ratio batches "p50 ms" "p99 ms" "max ms" "WAL B/row" "wl p99 ms" "vs base"
+printf '%-24s %10s %7s %8s %8s %8s %8s %10s %8s %10s %7s\n' method rows/s ratio batches "p50 ms" "p99 ms" "max ms" "WAL B/row" "index MB" "wl p99 ms" "vs base"
 run_method update
 UPDATE_SECS=$R_secs
 RATE_update=$(calc "$R_rows / $R_secs")
 report "single UPDATE" update
 run_method backfill
 report "tenancy.backfill" backfill
+run_method compact
+report "  compact_indexes => true" compact
 run_method loop
 report "IN (SELECT LIMIT $LOOP_LIMIT)" loop
 printf 'workload baseline (no backfill): p99 %.1f ms over %d transactions\n' "$BASE_P99" "$(wc -l < "$W/lat.baseline")"
