@@ -1137,7 +1137,9 @@ BEGIN
                SET cursor = lo, upper_bound = ub, phase = job.phase, rows_scanned = job.rows_scanned,
                    rows_done = job.rows_done, batches = job.batches, batch_size = n,
                    last_batch_ms = round(ms, 1), max_batch_ms = greatest(j.max_batch_ms, round(ms, 1)),
-                   rate = round(v_rate), eta = date_trunc('second', v_eta), throttle = NULL,
+                   rate = round(v_rate), eta = date_trunc('second', v_eta),
+                   throttle = CASE WHEN pause_s > 0 AND job.phase <> 'done'
+                                   THEN pg_catalog.format('pause %s ms between batches', round(pause_s * 1000)) END,
                    updated_at = pg_catalog.now(),
                    state = CASE WHEN job.phase = 'done' THEN 'done' ELSE 'running' END,
                    finished_at = CASE WHEN job.phase = 'done' THEN pg_catalog.now() END,

@@ -35,7 +35,7 @@ SELECT pid AS bg_pid FROM dblink('bfc_bg', 'SELECT pg_backend_pid()') AS t(pid i
 SELECT dblink_send_query('bfc_bg', $$CALL tenancy.backfill('bfc_term', batch_size => 10, max_batch_size => 10, pause => '50ms')$$);
 SELECT bfc_wait_for($$SELECT rows_done >= 30 FROM tenancy.backfill_jobs WHERE relation = 'bfc_term'::regclass$$) AS progressing;
 SELECT state, running_pid = :bg_pid AS runs_there, interrupted, rows_per_s > 0 AS has_rate, batch_size,
-       percent > 0 AS has_percent, eta IS NOT NULL AS has_eta
+       percent > 0 AS has_percent, eta IS NOT NULL AS has_eta, throttle
   FROM tenancy.backfill_progress WHERE relation = 'bfc_term'::regclass;
 SELECT application_name LIKE 'tenancy.backfill public.bfc_term %' AS shows_in_activity
   FROM pg_stat_activity WHERE pid = :bg_pid;
