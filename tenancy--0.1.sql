@@ -844,6 +844,9 @@ BEGIN
     IF tbl IS NULL THEN
         RAISE EXCEPTION 'tbl must not be null' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- Called where it cannot commit (from a function, or inside an
+    -- exception block): fail here, before taking anything.
+    COMMIT;
     IF NOT tenancy.backfill_try_lock(tbl) THEN
         RAISE EXCEPTION 'a backfill of "%" is already running', tbl
             USING ERRCODE = 'object_in_use',

@@ -193,6 +193,27 @@ BEGIN;
 CALL tenancy.backfill('bf_plain');
 ROLLBACK;
 
+-- Where it cannot commit (inside an exception block): refused before it
+-- takes the table's backfill lock, so the next CALL is not blocked.
+DO $$
+BEGIN
+    CALL tenancy.backfill('bf_plain');
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'caught: %', SQLERRM;
+END
+$$;
+CALL tenancy.backfill('bf_plain');
+-- From a function (an atomic context): PostgreSQL's own error, raised
+-- before the lock is taken.
+CREATE FUNCTION bf_from_function() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    CALL tenancy.backfill('bf_plain');
+END
+$$;
+SELECT bf_from_function();
+DROP FUNCTION bf_from_function();
+CALL tenancy.backfill('bf_plain');
+
 -- Bad input changes nothing.
 CALL tenancy.backfill('bf_missing');
 CALL tenancy.backfill(NULL);
