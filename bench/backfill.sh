@@ -14,7 +14,8 @@
 # workload's p99 latency and its ratio to the baseline, and
 # tenancy.backfill's rows/s at ROWS vs ROWS/10.  tenancy.backfill runs twice:
 # by default, and with compact_indexes => true (btree bottom-up deletion
-# cleans index entries as it goes: smaller indexes, slower).
+# cleans index entries as it goes: smaller indexes, slower), and with
+# pause => '20ms' between batches (lighter on the concurrent workload).
 #
 #   ROWS=10000000 (default)  LOOP_LIMIT=10000  WORKLOAD_TPS=100  PORT=5535
 #   LOOP_CAP=3: the loop stops after LOOP_CAP times the single UPDATE's time
@@ -124,9 +125,10 @@ run_method() {
             q -c "UPDATE bench_run SET tenant_id = '00000000-0000-0000-0000-00000000000a' WHERE tenant_id IS NULL" >/dev/null
             t1=$(now)
             calc "($t1 - $t0) * 1000" >> "$W/batch.$name" ;;
-        backfill|compact)
+        backfill|compact|pause)
             local opt=""
             [ "$name" = compact ] && opt=", compact_indexes => true"
+            [ "$name" = pause ] && opt=", pause => '20ms'"
             PGOPTIONS="-c client_min_messages=debug1" q -c "CALL tenancy.backfill('bench_run'$opt)" 2>"$W/backfill.log" >/dev/null
             t1=$(now)
             sed -n 's/.*tenancy.backfill .* batch [0-9]*: [0-9]* rows updated in \([0-9.]*\) ms.*/\1/p' "$W/backfill.log" \
@@ -203,6 +205,8 @@ RATE_update=$(calc "$R_rows / $R_secs")
 report "single UPDATE" update
 run_method backfill
 report "tenancy.backfill" backfill
+run_method pause
+report "  pause => '20ms'" pause
 run_method compact
 report "  compact_indexes => true" compact
 run_method loop
