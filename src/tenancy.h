@@ -81,4 +81,7 @@ extern void tenancy_count(TenancyCounter counter);
 #define tenancy_guc_free(p)		free(p)
 #endif
 
+/* backfill.c: helpers of the batched backfill engine */
+extern void tenancy_backfill_init(void);
+
 #endif							/* TENANCY_H */
