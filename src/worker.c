@@ -1,0 +1,620 @@
+/*-------------------------------------------------------------------------
+ * worker.c
+ *	  The background worker that keeps tenancy.migration_status up to date
+ *	  in every database of tenancy.worker_databases.
+ *
+ * Design.  One static "tenancy launcher", connected to no database, wakes
+ * up every tenancy.worker_interval seconds, looks the watched databases up
+ * in pg_database (a shared catalog) and starts one dynamic "tenancy worker"
+ * per database that exists and accepts connections.  A worker runs ONE
+ * cycle and exits; the launcher starts the next one at the next interval,
+ * unless the previous one is still running.  Like autovacuum workers, and
+ * unlike a worker that stays connected, this never holds a database open:
+ * DROP DATABASE, ALTER DATABASE RENAME and CREATE DATABASE ... TEMPLATE wait
+ * at most one cycle (which the time budget bounds) instead of failing, a
+ * later CREATE EXTENSION is picked up by the next cycle, and each cycle
+ * starts with fresh caches.  The price is a process start per database per
+ * interval, negligible at the default interval of a minute.  What must
+ * survive between cycles (the position of an incremental count) lives in
+ * tenancy.migration_status, so refresh_status() shares it.
+ *
+ * A cycle: check the extension is there (if not, say so once in the log and
+ * exit), prune status rows of dropped tables, then count each registered
+ * table (status.c), each step in its own short transaction under a short
+ * lock_timeout.  An error on one table is logged and the cycle goes on.  An
+ * incremental count goes on while tenancy.worker_cycle_budget lasts; every
+ * table gets at least one step per cycle.
+ *-------------------------------------------------------------------------
+ */
+#include "tenancy.h"
+
+#include "access/htup_details.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+/* Seconds before the postmaster restarts a launcher that died. */
+#define LAUNCHER_RESTART_SECONDS 5
+/* At most this many watched databases. */
+#define MAX_WATCHED_DATABASES 32
+
+PGDLLEXPORT void tenancy_launcher_main(Datum main_arg);
+PGDLLEXPORT void tenancy_worker_main(Datum main_arg);
+
+/* GUCs */
+static char *worker_databases = NULL;
+static int	worker_interval = 60;
+static bool worker_enabled = true;
+static char *worker_role = NULL;
+
+/*
+ * Shared state: which databases were found without the extension, so that
+ * the fact is logged once and not at every cycle.
+ */
+typedef struct WorkerDbSlot
+{
+	Oid			dboid;
+	bool		noext_logged;
+} WorkerDbSlot;
+
+typedef struct WorkerShared
+{
+	slock_t		mutex;
+	WorkerDbSlot slots[MAX_WATCHED_DATABASES];
+} WorkerShared;
+
+static WorkerShared *worker_shared = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* The launcher's view of each watched database. */
+typedef struct WatchedDb
+{
+	char		name[NAMEDATALEN];
+	Oid			oid;
+	BackgroundWorkerHandle *handle;
+	bool		problem_logged; /* missing or refusing connections, logged */
+} WatchedDb;
+
+static WatchedDb watched[MAX_WATCHED_DATABASES];
+static int	nwatched = 0;
+static bool role_problem_logged = false;
+static bool start_problem_logged = false;
+
+static bool
+check_worker_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval);
+	List	   *names;
+	bool		ok = SplitGUCList(raw, ',', &names);
+
+	if (!ok)
+		GUC_check_errdetail("List syntax is invalid.");
+	else if (list_length(names) > MAX_WATCHED_DATABASES)
+	{
+		GUC_check_errdetail("At most %d databases can be watched.", MAX_WATCHED_DATABASES);
+		ok = false;
+	}
+	list_free(names);
+	pfree(raw);
+	return ok;
+}
+
+static void
+worker_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
+}
+
+static void
+worker_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	worker_shared = ShmemInitStruct("tenancy worker", sizeof(WorkerShared), &found);
+	if (!found)
+	{
+		memset(worker_shared, 0, sizeof(WorkerShared));
+		SpinLockInit(&worker_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+tenancy_worker_init(void)
+{
+	BackgroundWorker bgw;
+
+	DefineCustomStringVariable("tenancy.worker_databases",
+							   "Comma-separated databases whose registered tables the background worker counts.",
+							   NULL,
+							   &worker_databases,
+							   "postgres",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   check_worker_databases, NULL, NULL);
+	DefineCustomIntVariable("tenancy.worker_interval",
+							"Seconds between two cycles of the background worker.",
+							NULL,
+							&worker_interval,
+							60, 1, 86400,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("tenancy.worker_enabled",
+							 "Run the background worker that counts unmigrated rows.",
+							 NULL,
+							 &worker_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomStringVariable("tenancy.worker_role",
+							   "Role the background workers connect as; empty: the bootstrap superuser.",
+							   "The role needs LOGIN, SELECT on the registered tables and on tenancy.tables, "
+							   "and INSERT, UPDATE, DELETE on tenancy.migration_status.",
+							   &worker_role,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("tenancy.worker_cycle_budget",
+							"Time an incremental count may take per cycle and database (refresh_status() too).",
+							"Every table still gets one step per cycle.",
+							&tenancy_worker_cycle_budget,
+							1000, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("tenancy.worker_chunk_pages",
+							"Heap pages counted per step (short transaction) of an incremental count.",
+							NULL,
+							&tenancy_worker_chunk_pages,
+							1024, 1, INT_MAX / 2,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = worker_shmem_request;
+#else
+	worker_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = worker_shmem_startup;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = LAUNCHER_RESTART_SECONDS;
+	strlcpy(bgw.bgw_library_name, "tenancy", BGW_MAXLEN);
+	strlcpy(bgw.bgw_function_name, "tenancy_launcher_main", BGW_MAXLEN);
+	strlcpy(bgw.bgw_name, "tenancy launcher", BGW_MAXLEN);
+	strlcpy(bgw.bgw_type, "tenancy launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&bgw);
+}
+
+/* ----------------------------------------------------------------------
+ * Launcher
+ * ----------------------------------------------------------------------
+ */
+
+/* Rebuild the list of watched databases from the GUC, keeping state. */
+static void
+launcher_parse_databases(void)
+{
+	WatchedDb	old[MAX_WATCHED_DATABASES];
+	int			nold = nwatched;
+	char	   *raw = pstrdup(worker_databases);
+	List	   *names;
+	ListCell   *lc;
+
+	memcpy(old, watched, sizeof(WatchedDb) * nold);
+	nwatched = 0;
+	if (!SplitGUCList(raw, ',', &names))
+		names = NIL;			/* the check hook makes this unreachable */
+	foreach(lc, names)
+	{
+		const char *name = lfirst(lc);
+		WatchedDb  *w;
+		bool		dup = false;
+
+		if (nwatched >= MAX_WATCHED_DATABASES || name[0] == '\0')
+			continue;
+		for (int i = 0; i < nwatched; i++)
+			dup |= strcmp(watched[i].name, name) == 0;
+		if (dup)
+			continue;
+		w = &watched[nwatched++];
+		memset(w, 0, sizeof(WatchedDb));
+		strlcpy(w->name, name, NAMEDATALEN);
+		for (int i = 0; i < nold; i++)
+		{
+			if (strcmp(old[i].name, name) == 0)
+			{
+				*w = old[i];
+				break;
+			}
+		}
+	}
+	list_free(names);
+	pfree(raw);
+}
+
+/*
+ * Look the watched databases and the worker role up in the shared
+ * catalogs.  Returns false when the workers cannot start (bad role).
+ */
+static bool
+launcher_resolve(Oid *roleoid)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	bool		ok = true;
+
+	for (int i = 0; i < nwatched; i++)
+		watched[i].oid = InvalidOid;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		for (int i = 0; i < nwatched; i++)
+		{
+			if (strcmp(NameStr(db->datname), watched[i].name) != 0)
+				continue;
+			if (!db->datallowconn || database_is_invalid_form(db))
+			{
+				if (!watched[i].problem_logged)
+					ereport(LOG,
+							(errmsg("tenancy launcher: database \"%s\" does not accept connections, skipped",
+									watched[i].name)));
+				watched[i].problem_logged = true;
+			}
+			else
+			{
+				if (watched[i].problem_logged)
+					ereport(LOG,
+							(errmsg("tenancy launcher: database \"%s\" found, watched from now on", watched[i].name)));
+				watched[i].problem_logged = false;
+				watched[i].oid = db->oid;
+			}
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	for (int i = 0; i < nwatched; i++)
+	{
+		if (OidIsValid(watched[i].oid) || watched[i].problem_logged)
+			continue;
+		ereport(LOG,
+				(errmsg("tenancy launcher: database \"%s\" of tenancy.worker_databases does not exist, skipped",
+						watched[i].name)));
+		watched[i].problem_logged = true;
+	}
+
+	*roleoid = InvalidOid;
+	if (worker_role[0] != '\0')
+	{
+		tup = SearchSysCache1(AUTHNAME, CStringGetDatum(worker_role));
+		if (!HeapTupleIsValid(tup) || !((Form_pg_authid) GETSTRUCT(tup))->rolcanlogin)
+		{
+			if (!role_problem_logged)
+				ereport(LOG,
+						(errmsg("tenancy launcher: role \"%s\" of tenancy.worker_role does not exist or cannot log in; no worker started",
+								worker_role)));
+			role_problem_logged = true;
+			ok = false;
+		}
+		else
+		{
+			*roleoid = ((Form_pg_authid) GETSTRUCT(tup))->oid;
+			role_problem_logged = false;
+		}
+		if (HeapTupleIsValid(tup))
+			ReleaseSysCache(tup);
+	}
+	CommitTransactionCommand();
+	return ok;
+}
+
+/* Start one worker per watched database whose previous one has ended. */
+static void
+launcher_cycle(void)
+{
+	Oid			roleoid;
+
+	pgstat_report_activity(STATE_RUNNING, "tenancy launcher: starting workers");
+	if (!launcher_resolve(&roleoid))
+		return;
+	for (int i = 0; i < nwatched; i++)
+	{
+		WatchedDb  *w = &watched[i];
+		BackgroundWorker bgw;
+		pid_t		pid;
+
+		if (!OidIsValid(w->oid))
+			continue;
+		if (w->handle != NULL)
+		{
+			if (GetBackgroundWorkerPid(w->handle, &pid) != BGWH_STOPPED)
+				continue;		/* still running its cycle: skip this one */
+			pfree(w->handle);
+			w->handle = NULL;
+		}
+		memset(&bgw, 0, sizeof(bgw));
+		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		bgw.bgw_restart_time = BGW_NEVER_RESTART;
+		strlcpy(bgw.bgw_library_name, "tenancy", BGW_MAXLEN);
+		strlcpy(bgw.bgw_function_name, "tenancy_worker_main", BGW_MAXLEN);
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "tenancy worker for database %s", w->name);
+		strlcpy(bgw.bgw_type, "tenancy worker", BGW_MAXLEN);
+		bgw.bgw_main_arg = ObjectIdGetDatum(w->oid);
+		memcpy(bgw.bgw_extra, &roleoid, sizeof(Oid));
+		bgw.bgw_notify_pid = MyProcPid;
+		if (!RegisterDynamicBackgroundWorker(&bgw, &w->handle))
+		{
+			w->handle = NULL;
+			if (!start_problem_logged)
+				ereport(LOG,
+						(errmsg("tenancy launcher: could not start a worker for database \"%s\"", w->name),
+						 errhint("Raise max_worker_processes.")));
+			start_problem_logged = true;
+		}
+		else
+			start_problem_logged = false;
+	}
+}
+
+void
+tenancy_launcher_main(Datum main_arg)
+{
+	TimestampTz last_cycle = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("tenancy launcher");
+	launcher_parse_databases();
+	ereport(LOG, (errmsg("tenancy launcher started")));
+
+	while (!ShutdownRequestPending)
+	{
+		TimestampTz now;
+		TimestampTz next;
+		long		wait_ms = 3600 * 1000L;
+		char		activity[256];
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			launcher_parse_databases();
+			role_problem_logged = false;
+		}
+
+		if (worker_enabled)
+		{
+			now = GetCurrentTimestamp();
+			next = TimestampTzPlusMilliseconds(last_cycle, worker_interval * 1000L);
+			if (last_cycle == 0 || now >= next)
+			{
+				launcher_cycle();
+				last_cycle = now;
+				next = TimestampTzPlusMilliseconds(now, worker_interval * 1000L);
+			}
+			wait_ms = Max(1, (long) ((next - GetCurrentTimestamp()) / 1000));
+			snprintf(activity, sizeof(activity),
+					 "tenancy launcher: idle, interval %d s, databases %s",
+					 worker_interval, worker_databases);
+		}
+		else
+			snprintf(activity, sizeof(activity),
+					 "tenancy launcher: disabled (tenancy.worker_enabled = off)");
+		pgstat_report_activity(STATE_IDLE, activity);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	/*
+	 * Exit code 1: the postmaster starts the launcher again after
+	 * LAUNCHER_RESTART_SECONDS, unless the server is shutting down.
+	 */
+	ereport(LOG, (errmsg("tenancy launcher shutting down")));
+	proc_exit(1);
+}
+
+/* ----------------------------------------------------------------------
+ * Worker: one cycle in one database
+ * ----------------------------------------------------------------------
+ */
+
+/* Log once per database when the extension is missing, and its return. */
+static void
+worker_note_extension(Oid dboid, bool missing)
+{
+	WorkerDbSlot *slot = NULL;
+	bool		was_logged;
+
+	SpinLockAcquire(&worker_shared->mutex);
+	for (int i = 0; i < MAX_WATCHED_DATABASES && slot == NULL; i++)
+		if (worker_shared->slots[i].dboid == dboid)
+			slot = &worker_shared->slots[i];
+	for (int i = 0; i < MAX_WATCHED_DATABASES && slot == NULL; i++)
+		if (!OidIsValid(worker_shared->slots[i].dboid))
+		{
+			slot = &worker_shared->slots[i];
+			slot->dboid = dboid;
+			slot->noext_logged = false;
+		}
+	was_logged = slot ? slot->noext_logged : false;
+	if (slot)
+		slot->noext_logged = missing;
+	SpinLockRelease(&worker_shared->mutex);
+
+	if (missing && !was_logged)
+		ereport(LOG,
+				(errmsg("tenancy worker: extension tenancy is not installed in database \"%s\", skipped until it is",
+						get_database_name(dboid))));
+	else if (!missing && was_logged)
+		ereport(LOG,
+				(errmsg("tenancy worker: extension tenancy found in database \"%s\", counting starts",
+						get_database_name(dboid))));
+}
+
+static void
+worker_error_context(void *arg)
+{
+	errcontext("tenancy worker counting unmigrated rows of relation %u", *(Oid *) arg);
+}
+
+/* Run one step for t in its own transaction; false on error or pass end. */
+static bool
+worker_step(StatusTable *t)
+{
+	bool		more = false;
+	ErrorContextCallback errcb;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	PG_TRY();
+	{
+		errcb.callback = worker_error_context;
+		errcb.arg = &t->relid;
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+		SPI_connect();
+		more = status_step(t->relid, t->column, true);
+		SPI_finish();
+		error_context_stack = errcb.previous;
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		/* Log it, clean up, and let the cycle go on with the next table. */
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		FlushErrorState();
+		RESUME_INTERRUPTS();
+		more = false;
+	}
+	PG_END_TRY();
+	return more;
+}
+
+void
+tenancy_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	Oid			roleoid;
+	TimestampTz deadline;
+	List	   *tables;
+	ListCell   *lc;
+	bool		installed;
+
+	memcpy(&roleoid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, roleoid, 0);
+	pgstat_report_appname("tenancy worker");
+
+	/* Never wait long for a lock, never start parallel workers. */
+	SetConfigOption("lock_timeout", "100", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+
+	if (!worker_enabled)
+		proc_exit(0);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tenancy_worker_cycle_budget);
+
+	pgstat_report_activity(STATE_RUNNING, "tenancy: reading tenancy.tables");
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	installed = OidIsValid(get_extension_oid("tenancy", true));
+	worker_note_extension(dboid, !installed);
+	tables = NIL;
+	if (installed)
+	{
+		SPI_connect();
+		status_prune();
+		tables = status_tables(InvalidOid, TopMemoryContext);
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	foreach(lc, tables)
+	{
+		StatusTable *t = lfirst(lc);
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (!worker_enabled)
+				break;
+		}
+		/* At least one step per table; more while the budget lasts. */
+		while (worker_step(t) && GetCurrentTimestamp() < deadline)
+			CHECK_FOR_INTERRUPTS();
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
+}
