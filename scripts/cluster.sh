@@ -26,7 +26,7 @@ tn_pg_paths() {
     sys_libdir=$("$PG_CONFIG" --pkglibdir)
     sys_sharedir=$("$PG_CONFIG" --sharedir)
     TN_PGXS=$("$PG_CONFIG" --pgxs)
-    TN_PGXS_DIR=$(dirname "$(dirname "$TN_PGXS")")
+    TN_PGXS_DIR=$(dirname "$(dirname "$(dirname "$TN_PGXS")")")   # .../lib/pgxs
     if [ -n "${TENANCY_SANDBOX:-}" ]; then
         local base; base=$(dirname "$sys_bindir")        # /usr/lib/postgresql/15
         if [ ! -x "$TENANCY_SANDBOX$sys_bindir/postgres" ]; then
