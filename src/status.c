@@ -663,9 +663,11 @@ status_tables(Oid relid, MemoryContext cxt)
 	List	   *result = NIL;
 	MemoryContext old;
 
-	if (SPI_execute_with_args("SELECT t.relation::pg_catalog.oid, t.column_name::pg_catalog.text "
+	if (SPI_execute_with_args("SELECT t.relation::pg_catalog.oid, t.column_name::pg_catalog.text, "
+							  "pg_catalog.format('%I.%I', n.nspname, c.relname) "
 							  "FROM tenancy.tables t "
 							  "JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.relation::pg_catalog.oid "
+							  "JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
 							  "WHERE $1 OPERATOR(pg_catalog.=) 0 OR t.relation::pg_catalog.oid OPERATOR(pg_catalog.=) $1 "
 							  "ORDER BY 1",
 							  1, argtypes, values, NULL, true, 0) != SPI_OK_SELECT)
@@ -678,6 +680,7 @@ status_tables(Oid relid, MemoryContext cxt)
 
 		t->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 		strlcpy(t->column, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2), NAMEDATALEN);
+		strlcpy(t->name, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3), sizeof(t->name));
 		result = lappend(result, t);
 	}
 	MemoryContextSwitchTo(old);
@@ -781,8 +784,8 @@ tenancy_refresh_status(PG_FUNCTION_ARGS)
 				ReThrowError(edata);
 			ereport(WARNING,
 					(errcode(edata->sqlerrcode),
-					 errmsg("could not count unmigrated rows of relation %u: %s",
-							t->relid, edata->message)));
+					 errmsg("could not count unmigrated rows of %s: %s",
+							t->name, edata->message)));
 			FreeErrorData(edata);
 		}
 		PG_END_TRY();

@@ -86,6 +86,7 @@ typedef struct StatusTable
 {
 	Oid			relid;
 	char		column[NAMEDATALEN];
+	char		name[2 * NAMEDATALEN + 8];	/* schema-qualified, quoted */
 } StatusTable;
 extern int	tenancy_worker_cycle_budget;
 extern int	tenancy_worker_chunk_pages;

@@ -516,7 +516,7 @@ worker_note_extension(Oid dboid, bool missing)
 static void
 worker_error_context(void *arg)
 {
-	errcontext("tenancy worker counting unmigrated rows of relation %u", *(Oid *) arg);
+	errcontext("tenancy worker counting unmigrated rows of %s", ((StatusTable *) arg)->name);
 }
 
 /* Run one step for t in its own transaction; false on error or pass end. */
@@ -532,9 +532,11 @@ worker_step(StatusTable *t)
 	PG_TRY();
 	{
 		errcb.callback = worker_error_context;
-		errcb.arg = &t->relid;
+		errcb.arg = t;
 		errcb.previous = error_context_stack;
 		error_context_stack = &errcb;
+		pgstat_report_activity(STATE_RUNNING, psprintf("tenancy: counting %s.%s", t->name,
+														quote_identifier(t->column)));
 		SPI_connect();
 		more = status_step(t->relid, t->column, true);
 		SPI_finish();
