@@ -308,7 +308,11 @@ launcher_resolve(Oid *roleoid)
 		{
 			if (strcmp(NameStr(db->datname), watched[i].name) != 0)
 				continue;
-			if (!db->datallowconn || database_is_invalid_form(db))
+			if (!db->datallowconn
+#ifdef DATCONNLIMIT_INVALID_DB
+				|| database_is_invalid_form(db)
+#endif
+				)
 			{
 				if (!watched[i].problem_logged)
 					ereport(LOG,
