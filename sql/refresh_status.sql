@@ -131,6 +131,23 @@ SELECT * FROM tenancy.refresh_status();
 RESET ROLE;
 DROP ROLE refresh_status_app;
 
+-- a role subject to row security gets an error, never a partial count
+CREATE TABLE rs_rls (id int, tenant_id uuid);
+INSERT INTO rs_rls VALUES (1, NULL), (2, NULL);
+ALTER TABLE rs_rls ENABLE ROW LEVEL SECURITY;
+CREATE POLICY rs_rls_none ON rs_rls USING (false);
+INSERT INTO tenancy.tables (relation) VALUES ('rs_rls');
+CREATE ROLE refresh_status_rls;
+GRANT SELECT ON rs_rls, tenancy.tables TO refresh_status_rls;
+GRANT SELECT, INSERT, UPDATE, DELETE ON tenancy.migration_status TO refresh_status_rls;
+GRANT EXECUTE ON FUNCTION tenancy.refresh_status(regclass) TO refresh_status_rls;
+SET ROLE refresh_status_rls;
+SELECT unmigrated FROM tenancy.refresh_status('rs_rls');
+RESET ROLE;
+SELECT unmigrated, method FROM tenancy.refresh_status('rs_rls');
+DROP OWNED BY refresh_status_rls;
+DROP ROLE refresh_status_rls;
+
 -- switch the worker back on
 ALTER SYSTEM RESET tenancy.worker_enabled;
 SELECT pg_reload_conf();
@@ -138,5 +155,5 @@ SELECT pg_temp.wait_for($$EXISTS (SELECT 1 FROM pg_stat_activity
     WHERE backend_type = 'tenancy launcher' AND query LIKE '%interval%')$$) AS launcher_enabled;
 
 DROP EXTENSION tenancy CASCADE;
-DROP TABLE rs_notnull, rs_check, rs_notvalid, rs_index, rs_scan, rs_unregistered, rs_nocolumn;
+DROP TABLE rs_notnull, rs_check, rs_notvalid, rs_index, rs_scan, rs_unregistered, rs_nocolumn, rs_rls;
 DROP VIEW rs_view;

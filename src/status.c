@@ -321,9 +321,10 @@ status_write(Oid relid, const char *column, const StatusRow *row, TimestampTz no
 }
 
 /*
- * Run a counting query with settings that keep it cheap and polite: no
- * parallel workers, no sequential or bitmap scan when an index or a TID
- * range does the job, and short lock waits.  The settings are undone when
+ * Run a counting query with settings that keep it cheap, polite and
+ * honest: no parallel workers, no sequential or bitmap scan when an index
+ * or a TID range does the job, and row_security off, so that a role subject
+ * to a policy gets an error instead of a count of the rows it may see.  The settings are undone when
  * the query ends, as for a function's SET clause.
  */
 static void
@@ -338,6 +339,9 @@ run_count(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("max_parallel_workers_per_gather", "0", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	/* Never a silently partial count: fail where row security would filter. */
+	(void) set_config_option("row_security", "off", PGC_USERSET,
 							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_execute_with_args(sql, nargs, argtypes, values, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
