@@ -210,6 +210,7 @@ CREATE FUNCTION tenancy.bind_role_sql(role regrole, tenant text DEFAULT NULL) RE
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k text := CASE WHEN tenant IS NULL THEN tenancy.implicit_tenant() ELSE tenancy.tenant_key(tenant) END;
+    rolname name := (SELECT r.rolname FROM pg_roles r WHERE r.oid = role);
     stmt text := '';
 BEGIN
     IF k IS NULL THEN
@@ -221,10 +222,10 @@ BEGIN
     -- at the same level, ahead of the key, so the key is parsed with it.
     IF current_setting('tenancy.tenant_type') <> 'uuid' THEN
         stmt := format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_type = %L;' || chr(10),
-                       role::text, current_database(), current_setting('tenancy.tenant_type'));
+                       rolname, current_database(), current_setting('tenancy.tenant_type'));
     END IF;
     RETURN stmt || format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_id = %L;',
-                          role::text, current_database(), k);
+                          rolname, current_database(), k);
 END
 $$;
 COMMENT ON FUNCTION tenancy.bind_role_sql(regrole, text) IS 'the ALTER ROLE statements bind_role() would run';
@@ -243,7 +244,8 @@ COMMENT ON FUNCTION tenancy.bind_role(regrole, text) IS 'make a tenant (default:
 CREATE FUNCTION tenancy.unbind_role(role regrole) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;', role::text, current_database());
+    stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
+                        (SELECT r.rolname FROM pg_roles r WHERE r.oid = role), current_database());
 BEGIN
     EXECUTE stmt;
     RETURN stmt;
@@ -272,6 +274,2241 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+-- Readiness: the readiness report (tenancy.verify), the contract phase
+-- (enforce_not_null, tenant-scoped constraints, contract_log, rollback) and
+-- the identity backfill (memberships, personal tenants, set_tenant_as).
+-- Everything here is plain SQL; it reads the objects of the RLS feature
+-- (policy tenancy_policy, tenancy.shadow_stats, enable_rls/disable_rls/
+-- set_mode) and of the backfill feature (backfill, add_tenant_column) by
+-- name from the catalog, and degrades when they are absent.
+------------------------------------------------------------------------------
+
+-- Every step of the contract phase, with the SQL that undoes it.
+CREATE TABLE tenancy.contract_log (
+    id         bigserial PRIMARY KEY,
+    relation   regclass NOT NULL,
+    step       text NOT NULL,
+    sql        text NOT NULL,
+    undo_sql   text,
+    done_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    undone_at  timestamptz
+);
+CREATE INDEX contract_log_relation ON tenancy.contract_log (relation, id);
+COMMENT ON TABLE tenancy.contract_log IS 'contract-phase steps: what ran, when, and the SQL that undoes it';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.contract_log', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.contract_log_id_seq', '');
+REVOKE ALL ON TABLE tenancy.contract_log FROM PUBLIC;
+
+-- Who may act in which tenant.  The tenant column takes the key type.
+DO $do$
+BEGIN
+    EXECUTE pg_catalog.format($sql$
+        CREATE TABLE tenancy.memberships (
+            tenant     %s NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+            user_key   text NOT NULL,
+            role       text NOT NULL DEFAULT 'member'
+                       CONSTRAINT memberships_role_check
+                       CHECK (role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin', 'member', 'viewer'])),
+            created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+            PRIMARY KEY (tenant, user_key)
+        )$sql$, pg_catalog.format_type(tenancy.key_type(), NULL));
+END
+$do$;
+CREATE INDEX memberships_user_key ON tenancy.memberships (user_key);
+COMMENT ON TABLE tenancy.memberships IS 'tenant memberships: user key and role (owner, admin, member, viewer)';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.memberships', '');
+REVOKE ALL ON TABLE tenancy.memberships FROM PUBLIC;
+
+-- The users and resource tables create_personal_tenants() was run with, so
+-- verify() can find users with resources but no tenant.
+CREATE TABLE tenancy.identity_sources (
+    users        regclass NOT NULL,
+    key_column   name NOT NULL,
+    name_column  name NOT NULL,
+    resource     regclass NOT NULL,
+    owner_column name NOT NULL,
+    slug_prefix  text NOT NULL,
+    PRIMARY KEY (users, resource, owner_column)
+);
+COMMENT ON TABLE tenancy.identity_sources IS 'users and resource tables given to create_personal_tenants()';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.identity_sources', '');
+REVOKE ALL ON TABLE tenancy.identity_sources FROM PUBLIC;
+
+-- Is a routine of another feature installed?  (Features land separately.)
+CREATE FUNCTION tenancy.has_routine(name name) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_proc
+                   WHERE pronamespace = 'tenancy'::regnamespace AND proname = $1);
+$$;
+COMMENT ON FUNCTION tenancy.has_routine(name) IS 'whether tenancy.<name>() exists (features are optional to each other)';
+
+-- The accessor a policy compares the tenant column with, for the key type.
+CREATE FUNCTION tenancy.tenant_accessor() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE format_type(tenancy.key_type(), NULL)
+           WHEN 'uuid' THEN 'tenancy.current_tenant()'
+           WHEN 'bigint' THEN 'tenancy.current_tenant_bigint()'
+           ELSE 'tenancy.current_tenant_text()' END;
+$$;
+COMMENT ON FUNCTION tenancy.tenant_accessor() IS 'the current-tenant function matching tenancy.tenant_type';
+
+-- Columns of an index or constraint as a quoted, comma-separated list.
+CREATE FUNCTION tenancy.column_list(rel regclass, attnums smallint[]) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.i)
+    FROM unnest(attnums) WITH ORDINALITY AS k(attnum, i)
+    JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum;
+$$;
+
+-- Record one contract step (the generated SQL of scope_constraints_sql()
+-- calls this after each statement).
+CREATE FUNCTION tenancy.log_step(relation regclass, step text, sql text, undo_sql text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO tenancy.contract_log (relation, step, sql, undo_sql)
+    VALUES ($1, $2, $3, $4) RETURNING id;
+$$;
+COMMENT ON FUNCTION tenancy.log_step(regclass, text, text, text) IS 'record a contract step and its undo SQL in tenancy.contract_log';
+
+-- The readiness report.  One row per finding; a clean database gives one
+-- 'ok' row per check and table, so the report shows what was checked.
+-- Counting runs with row_security off: a role that RLS would filter gets
+-- an error instead of a wrong count.  max_rows caps each count.
+CREATE FUNCTION tenancy.verify(tbl regclass DEFAULT NULL, max_rows bigint DEFAULT NULL)
+RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
+               detail text, fix text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET row_security = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    keytype  text := format_type(tenancy.key_type(), NULL);
+    lim      text := coalesce(max_rows::text, 'ALL');
+    r        record;
+    f        record;
+    p        record;
+    n        bigint;
+    m        bigint;
+    cnt      bigint;
+    txt      text;
+    txt2     text;
+    cond     text;
+    atleast  text;
+    bad      integer;
+    has_shadow boolean := to_regclass('tenancy.shadow_stats') IS NOT NULL;
+    fix_rls  text;
+BEGIN
+    IF max_rows IS NOT NULL AND max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be positive'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register it with tenancy.add_tenant_column(), or call tenancy.verify() for every registered table.';
+    END IF;
+
+    FOR r IN
+        SELECT t.relation AS rel, t.column_name AS col, t.stage,
+               c.oid IS NOT NULL AS present, c.relkind,
+               a.attnum, a.atttypid
+        FROM tenancy.tables t
+        LEFT JOIN pg_class c ON c.oid = t.relation
+        LEFT JOIN pg_attribute a ON a.attrelid = t.relation AND a.attname = t.column_name
+                                AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE tbl IS NULL OR t.relation = tbl
+        ORDER BY t.relation::text
+    LOOP
+        -- tenant_column: the registered column exists and has the key type
+        check_name := 'tenant_column'; relation := r.rel; rows_affected := NULL;
+        IF NOT r.present THEN
+            status := 'failure';
+            detail := format('registered relation %s no longer exists', r.rel::oid);
+            fix := format('DELETE FROM tenancy.tables WHERE relation = %s;', r.rel::oid);
+            RETURN NEXT;
+            CONTINUE;
+        ELSIF r.attnum IS NULL THEN
+            status := 'failure';
+            detail := format('tenant column %I does not exist; the other checks skip this table', r.col);
+            fix := CASE WHEN tenancy.has_routine('add_tenant_column')
+                        THEN format('SELECT tenancy.add_tenant_column(%L, column_name => %L);', r.rel::text, r.col)
+                        ELSE format('ALTER TABLE %s ADD COLUMN %I %s;', r.rel, r.col, keytype) END;
+            RETURN NEXT;
+            CONTINUE;
+        ELSIF r.atttypid <> tenancy.key_type() THEN
+            status := 'warning';
+            detail := format('tenant column %I is of type %s but tenant keys are %s: comparisons cast and cannot use indexes',
+                             r.col, format_type(r.atttypid, NULL), keytype);
+            fix := format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s;', r.rel, r.col, keytype, r.col, keytype);
+        ELSE
+            status := 'ok';
+            detail := format('tenant column %I of type %s', r.col, keytype);
+            fix := NULL;
+        END IF;
+        RETURN NEXT;
+
+        -- null_tenant: rows the backfill has not reached
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', r.rel, r.col, lim)
+            INTO n;
+        atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
+        check_name := 'null_tenant'; rows_affected := n;
+        IF n > 0 THEN
+            status := 'failure';
+            detail := format('%s%s rows have no tenant: policies hide them and NOT NULL cannot be enforced; fill them with tenancy.backfill() or an UPDATE',
+                             atleast, n);
+            fix := CASE WHEN tenancy.has_routine('backfill')
+                        THEN format('CALL tenancy.backfill(%L);', r.rel::text)
+                        WHEN tenancy.implicit_tenant() IS NOT NULL
+                        THEN format('UPDATE %s SET %I = %L WHERE %I IS NULL;', r.rel, r.col, tenancy.implicit_tenant(), r.col)
+                        ELSE NULL END;
+        ELSE
+            status := 'ok'; detail := 'every row has a tenant'; fix := NULL;
+        END IF;
+        RETURN NEXT;
+
+        -- unknown_tenant: rows whose tenant is not in the registry
+        cond := CASE WHEN r.atttypid = tenancy.key_type()
+                     THEN format('k.id = x.%I', r.col)
+                     ELSE format('k.id::text = x.%I::text', r.col) END;
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s x WHERE x.%I IS NOT NULL'
+                       ' AND NOT EXISTS (SELECT 1 FROM tenancy.tenants k WHERE %s) LIMIT %s) s',
+                       r.rel, r.col, cond, lim)
+            INTO n;
+        atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
+        check_name := 'unknown_tenant'; rows_affected := n;
+        IF n > 0 THEN
+            status := 'failure';
+            detail := format('%s%s rows name a tenant that is not in tenancy.tenants: register the listed keys with tenancy.create_tenant() or reassign the rows',
+                             atleast, n);
+            fix := format('SELECT DISTINCT x.%I FROM %s x WHERE x.%I IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tenants k WHERE %s);',
+                          r.col, r.rel, r.col, cond);
+        ELSE
+            status := 'ok'; detail := 'every tenant is registered'; fix := NULL;
+        END IF;
+        RETURN NEXT;
+
+        -- cross_tenant_reference, per foreign key to a registered table
+        check_name := 'cross_tenant_reference'; bad := 0; cnt := 0;
+        FOR f IN
+            SELECT c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol,
+                   pa.atttypid AS ptype,
+                   (SELECT string_agg(format('x.%I = p.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
+                    FROM unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(ck, pk, i)
+                    JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = k.ck
+                    JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = k.pk) AS joincond
+            FROM pg_constraint c
+            JOIN tenancy.tables pt ON pt.relation = c.confrelid
+            JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                                AND pa.attnum > 0 AND NOT pa.attisdropped
+            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
+            ORDER BY c.conname
+        LOOP
+            cnt := cnt + 1;
+            cond := CASE WHEN f.ptype = r.atttypid THEN format('x.%I <> p.%I', r.col, f.pcol)
+                         ELSE format('x.%I::text <> p.%I::text', r.col, f.pcol) END;
+            -- Under a LIMIT the planner bets on a nested loop that finds the
+            -- first rows early; with few or no violations that probes the
+            -- parent once per child row.  A hash join reads each table once.
+            txt := current_setting('enable_nestloop');
+            PERFORM set_config('enable_nestloop', 'off', true);
+            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
+                           r.rel, f.parent, f.joincond, cond, lim)
+                INTO n;
+            PERFORM set_config('enable_nestloop', txt, true);
+            IF n > 0 THEN
+                bad := bad + 1;
+                atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
+                status := 'failure'; rows_affected := n;
+                detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; the suggested fix gives each row the tenant of its parent (review it)',
+                                 atleast, n, f.conname, f.parent);
+                fix := format('UPDATE %s x SET %I = p.%I FROM %s p WHERE %s AND %s;',
+                              r.rel, r.col, f.pcol, f.parent, f.joincond, cond);
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+        IF bad = 0 THEN
+            status := 'ok'; rows_affected := 0; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no foreign key to a registered table'
+                           ELSE format('%s foreign keys to registered tables, every reference within one tenant', cnt) END;
+            RETURN NEXT;
+        END IF;
+
+        -- unique_scope: unique constraints and indexes without the tenant column
+        check_name := 'unique_scope'; bad := 0; rows_affected := NULL; txt2 := '';
+        FOR f IN
+            SELECT ic.relname AS idxname, i.indisprimary, con.conname, con.contype,
+                   tenancy.column_list(r.rel, (string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) AS cols,
+                   0 = ANY ((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) AS has_expr,
+                   NOT EXISTS (SELECT 1 FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) k(attnum)
+                               JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum
+                               WHERE NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '') AS generated
+            FROM pg_index i
+            JOIN pg_class ic ON ic.oid = i.indexrelid
+            LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = r.rel
+                                       AND con.contype IN ('p', 'u')
+            WHERE i.indrelid = r.rel AND i.indisunique
+              AND NOT (r.attnum = ANY ((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]))
+            ORDER BY ic.relname
+        LOOP
+            IF f.indisprimary AND f.generated AND NOT f.has_expr THEN
+                txt2 := format('; primary key %I (%s) is a generated surrogate key, unique across tenants by construction',
+                               f.conname, f.cols);
+                CONTINUE;
+            END IF;
+            bad := bad + 1;
+            status := 'failure';
+            detail := format('%s %I (%s) is unique across all tenants: a tenant can be refused a value another tenant holds, and so learn that it exists',
+                             CASE f.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique constraint' ELSE 'unique index' END,
+                             coalesce(f.conname, f.idxname), coalesce(f.cols, 'expression'));
+            fix := format('SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec', r.rel::text);
+            RETURN NEXT;
+        END LOOP;
+        IF bad = 0 THEN
+            status := 'ok'; fix := NULL;
+            detail := format('every unique constraint and index includes %I%s', r.col, txt2);
+            RETURN NEXT;
+        END IF;
+
+        -- foreign_key_scope: foreign keys to registered tables that are not (tenant, key)
+        check_name := 'foreign_key_scope'; bad := 0; cnt := 0;
+        FOR f IN
+            SELECT c.conname, c.confrelid::regclass AS parent,
+                   tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
+                   EXISTS (SELECT 1 FROM unnest(c.conkey, c.confkey) k(ck, pk)
+                           JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = k.pk
+                           WHERE k.ck = r.attnum AND pa.attname = pt.column_name) AS scoped
+            FROM pg_constraint c
+            JOIN tenancy.tables pt ON pt.relation = c.confrelid
+            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
+            ORDER BY c.conname
+        LOOP
+            cnt := cnt + 1;
+            CONTINUE WHEN f.scoped;
+            bad := bad + 1;
+            status := 'warning';
+            detail := format('foreign key %I (%s) references %s without the tenant column: nothing stops a new cross-tenant reference',
+                             f.conname, f.cols, f.parent);
+            fix := format('SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec', r.rel::text);
+            RETURN NEXT;
+        END LOOP;
+        IF bad = 0 THEN
+            status := 'ok'; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no foreign key to a registered table'
+                           ELSE format('%s foreign keys to registered tables, all (tenant, key)', cnt) END;
+            RETURN NEXT;
+        END IF;
+
+        -- rls_enabled, rls_forced, tenancy_policy: the table and each partition
+        FOR p IN
+            SELECT c.oid::regclass AS prel, c.relrowsecurity, c.relforcerowsecurity,
+                   EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = c.oid
+                           AND pol.polname = 'tenancy_policy') AS has_policy
+            FROM (SELECT r.rel::oid AS relid, 0 AS level
+                  UNION ALL
+                  SELECT pt.relid, pt.level FROM pg_partition_tree(r.rel) pt WHERE pt.level > 0) tree
+            JOIN pg_class c ON c.oid = tree.relid
+            ORDER BY tree.level, c.oid::regclass::text
+        LOOP
+            relation := p.prel; rows_affected := NULL;
+            fix_rls := CASE WHEN tenancy.has_routine('enable_rls')
+                            THEN format('SELECT tenancy.enable_rls(%L);', r.rel::text) END;
+            check_name := 'rls_enabled';
+            IF p.relrowsecurity THEN
+                status := 'ok'; detail := 'row level security is enabled'; fix := NULL;
+            ELSE
+                status := 'failure';
+                detail := 'row level security is disabled: every role with SELECT sees every tenant';
+                fix := coalesce(fix_rls, format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', p.prel));
+            END IF;
+            RETURN NEXT;
+            check_name := 'rls_forced';
+            IF p.relforcerowsecurity THEN
+                status := 'ok'; detail := 'row level security is forced for the owner too'; fix := NULL;
+            ELSE
+                status := 'failure';
+                detail := 'row level security is not forced: the table owner (often the application role) bypasses the policy';
+                fix := coalesce(fix_rls, format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', p.prel));
+            END IF;
+            RETURN NEXT;
+            check_name := 'tenancy_policy';
+            IF p.has_policy THEN
+                status := 'ok'; detail := 'policy tenancy_policy exists'; fix := NULL;
+            ELSE
+                status := 'failure';
+                detail := 'policy tenancy_policy is missing: nothing limits rows to the current tenant';
+                fix := coalesce(fix_rls, format('CREATE POLICY tenancy_policy ON %s USING (%I = %s) WITH CHECK (%I = %s);',
+                                                p.prel, r.col, tenancy.tenant_accessor(), r.col, tenancy.tenant_accessor()));
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+        relation := r.rel;
+
+        -- policy_mode: the stage must be enforce (or contract)
+        check_name := 'policy_mode'; rows_affected := NULL;
+        fix := CASE WHEN tenancy.has_routine('set_mode')
+                    THEN format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'enforce')
+                    ELSE format('UPDATE tenancy.tables SET stage = %L WHERE relation = %L::regclass;', 'enforce', r.rel::text) END;
+        IF r.stage IN ('enforce', 'contract') THEN
+            status := 'ok'; detail := format('stage %s: the policy is enforced', r.stage); fix := NULL;
+        ELSIF r.stage IN ('migrating', 'shadow') THEN
+            status := 'warning';
+            detail := format('stage %s: the policy does not hide rows yet; enforce once shadow divergences are drained', r.stage);
+        ELSE
+            status := 'failure';
+            detail := format('stage %s: the table is not protected yet; finish the backfill, then migrating, shadow and enforce', r.stage);
+            fix := CASE WHEN tenancy.has_routine('set_mode')
+                        THEN format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'migrating') ELSE fix END;
+        END IF;
+        RETURN NEXT;
+
+        -- shadow_divergence: what shadow mode counted and nobody drained
+        check_name := 'shadow_divergence'; rows_affected := NULL; fix := NULL;
+        IF NOT has_shadow THEN
+            status := 'ok'; rows_affected := 0;
+            detail := 'skipped: tenancy.shadow_stats is not installed, so no shadow mode ran';
+        ELSE
+            BEGIN
+                EXECUTE 'SELECT coalesce(sum(rows_hidden), 0)::bigint, coalesce(sum(writes_refused), 0)::bigint'
+                        ' FROM tenancy.shadow_stats WHERE relation = $1'
+                    INTO n, m USING r.rel;
+                rows_affected := n + m;
+                IF n + m > 0 THEN
+                    status := 'failure';
+                    detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
+                                     n, m);
+                    fix := CASE WHEN tenancy.has_routine('reset_shadow_stats')
+                                THEN format('SELECT tenancy.reset_shadow_stats(%L);', r.rel::text) END;
+                ELSE
+                    status := 'ok'; detail := 'no shadow divergence counted';
+                END IF;
+            EXCEPTION
+                WHEN object_not_in_prerequisite_state OR undefined_column OR undefined_function THEN
+                    status := 'warning'; rows_affected := NULL;
+                    detail := format('shadow counters unavailable: %s', SQLERRM);
+                    fix := NULL;
+            END;
+        END IF;
+        RETURN NEXT;
+
+        -- tenant_index: an index led by the tenant column
+        check_name := 'tenant_index'; rows_affected := NULL;
+        IF EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = r.rel AND i.indkey[0] = r.attnum) THEN
+            status := 'ok'; detail := format('an index is led by %I', r.col); fix := NULL;
+        ELSE
+            status := 'warning';
+            detail := format('no index is led by %I: every policy-filtered query scans the whole table', r.col);
+            fix := CASE WHEN r.relkind = 'p'
+                        THEN format('CREATE INDEX ON %s (%I);', r.rel, r.col)
+                        ELSE format('CREATE INDEX CONCURRENTLY ON %s (%I);', r.rel, r.col) END;
+        END IF;
+        RETURN NEXT;
+
+        -- view_security_invoker: views over the table (directly or through
+        -- other views) that run with their owner's rights
+        check_name := 'view_security_invoker'; bad := 0; cnt := 0;
+        FOR f IN
+            WITH RECURSIVE deps(view) AS (
+                SELECT rw.ev_class
+                FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = r.rel AND rw.ev_class <> r.rel
+                UNION
+                SELECT rw.ev_class
+                FROM deps JOIN pg_depend d ON d.refobjid = deps.view
+                JOIN pg_rewrite rw ON rw.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND rw.ev_class <> deps.view
+            )
+            SELECT v.oid::regclass AS view, pg_get_userbyid(v.relowner) AS owner,
+                   EXISTS (SELECT 1 FROM pg_options_to_table(v.reloptions) o
+                           WHERE o.option_name = 'security_invoker'
+                             AND lower(o.option_value) IN ('true', 'on', 'yes', '1')) AS invoker
+            FROM deps JOIN pg_class v ON v.oid = deps.view
+            WHERE v.relkind = 'v'
+            ORDER BY v.oid::regclass::text
+        LOOP
+            cnt := cnt + 1;
+            CONTINUE WHEN f.invoker;
+            bad := bad + 1;
+            relation := f.view; status := 'failure'; rows_affected := NULL;
+            detail := format('view %s reads %s with the rights of its owner %I, not of the caller: row level security is checked against the owner',
+                             f.view, r.rel, f.owner);
+            fix := format('ALTER VIEW %s SET (security_invoker = true);', f.view);
+            RETURN NEXT;
+        END LOOP;
+        relation := r.rel;
+        IF bad = 0 THEN
+            status := 'ok'; rows_affected := NULL; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no view reads this table'
+                           ELSE format('%s views read this table, all with security_invoker', cnt) END;
+            RETURN NEXT;
+        END IF;
+
+        -- bypassrls_role: roles that skip the policy and can read the table.
+        -- Superusers are left out: they bypass every check by design.
+        check_name := 'bypassrls_role';
+        SELECT count(*), string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname),
+               string_agg(format('ALTER ROLE %I NOBYPASSRLS;', ro.rolname), E'\n' ORDER BY ro.rolname)
+          INTO n, txt, txt2
+          FROM pg_roles ro
+         WHERE ro.rolbypassrls AND NOT ro.rolsuper
+           AND has_any_column_privilege(ro.oid, r.rel, 'SELECT');
+        rows_affected := n;
+        IF n > 0 THEN
+            status := 'warning';
+            detail := format('roles with BYPASSRLS can read every tenant''s rows: %s', txt);
+            fix := txt2;
+        ELSE
+            status := 'ok'; detail := 'no non-superuser role with BYPASSRLS can read this table'; fix := NULL;
+        END IF;
+        RETURN NEXT;
+
+        -- unregistered_reference: tables whose foreign keys point here but
+        -- that are not registered (nor partitions of a registered table)
+        check_name := 'unregistered_reference'; bad := 0; rows_affected := NULL;
+        FOR f IN
+            SELECT c.conrelid::regclass AS child, string_agg(quote_ident(c.conname), ', ' ORDER BY c.conname) AS cons
+            FROM pg_constraint c
+            WHERE c.contype = 'f' AND c.confrelid = r.rel AND c.conparentid = 0 AND c.conrelid <> r.rel
+              AND NOT EXISTS (SELECT 1 FROM tenancy.tables t2
+                              WHERE t2.relation = c.conrelid
+                                 OR t2.relation IN (SELECT pg_partition_ancestors(c.conrelid)))
+            GROUP BY c.conrelid
+            ORDER BY c.conrelid::regclass::text
+        LOOP
+            bad := bad + 1;
+            relation := f.child; status := 'failure';
+            detail := format('%s references %s (%s) but is not registered: its rows carry no tenant and no policy protects them',
+                             f.child, r.rel, f.cons);
+            fix := CASE WHEN tenancy.has_routine('add_tenant_column')
+                        THEN format('SELECT tenancy.add_tenant_column(%L);', f.child::text)
+                        ELSE format('ALTER TABLE %s ADD COLUMN tenant_id %s; INSERT INTO tenancy.tables (relation) VALUES (%L);',
+                                    f.child, keytype, f.child::text) END;
+            RETURN NEXT;
+        END LOOP;
+        relation := r.rel;
+        IF bad = 0 THEN
+            status := 'ok'; fix := NULL;
+            detail := 'every table referencing this one is registered';
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+
+    IF tbl IS NOT NULL THEN
+        RETURN;
+    END IF;
+
+    -- user_without_tenant: users owning resources without any membership
+    check_name := 'user_without_tenant'; bad := 0;
+    FOR f IN
+        SELECT s.users, s.key_column, s.name_column, s.slug_prefix,
+               array_agg(s.resource::text ORDER BY s.resource::text, s.owner_column) AS resources,
+               array_agg(s.owner_column ORDER BY s.resource::text, s.owner_column) AS owners,
+               string_agg(format('EXISTS (SELECT 1 FROM %s o WHERE o.%I = u.%I)', s.resource, s.owner_column, s.key_column),
+                          ' OR ' ORDER BY s.resource::text, s.owner_column) AS owns
+        FROM tenancy.identity_sources s
+        GROUP BY s.users, s.key_column, s.name_column, s.slug_prefix
+        ORDER BY s.users::text
+    LOOP
+        bad := bad + 1;
+        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE (%s) AND NOT EXISTS'
+                       ' (SELECT 1 FROM tenancy.memberships mb WHERE mb.user_key = u.%I::text) LIMIT %s) s',
+                       f.users, f.owns, f.key_column, lim)
+            INTO n;
+        relation := f.users; rows_affected := n;
+        IF n > 0 THEN
+            status := 'failure';
+            detail := format('%s%s users own resources but belong to no tenant: they lose their data once policies are enforced',
+                             CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n);
+            fix := format('SELECT * FROM tenancy.create_personal_tenants(%L, %L, %L, %L, %L, %L);',
+                          f.users::text, f.key_column, f.name_column, f.resources, f.owners, f.slug_prefix);
+        ELSE
+            status := 'ok'; detail := 'every user owning resources belongs to a tenant'; fix := NULL;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF bad = 0 THEN
+        relation := NULL; status := 'ok'; rows_affected := 0; fix := NULL;
+        detail := 'no identity source recorded: tenancy.create_personal_tenants() has not run';
+        RETURN NEXT;
+    END IF;
+
+    -- tenant_without_owner: once memberships are in use, every tenant needs one
+    check_name := 'tenant_without_owner'; relation := 'tenancy.memberships'::regclass;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.memberships) AND NOT EXISTS (SELECT 1 FROM tenancy.identity_sources) THEN
+        status := 'ok'; rows_affected := 0; fix := NULL;
+        detail := 'memberships are not in use';
+    ELSE
+        SELECT count(*),
+               string_agg(quote_literal(t.slug), ', ' ORDER BY t.slug) FILTER (WHERE t.rn <= 10),
+               string_agg(format('SELECT tenancy.add_member(%L, %L, %L);', t.slug, '<user key>', 'owner'), E'\n' ORDER BY t.slug)
+                   FILTER (WHERE t.rn <= 10)
+          INTO n, txt, txt2
+          FROM (SELECT k.slug, row_number() OVER (ORDER BY k.slug) AS rn
+                FROM tenancy.tenants k
+                WHERE NOT EXISTS (SELECT 1 FROM tenancy.memberships mb
+                                  WHERE mb.tenant = k.id AND mb.role = 'owner')) t;
+        rows_affected := n;
+        IF n > 0 THEN
+            status := 'warning';
+            detail := format('%s tenants have no owner (%s%s): nobody can administer them', n, txt,
+                             CASE WHEN n > 10 THEN ', ...' ELSE '' END);
+            fix := txt2;
+        ELSE
+            status := 'ok'; detail := 'every tenant has an owner'; fix := NULL;
+        END IF;
+    END IF;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION tenancy.verify(regclass, bigint) IS 'readiness report: one row per check and finding (ok, warning, failure) with a suggested fix';
+
+------------------------------------------------------------------------------
+-- Contract phase: NOT NULL without a long lock
+------------------------------------------------------------------------------
+
+-- The steps still to run for tbl, given the catalog: add a NOT VALID check,
+-- validate it (no exclusive lock), SET NOT NULL (no scan on PostgreSQL 12+
+-- thanks to the validated check), drop the check.
+CREATE FUNCTION tenancy.enforce_not_null_plan(tbl regclass)
+RETURNS TABLE (step text, sql text, undo_sql text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    col     name;
+    is_notnull boolean;
+    chk     name;
+    con     record;
+BEGIN
+    SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register it with tenancy.add_tenant_column().';
+    END IF;
+    SELECT a.attnotnull INTO is_notnull FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    chk := left('tenancy_' || col || '_not_null', 63);
+    SELECT c.oid, c.convalidated INTO con FROM pg_constraint c
+     WHERE c.conrelid = tbl AND c.conname = chk AND c.contype = 'c';
+    IF NOT is_notnull THEN
+        IF con.oid IS NULL THEN
+            step := 'add_check';
+            sql := format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I IS NOT NULL) NOT VALID', tbl, chk, col);
+            undo_sql := format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, chk);
+            RETURN NEXT;
+        END IF;
+        IF con.oid IS NULL OR NOT con.convalidated THEN
+            step := 'validate_check';
+            sql := format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, chk);
+            undo_sql := NULL;
+            RETURN NEXT;
+        END IF;
+        step := 'set_not_null';
+        sql := format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, col);
+        undo_sql := format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', tbl, col);
+        RETURN NEXT;
+    END IF;
+    IF NOT is_notnull OR con.oid IS NOT NULL THEN
+        step := 'drop_check';
+        sql := format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, chk);
+        undo_sql := NULL;
+        RETURN NEXT;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.enforce_not_null_plan(regclass) IS 'steps enforce_not_null() would run, with their undo SQL';
+
+CREATE FUNCTION tenancy.enforce_not_null_sql(tbl regclass) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.sql || ';' FROM tenancy.enforce_not_null_plan(tbl) p;
+$$;
+COMMENT ON FUNCTION tenancy.enforce_not_null_sql(regclass) IS 'preview of enforce_not_null(): the statements, one per row';
+
+-- A procedure, so that each step commits on its own and no lock is held
+-- across steps: it cannot run inside a transaction block.  (No SET clause:
+-- a procedure with one cannot commit; it sets search_path itself.)
+CREATE PROCEDURE tenancy.enforce_not_null(tbl regclass, lock_timeout interval DEFAULT '1s',
+                                          max_attempts integer DEFAULT 10)
+LANGUAGE plpgsql AS $$
+DECLARE
+    steps   text[];
+    sqls    text[];
+    undos   text[];
+    col     name;
+    nulls   bigint;
+    i       integer;
+    attempt integer;
+    timeout text;
+    raced   boolean := false;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF tbl IS NULL OR lock_timeout IS NULL OR max_attempts IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF lock_timeout <= interval '0' OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'lock_timeout and max_attempts must be positive'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    timeout := (ceil(extract(epoch FROM lock_timeout) * 1000))::bigint || 'ms';
+    SELECT coalesce(array_agg(p.step), '{}'), coalesce(array_agg(p.sql), '{}'), coalesce(array_agg(p.undo_sql), '{}')
+      INTO steps, sqls, undos
+      FROM tenancy.enforce_not_null_plan(tbl) p;
+    SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
+    IF 'set_not_null' = ANY (steps) THEN
+        EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, col) INTO nulls;
+        IF nulls > 0 THEN
+            RAISE EXCEPTION 'table % has % rows with a NULL %', tbl, nulls, col
+                USING ERRCODE = 'not_null_violation',
+                      DETAIL = 'Nothing was changed.',
+                      HINT = 'Finish the backfill first (tenancy.verify() shows what is left).';
+        END IF;
+    END IF;
+    IF cardinality(steps) = 0 THEN
+        RAISE NOTICE 'column % of % is already NOT NULL', col, tbl;
+        RETURN;
+    END IF;
+    IF tenancy.in_transaction_block() THEN
+        RAISE EXCEPTION 'tenancy.enforce_not_null() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  DETAIL = 'It commits after each step, so that no lock is held for long.',
+                  HINT = 'Run CALL tenancy.enforce_not_null(...) on its own, outside BEGIN ... COMMIT.';
+    END IF;
+    -- Called where it cannot commit (from a function): fail here, before any change.
+    COMMIT;
+    FOR i IN 1 .. cardinality(steps) LOOP
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        attempt := 0;
+        LOOP
+            attempt := attempt + 1;
+            BEGIN
+                PERFORM pg_catalog.set_config('lock_timeout', timeout, true);
+                EXECUTE sqls[i];
+                PERFORM tenancy.log_step(tbl, steps[i], sqls[i], undos[i]);
+                EXIT;
+            EXCEPTION
+                WHEN lock_not_available THEN
+                    IF attempt >= max_attempts THEN
+                        RAISE EXCEPTION 'could not lock % within % in % attempts', tbl, lock_timeout, attempt
+                            USING ERRCODE = 'lock_not_available',
+                                  DETAIL = format('Step %s of %s (%s) did not run; the steps before it are done.',
+                                                  i, cardinality(steps), steps[i]),
+                                  HINT = 'Call tenancy.enforce_not_null() again when the table is less busy: it goes on where it stopped.';
+                    END IF;
+                    PERFORM pg_catalog.pg_sleep(least(0.05 * 2 ^ attempt, 2));
+                WHEN check_violation THEN
+                    -- A NULL arrived between the count and VALIDATE.
+                    raced := true;
+                    EXIT;
+            END;
+        END LOOP;
+        IF raced THEN
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, left('tenancy_' || col || '_not_null', 63));
+            UPDATE tenancy.contract_log l SET undone_at = now()
+             WHERE l.relation = tbl AND l.step = 'add_check' AND l.undone_at IS NULL;
+            COMMIT;
+            RAISE EXCEPTION 'table % gained rows with a NULL % during validation', tbl, col
+                USING ERRCODE = 'not_null_violation',
+                      DETAIL = 'The check constraint was dropped again; nothing else was changed.',
+                      HINT = 'Make every writer set the tenant (a column default or the application), finish the backfill, and call it again.';
+        END IF;
+        COMMIT;
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'make the tenant column NOT NULL without a long exclusive lock; refuses while NULL rows remain';
+
+------------------------------------------------------------------------------
+-- Contract phase: tenant-scoped unique constraints and foreign keys
+------------------------------------------------------------------------------
+
+-- The plan, step by step, for tbl (or every registered table):
+--   1. CREATE UNIQUE INDEX CONCURRENTLY (tenant, ...) (without CONCURRENTLY
+--      on partitioned tables, where PostgreSQL does not support it) for each unique
+--      constraint or index without the tenant column, and a unique
+--      (tenant, key) on each parent a foreign key needs;
+--   2. add each foreign key again as (tenant, key) NOT VALID;
+--   3. VALIDATE it (no lock that blocks writes);
+--   4. drop the old foreign key and give its name to the new one;
+--   5. swap each unique constraint (or index) for its scoped index.
+CREATE FUNCTION tenancy.scope_constraints_plan(tbl regclass DEFAULT NULL)
+RETURNS TABLE (step integer, relation regclass, action text, sql text, undo_sql text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    r       record;
+    f       record;
+    phases  jsonb[] := ARRAY['[]', '[]', '[]', '[]', '[]']::jsonb[];
+    planned jsonb := '{}';
+    want    text;
+    idx     text;
+    nsp     name;
+    newname text;
+    newcon  text;
+    def     text;
+    acts    text;
+    i       integer;
+    e       jsonb;
+BEGIN
+    IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
+        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register it with tenancy.add_tenant_column().';
+    END IF;
+
+    FOR r IN
+        SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
+               c.relnamespace::regnamespace::name AS nsp
+        FROM tenancy.tables t
+        JOIN pg_class c ON c.oid = t.relation
+        JOIN pg_attribute a ON a.attrelid = t.relation AND a.attname = t.column_name
+                           AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE tbl IS NULL OR t.relation = tbl
+        ORDER BY t.relation::text
+    LOOP
+        -- 1 and 5: unique constraints and indexes without the tenant column
+        FOR f IN
+            SELECT i.indexrelid, ic.relname AS idxname, i.indisprimary, i.indnullsnotdistinct,
+                   con.oid AS conoid, con.conname, con.contype, con.condeferrable, con.condeferred,
+                   (string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts] AS keys,
+                   (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
+                      FROM generate_series(1, i.indnkeyatts) k) AS keycols,
+                   (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
+                      FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
+                   (SELECT string_agg(coalesce(a.attname, 'expr'), '_' ORDER BY k.i)
+                      FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) WITH ORDINALITY k(attnum, i)
+                      LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum) AS colnames,
+                   pg_get_expr(i.indpred, i.indrelid, true) AS pred,
+                   NOT EXISTS (SELECT 1 FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) k(attnum)
+                               LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum
+                               WHERE a.attnum IS NULL OR (NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '')) AS generated
+            FROM pg_index i
+            JOIN pg_class ic ON ic.oid = i.indexrelid
+            LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = r.rel
+                                       AND con.contype IN ('p', 'u')
+            WHERE i.indrelid = r.rel AND i.indisunique
+              AND NOT (r.attnum = ANY ((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]))
+            ORDER BY ic.relname
+        LOOP
+            -- a generated surrogate primary key stays (verify() accepts it)
+            CONTINUE WHEN f.indisprimary AND f.generated;
+            newname := left(r.relname || '_' || r.col || '_' || f.colnames, 59) || '_key';
+            acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
+                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            IF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
+                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on
+                -- partitioned tables: rebuild the constraint in one step
+                -- (the index build blocks writes).
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'rebuild_constraint',
+                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
+                                  r.rel, f.conname, f.conname,
+                                  CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+                planned := planned || jsonb_build_object(
+                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), f.conname);
+                CONTINUE;
+            END IF;
+            phases[1] := phases[1] || jsonb_build_object(
+                'rel', r.rel::text, 'action', 'create_scoped_index',
+                'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)%s%s%s',
+                              CASE WHEN r.relkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
+                              newname, r.rel, r.col, f.keycols,
+                              CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END,
+                              CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
+                              CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END),
+                'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
+            IF f.pred IS NULL AND NOT 0 = ANY (f.keys) THEN
+                planned := planned || jsonb_build_object(
+                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), newname);
+            END IF;
+            IF f.contype IN ('p', 'u') THEN
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_constraint',
+                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
+                                  r.rel, f.conname, f.conname,
+                                  CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+            ELSE
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_index',
+                    'sql', format($f$DO $tenancy$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indexrelid = %L::regclass AND indisvalid) THEN RAISE EXCEPTION 'index %s is not valid' USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I; END $tenancy$ $f$,
+                                  format('%I.%I', r.nsp, newname), format('%I.%I', r.nsp, newname),
+                                  r.nsp, f.idxname, r.nsp, newname, f.idxname),
+                    'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
+                                   r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
+            END IF;
+        END LOOP;
+
+        -- 1 to 4: foreign keys to registered tables, as (tenant, key)
+        FOR f IN
+            SELECT c.oid, c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
+                   pc.relname AS prelname, pc.relkind AS prelkind, pc.relnamespace::regnamespace::name AS pnsp,
+                   c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
+                   tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
+                   tenancy.column_list(c.confrelid::regclass, c.confkey) AS refcols,
+                   tenancy.column_list(c.conrelid::regclass, c.confdelsetcols) AS delsetcols,
+                   (SELECT string_agg(a.attname, '_' ORDER BY k.i)
+                      FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
+                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames
+            FROM pg_constraint c
+            JOIN tenancy.tables pt ON pt.relation = c.confrelid
+            JOIN pg_class pc ON pc.oid = c.confrelid
+            JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                                AND pa.attnum > 0 AND NOT pa.attisdropped
+            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
+              AND NOT EXISTS (SELECT 1 FROM unnest(c.conkey, c.confkey) k(ck, pk)
+                              WHERE k.ck = r.attnum AND k.pk = pa.attnum)
+            ORDER BY c.conname
+        LOOP
+            -- the parent needs a unique (tenant, key)
+            want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
+            IF NOT planned ? want THEN
+                SELECT ic.relname INTO idx
+                  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = f.parent AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+                   AND (SELECT array_agg(x ORDER BY x) FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) x)
+                       = (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x)
+                 LIMIT 1;
+                IF idx IS NULL THEN
+                    idx := left(f.prelname || '_' || f.pcol || '_' || f.refnames, 59) || '_key';
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', f.parent::text, 'action', 'create_parent_index',
+                        'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)',
+                                      CASE WHEN f.prelkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
+                                      idx, f.parent, f.pcol, f.refcols),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
+                END IF;
+                planned := planned || jsonb_build_object(want, idx);
+            END IF;
+
+            newcon := left(f.conname, 56) || '_tenant';
+            acts := CASE f.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END
+                 || CASE f.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE'
+                                       WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END
+                 || CASE f.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE'
+                                       WHEN 'n' THEN format(' ON DELETE SET NULL (%s)', coalesce(f.delsetcols, f.cols))
+                                       WHEN 'd' THEN format(' ON DELETE SET DEFAULT (%s)', coalesce(f.delsetcols, f.cols))
+                                       ELSE '' END
+                 || CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
+                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            phases[2] := phases[2] || jsonb_build_object(
+                'rel', r.rel::text, 'action', 'add_scoped_foreign_key',
+                'sql', format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                              r.rel, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', r.rel, newcon));
+            phases[3] := phases[3] || jsonb_build_object(
+                'rel', r.rel::text, 'action', 'validate_foreign_key',
+                'sql', format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, newcon),
+                'undo', NULL);
+            def := pg_get_constraintdef(f.oid);
+            IF def !~ ' NOT VALID$' THEN
+                def := def || ' NOT VALID';
+            END IF;
+            phases[4] := phases[4] || jsonb_build_object(
+                'rel', r.rel::text, 'action', 'replace_foreign_key',
+                'sql', format($f$DO $tenancy$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %L::regclass AND conname = %L AND convalidated) THEN RAISE EXCEPTION 'foreign key %s is missing or not validated' USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I; END $tenancy$ $f$,
+                              r.rel::text, newcon, quote_ident(newcon), r.rel, f.conname, r.rel, newcon, f.conname),
+                'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; ALTER TABLE %s VALIDATE CONSTRAINT %I',
+                               r.rel, f.conname, newcon, r.rel, f.conname, def, r.rel, f.conname));
+        END LOOP;
+    END LOOP;
+
+    step := 0;
+    FOR i IN 1 .. 5 LOOP
+        FOR e IN SELECT x FROM jsonb_array_elements(phases[i]) x LOOP
+            step := step + 1;
+            relation := (e->>'rel')::regclass;
+            action := e->>'action';
+            sql := e->>'sql';
+            undo_sql := e->>'undo';
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.scope_constraints_plan(regclass) IS 'the steps that make unique constraints and foreign keys tenant-scoped, with their undo SQL';
+
+-- The plan as statements for psql's \gexec: each step, then its record in
+-- tenancy.contract_log.  Run with \set ON_ERROR_STOP on.
+CREATE FUNCTION tenancy.scope_constraints_sql(tbl regclass DEFAULT NULL) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.stmt
+    FROM tenancy.scope_constraints_plan(tbl) p,
+         LATERAL (VALUES (1, p.sql),
+                         (2, format('SELECT tenancy.log_step(%L, %L, %L, %L)',
+                                    p.relation::text, p.action, p.sql, p.undo_sql))) s(n, stmt)
+    ORDER BY p.step, s.n;
+$$;
+COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step()';
+
+------------------------------------------------------------------------------
+-- Rollback: undo what the extension added for a table, keep the data
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.rollback_table_sql(tbl regclass) RETURNS SETOF text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    l   record;
+    st  text;
+BEGIN
+    SELECT t.stage INTO st FROM tenancy.tables t WHERE t.relation = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- contract steps, newest first
+    FOR l IN
+        SELECT c.undo_sql FROM tenancy.contract_log c
+        WHERE c.relation = tbl AND c.undone_at IS NULL AND c.undo_sql IS NOT NULL
+        ORDER BY c.id DESC
+    LOOP
+        RETURN NEXT l.undo_sql || ';';
+    END LOOP;
+    -- column defaults that call the extension's functions
+    FOR l IN
+        SELECT DISTINCT a.attname
+        FROM pg_attrdef ad
+        JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+        JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                        AND d.refclassid = 'pg_proc'::regclass
+        JOIN pg_proc pr ON pr.oid = d.refobjid AND pr.pronamespace = 'tenancy'::regnamespace
+        WHERE ad.adrelid = tbl
+        ORDER BY a.attname
+    LOOP
+        RETURN NEXT format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT;', tbl, l.attname);
+    END LOOP;
+    -- the policy: through the RLS feature when it is installed
+    IF EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_policy') THEN
+        IF tenancy.has_routine('disable_rls') THEN
+            RETURN NEXT format('SELECT tenancy.disable_rls(%L);', tbl::text);
+        ELSE
+            FOR l IN
+                SELECT c.oid::regclass AS rel,
+                       NOT EXISTS (SELECT 1 FROM pg_policy p2 WHERE p2.polrelid = c.oid
+                                   AND p2.polname <> 'tenancy_policy') AS only_policy
+                FROM (SELECT tbl::oid AS relid, 0 AS level
+                      UNION ALL
+                      SELECT pt.relid, pt.level FROM pg_partition_tree(tbl) pt WHERE pt.level > 0) tree
+                JOIN pg_class c ON c.oid = tree.relid
+                WHERE EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenancy_policy')
+                ORDER BY tree.level, c.oid::regclass::text
+            LOOP
+                RETURN NEXT format('DROP POLICY tenancy_policy ON %s;', l.rel);
+                IF l.only_policy THEN
+                    RETURN NEXT format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;', l.rel);
+                END IF;
+            END LOOP;
+        END IF;
+    END IF;
+    IF st IN ('migrating', 'shadow', 'enforce', 'contract') THEN
+        RETURN NEXT format('UPDATE tenancy.tables SET stage = %L WHERE relation = %L::regclass;', 'backfill', tbl::text);
+    END IF;
+    RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation = %L::regclass AND undone_at IS NULL;',
+                       tbl::text);
+END
+$$;
+COMMENT ON FUNCTION tenancy.rollback_table_sql(regclass) IS 'preview of rollback_table(): the statements, newest step first';
+
+CREATE FUNCTION tenancy.rollback_table(tbl regclass) RETURNS SETOF text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stmt text;
+BEGIN
+    FOR stmt IN SELECT s FROM tenancy.rollback_table_sql(tbl) s LOOP
+        EXECUTE stmt;
+        RETURN NEXT stmt;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.rollback_table(regclass) IS 'undo the contract steps, the tenancy defaults and the policy of a table in one transaction; the data stays';
+
+------------------------------------------------------------------------------
+-- Identity backfill: memberships, personal tenants, membership-checked switch
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.add_member(tenant text, user_key text, role text DEFAULT 'member')
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+BEGIN
+    IF tenant IS NULL OR user_key IS NULL OR role IS NULL THEN
+        RAISE EXCEPTION 'tenant, user_key and role must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF role NOT IN ('owner', 'admin', 'member', 'viewer') THEN
+        RAISE EXCEPTION 'invalid membership role "%"', role
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A role is one of owner, admin, member, viewer.';
+    END IF;
+    k := tenancy.tenant_key(tenant);
+    EXECUTE format('INSERT INTO tenancy.memberships AS m (tenant, user_key, role) VALUES (CAST($1 AS %s), $2, $3)'
+                   ' ON CONFLICT (tenant, user_key) DO UPDATE SET role = excluded.role',
+                   format_type(tenancy.key_type(), NULL))
+        USING k, user_key, role;
+    RETURN k;
+END
+$$;
+COMMENT ON FUNCTION tenancy.add_member(text, text, text) IS 'make a user a member of a tenant (or change its role); returns the tenant key';
+
+CREATE FUNCTION tenancy.remove_member(tenant text, user_key text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text := tenancy.tenant_key(tenant);
+BEGIN
+    DELETE FROM tenancy.memberships m WHERE m.tenant::text = k AND m.user_key = remove_member.user_key;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.remove_member(text, text) IS 'remove a membership; false when there was none';
+
+-- The shadow-organization pattern: every user who owns at least one row of
+-- the resource tables gets a personal tenant (slug <prefix><user key>) with
+-- the user as owner.  Idempotent: a user who already owns the tenant of that
+-- slug is left alone; a slug taken by another tenant (or wanted by two
+-- users at once) is a conflict, reported and skipped, never joined.
+CREATE FUNCTION tenancy.create_personal_tenants(
+    users regclass, key_column name, name_column name,
+    resource_tables regclass[], owner_columns name[],
+    slug_prefix text DEFAULT 'user-',
+    OUT users_with_resources bigint, OUT tenants_created bigint,
+    OUT owners_added bigint, OUT conflicts bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keytype text := format_type(tenancy.key_type(), NULL);
+    owns    text;
+    keygen  text;
+    slugx   text;
+    i       integer;
+BEGIN
+    IF users IS NULL OR key_column IS NULL OR name_column IS NULL OR resource_tables IS NULL
+       OR owner_columns IS NULL OR slug_prefix IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(resource_tables) = 0 OR cardinality(resource_tables) <> cardinality(owner_columns) THEN
+        RAISE EXCEPTION 'resource_tables and owner_columns must have the same, non-zero length'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give one owner column per resource table, in the same order.';
+    END IF;
+    IF slug_prefix !~ '^([a-z0-9][a-z0-9-]{0,19})?$' THEN
+        RAISE EXCEPTION 'invalid slug prefix "%"', slug_prefix
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A slug prefix is up to 20 lower-case letters, digits and hyphens, starting with a letter or digit.';
+    END IF;
+    FOR i IN 1 .. 2 LOOP
+        PERFORM 1 FROM pg_attribute a
+         WHERE a.attrelid = users AND a.attname = (ARRAY[key_column, name_column])[i]
+           AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of % does not exist', (ARRAY[key_column, name_column])[i], users
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. cardinality(resource_tables) LOOP
+        PERFORM 1 FROM pg_attribute a
+         WHERE a.attrelid = resource_tables[i] AND a.attname = owner_columns[i]
+           AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of % does not exist', owner_columns[i], resource_tables[i]
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+
+    SELECT string_agg(format('EXISTS (SELECT 1 FROM %s o WHERE o.%I = u.%I)', x.res, x.col, key_column), ' OR ')
+      INTO owns
+      FROM unnest(resource_tables, owner_columns) x(res, col);
+    keygen := CASE keytype WHEN 'uuid' THEN 'pg_catalog.gen_random_uuid()'
+                           WHEN 'bigint' THEN 'pg_catalog.nextval(''tenancy.tenant_key_seq'')'
+                           ELSE 'c.slug' END;
+    -- A key that is already a valid slug fragment is used as is; anything
+    -- else (upper case, e-mail addresses, long keys) gets a hash suffix so
+    -- that two users never map to one slug.
+    slugx := format($x$CASE WHEN u.%1$I::text ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$' AND length(%2$L || u.%1$I::text) <= 63
+                          THEN %2$L || u.%1$I::text
+                          ELSE left(%2$L || trim(both '-' FROM regexp_replace(lower(u.%1$I::text), '[^a-z0-9]+', '-', 'g')), 54)
+                               || CASE WHEN trim(both '-' FROM regexp_replace(lower(u.%1$I::text), '[^a-z0-9]+', '-', 'g')) = '' AND %2$L = '' THEN '' ELSE '-' END
+                               || left(md5(u.%1$I::text), 8) END$x$,
+                    key_column, slug_prefix);
+
+    EXECUTE format($q$
+        WITH c AS (
+            SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
+            FROM (SELECT u.%1$I::text AS user_key, coalesce(u.%2$I::text, u.%1$I::text) AS name, %3$s AS slug
+                  FROM %4$s u
+                  WHERE u.%1$I IS NOT NULL AND (%5$s)) s
+        ),
+        ins AS (
+            INSERT INTO tenancy.tenants (id, slug, name)
+            SELECT %6$s, c.slug, c.name FROM c
+            WHERE c.sharing = 1
+              AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = c.slug)
+            ON CONFLICT DO NOTHING
+            RETURNING id, slug
+        ),
+        own AS (
+            INSERT INTO tenancy.memberships (tenant, user_key, role)
+            SELECT ins.id, c.user_key, 'owner' FROM ins JOIN c ON c.slug = ins.slug
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM c),
+               (SELECT count(*) FROM ins),
+               (SELECT count(*) FROM own),
+               (SELECT count(*) FROM c
+                 WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.slug = c.slug)
+                   AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t JOIN tenancy.memberships m
+                                     ON m.tenant = t.id AND m.role = 'owner'
+                                   WHERE t.slug = c.slug AND m.user_key = c.user_key))
+        $q$, key_column, name_column, slugx, users, owns, keygen)
+        INTO users_with_resources, tenants_created, owners_added, conflicts;
+
+    INSERT INTO tenancy.identity_sources AS s (users, key_column, name_column, resource, owner_column, slug_prefix)
+    SELECT create_personal_tenants.users, create_personal_tenants.key_column, create_personal_tenants.name_column,
+           x.res, x.col, create_personal_tenants.slug_prefix
+    FROM unnest(resource_tables, owner_columns) x(res, col)
+    ON CONFLICT ON CONSTRAINT identity_sources_pkey
+    DO UPDATE SET key_column = excluded.key_column, name_column = excluded.name_column,
+                  slug_prefix = excluded.slug_prefix;
+
+    IF conflicts > 0 THEN
+        RAISE WARNING '% users were skipped: the slug of their personal tenant is held by a tenant they do not own, or wanted by another user', conflicts
+            USING HINT = 'tenancy.verify() lists them as user_without_tenant; add them with tenancy.add_member() or use another slug_prefix.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.create_personal_tenants(regclass, name, name, regclass[], name[], text)
+    IS 'create a personal tenant, owned by the user, for each user who owns resources (idempotent)';
+
+-- set_tenant() for an acting user: refuses (42501) a tenant the user is not
+-- a member of.  SECURITY DEFINER so that application roles need no access
+-- to tenancy.memberships.
+CREATE FUNCTION tenancy.set_tenant_as(user_key text, tenant text, is_local boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+BEGIN
+    IF user_key IS NULL OR tenant IS NULL OR is_local IS NULL THEN
+        RAISE EXCEPTION 'user_key, tenant and is_local must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    k := tenancy.tenant_key(tenant);
+    IF NOT EXISTS (SELECT 1 FROM tenancy.memberships m
+                   WHERE m.user_key = set_tenant_as.user_key AND m.tenant::text = k) THEN
+        RAISE EXCEPTION 'user "%" is not a member of tenant "%"', user_key, tenant
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Add the membership with tenancy.add_member().';
+    END IF;
+    RETURN tenancy.set_tenant(k, is_local);
+END
+$$;
+COMMENT ON FUNCTION tenancy.set_tenant_as(text, text, boolean) IS 'set the current tenant for an acting user; 42501 unless the user is a member';
+
+REVOKE EXECUTE ON FUNCTION
+    tenancy.has_routine(name),
+    tenancy.tenant_accessor(),
+    tenancy.column_list(regclass, smallint[]),
+    tenancy.log_step(regclass, text, text, text),
+    tenancy.verify(regclass, bigint),
+    tenancy.enforce_not_null_plan(regclass),
+    tenancy.enforce_not_null_sql(regclass),
+    tenancy.scope_constraints_plan(regclass),
+    tenancy.scope_constraints_sql(regclass),
+    tenancy.rollback_table_sql(regclass),
+    tenancy.rollback_table(regclass),
+    tenancy.add_member(text, text, text),
+    tenancy.remove_member(text, text),
+    tenancy.create_personal_tenants(regclass, name, name, regclass[], name[], text)
+FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Backfill: additive tenant columns and batched, resumable backfills
+------------------------------------------------------------------------------
+
+-- C helpers of the engine (src/backfill.c).
+CREATE FUNCTION tenancy.in_transaction_block() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_in_transaction_block'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.in_transaction_block() IS 'true inside BEGIN ... COMMIT, where a procedure cannot commit';
+
+CREATE FUNCTION tenancy.backfill_try_lock(tbl regclass) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_backfill_try_lock'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION tenancy.backfill_try_lock(regclass) IS 'take the session-level backfill lock of a table without waiting (released when the backfill ends or fails)';
+
+CREATE FUNCTION tenancy.backfill_unlock(tbl regclass) RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_backfill_unlock'
+    LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION tenancy.batch_timeout(ms integer) RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_batch_timeout'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.batch_timeout(integer) IS 'arm the statement timer for one batch (ms > 0) or disarm it';
+
+-- Raised in place of a NULL tenant from a backfill source.
+CREATE FUNCTION tenancy.backfill_null_source(anyelement) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'tenant source gave NULL'
+        USING ERRCODE = 'not_null_violation',
+              HINT = 'Backfill the parent table first, or pass source => an expression with a fallback, e.g. COALESCE(..., tenancy.implicit_tenant()::uuid).';
+END
+$$;
+
+-- The DEFAULT of a tenant column: the current tenant when one is set, else
+-- the implicit tenant, so legacy writers keep writing valid rows.
+CREATE FUNCTION tenancy.tenant_default_sql() RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keytype text := format_type(tenancy.key_type(), NULL);
+    k text := tenancy.implicit_tenant();
+BEGIN
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'no implicit tenant is set'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Rows written without a current tenant need a tenant to default to.',
+                  HINT = 'Call tenancy.set_implicit_tenant() first.';
+    END IF;
+    RETURN format('COALESCE(tenancy.%s(), %L::%s)',
+                  CASE keytype WHEN 'uuid' THEN 'current_tenant'
+                               WHEN 'bigint' THEN 'current_tenant_bigint'
+                               ELSE 'current_tenant_text' END,
+                  k, keytype);
+END
+$$;
+COMMENT ON FUNCTION tenancy.tenant_default_sql() IS 'DEFAULT expression of tenant columns: current tenant, else the implicit one';
+
+-- A table the backfill features accept: errors for views, partitions, ...
+CREATE FUNCTION tenancy.check_tenant_table(tbl regclass, allow_partition boolean DEFAULT false) RETURNS "char"
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind "char";
+    is_part boolean;
+    parent regclass;
+BEGIN
+    SELECT c.relkind, c.relispartition INTO kind, is_part FROM pg_class c WHERE c.oid = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', tbl::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF kind IN ('v', 'm') THEN
+        RAISE EXCEPTION '"%" is a %', tbl, CASE kind WHEN 'v' THEN 'view' ELSE 'materialized view' END
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Add the tenant column to the tables under it.';
+    ELSIF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', tbl
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF is_part AND NOT allow_partition THEN
+        SELECT i.inhparent::regclass INTO parent FROM pg_inherits i WHERE i.inhrelid = tbl;
+        RAISE EXCEPTION '"%" is a partition of "%"', tbl, parent
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = format('Use the partitioned table %s: its partitions follow.', parent);
+    END IF;
+    RETURN kind;
+END
+$$;
+
+-- The statements add_tenant_column() runs, in order (empty: nothing to do).
+CREATE FUNCTION tenancy.add_tenant_column_ddl(tbl regclass, column_name name, fill_existing boolean)
+RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    keytype regtype := tenancy.key_type();
+    dflt text := tenancy.tenant_default_sql();
+    coltype regtype;
+    curdflt text;
+    registered name;
+    stmts text[] := '{}';
+BEGIN
+    IF tbl IS NULL OR column_name IS NULL OR fill_existing IS NULL THEN
+        RAISE EXCEPTION 'tbl, column_name and fill_existing must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM tenancy.check_tenant_table(tbl);
+    SELECT t.column_name INTO registered FROM tenancy.tables t WHERE t.relation = tbl;
+    IF registered IS NOT NULL AND registered <> column_name THEN
+        RAISE EXCEPTION 'table "%" is registered with tenant column "%"', tbl, registered
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Pass column_name => ' || quote_literal(registered) || ', or update tenancy.tables.';
+    END IF;
+    SELECT a.atttypid::regtype, pg_get_expr(d.adbin, d.adrelid)
+      INTO coltype, curdflt
+      FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE a.attrelid = tbl AND a.attname = column_name AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        stmts := stmts || format('ALTER TABLE %s ADD COLUMN %I %s%s', tbl, column_name, keytype,
+                                 CASE WHEN fill_existing
+                                      THEN format(' DEFAULT %L::%s', tenancy.implicit_tenant(), keytype)
+                                      ELSE '' END);
+    ELSIF coltype <> keytype THEN
+        RAISE EXCEPTION 'column "%" of relation "%" is of type %, but tenant keys are of type %',
+                        column_name, tbl, format_type(coltype, NULL), format_type(keytype, NULL)
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'Pick another column_name, or change tenancy.tenant_type.';
+    ELSIF fill_existing THEN
+        RAISE NOTICE 'column "%" of relation "%" already exists: fill_existing is ignored', column_name, tbl;
+    END IF;
+    IF curdflt IS DISTINCT FROM dflt THEN
+        stmts := stmts || format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', tbl, column_name, dflt);
+    END IF;
+    RETURN stmts;
+END
+$$;
+
+CREATE FUNCTION tenancy.add_tenant_column_sql(tbl regclass, column_name name DEFAULT 'tenant_id',
+                                              fill_existing boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stmts text[] := tenancy.add_tenant_column_ddl(tbl, column_name, fill_existing);
+BEGIN
+    IF cardinality(stmts) = 0 THEN
+        RETURN '';
+    END IF;
+    RETURN array_to_string(stmts, ';' || chr(10)) || ';' || chr(10)
+        || format('-- undo: ALTER TABLE %s %s %I%s;', tbl,
+                  CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
+                  column_name,
+                  CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN '' ELSE ' DROP DEFAULT' END);
+END
+$$;
+COMMENT ON FUNCTION tenancy.add_tenant_column_sql(regclass, name, boolean) IS 'the DDL add_tenant_column() would run, and how to undo it';
+
+CREATE FUNCTION tenancy.add_tenant_column(tbl regclass, column_name name DEFAULT 'tenant_id',
+                                          fill_existing boolean DEFAULT false,
+                                          lock_timeout interval DEFAULT '100ms',
+                                          max_attempts integer DEFAULT 50)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    stmts text[];
+    wait_ms integer := 10;
+    k text;
+BEGIN
+    IF lock_timeout IS NULL OR lock_timeout <= interval '0' OR max_attempts IS NULL OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'lock_timeout must be positive and max_attempts at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR attempt IN 1 .. max_attempts LOOP
+        BEGIN
+            -- The ACCESS EXCLUSIVE lock is only ever waited for briefly: a
+            -- long wait would queue every reader of the table behind us.
+            PERFORM set_config('lock_timeout', ceil(extract(epoch FROM lock_timeout) * 1000)::text || 'ms', true);
+            stmts := tenancy.add_tenant_column_ddl(tbl, column_name, fill_existing);
+            IF cardinality(stmts) > 0 THEN
+                -- Lock first, then re-read the catalog under the lock.
+                EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tbl);
+                stmts := tenancy.add_tenant_column_ddl(tbl, column_name, fill_existing);
+                FOR i IN 1 .. cardinality(stmts) LOOP
+                    EXECUTE stmts[i];
+                END LOOP;
+            END IF;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF attempt = max_attempts THEN
+                RAISE EXCEPTION 'could not lock table "%" after % attempts', tbl, max_attempts
+                    USING ERRCODE = 'lock_not_available',
+                          DETAIL = format('Each attempt waited at most %s ms for the ACCESS EXCLUSIVE lock.',
+                                         round(extract(epoch FROM lock_timeout) * 1000)),
+                          HINT = 'Long transactions on the table hold it; retry later or raise lock_timeout.';
+            END IF;
+            PERFORM pg_sleep((wait_ms * (0.5 + random())) / 1000.0);
+            wait_ms := least(wait_ms * 2, 2000);
+        END;
+    END LOOP;
+    k := tenancy.implicit_tenant();
+    INSERT INTO tenancy.tables (relation, column_name, source)
+    VALUES (tbl, column_name, CASE WHEN fill_existing THEN 'tenant ' || k END)
+    ON CONFLICT (relation) DO NOTHING;
+    IF cardinality(stmts) = 0 THEN
+        RAISE NOTICE 'column "%" of relation "%" already exists with the tenant default, nothing to do', column_name, tbl;
+        RETURN NULL;
+    END IF;
+    RETURN array_to_string(stmts, ';' || chr(10)) || ';';
+END
+$$;
+COMMENT ON FUNCTION tenancy.add_tenant_column(regclass, name, boolean, interval, integer) IS 'add the tenant column with no rewrite and a brief lock; returns the DDL run, NULL when there was nothing to do';
+
+------------------------------------------------------------------------------
+-- Backfill jobs: one row per job; the cursor and counters are written in
+-- each batch's own transaction, so an interrupted job resumes after its
+-- last committed batch.
+------------------------------------------------------------------------------
+
+CREATE TABLE tenancy.backfill_jobs (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relation      regclass NOT NULL,
+    column_name   name NOT NULL,
+    source_kind   text NOT NULL
+                  CONSTRAINT backfill_jobs_source_kind_check
+                  CHECK (source_kind OPERATOR(pg_catalog.=) ANY (ARRAY['tenant', 'expression', 'foreign_key'])),
+    source        text NOT NULL,
+    value_sql     text NOT NULL,
+    batch_sql     text,
+    search_path   text NOT NULL,
+    options       jsonb NOT NULL DEFAULT '{}',
+    state         text NOT NULL DEFAULT 'queued'
+                  CONSTRAINT backfill_jobs_state_check
+                  CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running', 'paused', 'done', 'failed'])),
+    method        text
+                  CONSTRAINT backfill_jobs_method_check
+                  CHECK (method OPERATOR(pg_catalog.=) ANY (ARRAY['primary key', 'ctid'])),
+    key_columns   name[],
+    upper_bound   text[],
+    cursor        text[],
+    phase         text
+                  CONSTRAINT backfill_jobs_phase_check
+                  CHECK (phase OPERATOR(pg_catalog.=) ANY (ARRAY['batches', 'sweep', 'done'])),
+    rows_total    bigint,
+    rows_scanned  bigint NOT NULL DEFAULT 0,
+    rows_done     bigint NOT NULL DEFAULT 0,
+    batches       bigint NOT NULL DEFAULT 0,
+    retries       bigint NOT NULL DEFAULT 0,
+    batch_size    integer,
+    last_batch_ms numeric,
+    max_batch_ms  numeric,
+    rate          numeric,
+    eta           interval,
+    throttle      text,
+    last_error    text,
+    pid           integer,
+    created_by    name NOT NULL DEFAULT CURRENT_USER,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    started_at    timestamptz,
+    updated_at    timestamptz,
+    finished_at   timestamptz
+);
+CREATE UNIQUE INDEX backfill_jobs_one_open ON tenancy.backfill_jobs (relation, column_name)
+    WHERE state OPERATOR(pg_catalog.<>) 'done';
+COMMENT ON TABLE tenancy.backfill_jobs IS 'backfill jobs: source, state, cursor, counters, rate, batch size, throttle reason, ETA';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.backfill_jobs', '');
+REVOKE ALL ON TABLE tenancy.backfill_jobs FROM PUBLIC;
+
+CREATE VIEW tenancy.backfill_progress AS
+SELECT j.id, j.relation, j.column_name, j.state,
+       j.state = 'running' AND l.pid IS NULL AS interrupted,
+       l.pid AS running_pid,
+       j.phase, j.cursor, j.rows_done, j.rows_scanned, j.rows_total,
+       CASE WHEN j.state = 'done' THEN 100.0
+            WHEN j.rows_total > 0 THEN round(100.0 * least(j.rows_scanned, j.rows_total) / j.rows_total, 1)
+       END AS percent,
+       j.rate AS rows_per_s, j.batch_size, j.last_batch_ms, j.max_batch_ms, j.retries,
+       j.throttle, j.eta, j.last_error, j.updated_at
+  FROM tenancy.backfill_jobs j
+  LEFT JOIN pg_catalog.pg_locks l
+         ON l.locktype = 'advisory' AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                                       WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+        AND l.classid = 1952804450 AND l.objid = j.relation::oid AND l.objsubid = 2 AND l.granted
+        AND j.state <> 'done';
+COMMENT ON VIEW tenancy.backfill_progress IS 'backfill jobs with percent done, whether a backend runs them, and jobs left running by a dead backend';
+REVOKE ALL ON TABLE tenancy.backfill_progress FROM PUBLIC;
+
+-- Find the open job of a table, or create one (state queued), checking the
+-- table, the column and the source.  Used by backfill() and queue_backfill().
+CREATE FUNCTION tenancy.backfill_job(tbl regclass, column_name name, tenant text, source text,
+                                     via name, options jsonb, caller_search_path text)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    keytype regtype := tenancy.key_type();
+    col name := column_name;
+    coltype regtype;
+    job tenancy.backfill_jobs;
+    kind text;
+    src text;
+    val text;
+    nsources integer := (tenant IS NOT NULL)::int + (source IS NOT NULL)::int + (via IS NOT NULL)::int;
+    exprtype regtype;
+    con record;
+    pcol name;
+    pcoltype regtype;
+    job_id bigint;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM tenancy.check_tenant_table(tbl, true);
+    IF col IS NULL THEN
+        col := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+    END IF;
+    SELECT a.atttypid::regtype INTO coltype FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', col, tbl
+            USING ERRCODE = 'undefined_column',
+                  HINT = 'Add it with tenancy.add_tenant_column(), or pass column_name.';
+    END IF;
+    IF coltype <> keytype THEN
+        RAISE EXCEPTION 'column "%" of relation "%" is of type %, but tenant keys are of type %',
+                        col, tbl, format_type(coltype, NULL), format_type(keytype, NULL)
+            USING ERRCODE = 'datatype_mismatch';
+    END IF;
+    IF NOT has_column_privilege(tbl, col, 'UPDATE') OR NOT has_table_privilege(tbl, 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied to backfill table "%"', tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The backfill needs SELECT on the table and UPDATE on column %I.', col);
+    END IF;
+    IF nsources > 1 THEN
+        RAISE EXCEPTION 'give at most one of tenant, source and via'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- An open job (queued, running, paused, failed) is resumed.
+    SELECT * INTO job FROM tenancy.backfill_jobs j
+     WHERE j.relation = tbl AND j.column_name = col AND j.state <> 'done'
+       FOR UPDATE;
+    IF FOUND THEN
+        IF nsources > 0 AND (job.source_kind, job.source) IS DISTINCT FROM
+               (CASE WHEN tenant IS NOT NULL THEN 'tenant' WHEN source IS NOT NULL THEN 'expression' ELSE 'foreign_key' END,
+                CASE WHEN tenant IS NOT NULL THEN tenancy.tenant_key(tenant) ELSE coalesce(source, via::text) END) THEN
+            RAISE EXCEPTION 'an unfinished backfill of "%" has another source', tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = format('Job %s (%s) fills %I from %s %s.', job.id, job.state, col, job.source_kind, job.source),
+                      HINT = 'Call tenancy.backfill() without a source to resume it, or delete it from tenancy.backfill_jobs.';
+        END IF;
+        UPDATE tenancy.backfill_jobs j SET options = j.options || coalesce(backfill_job.options, '{}')
+         WHERE j.id = job.id;
+        RETURN job.id;
+    END IF;
+
+    IF via IS NOT NULL THEN
+        SELECT c.oid, c.confrelid::regclass AS parent, c.conkey, c.confkey INTO con
+          FROM pg_constraint c
+         WHERE c.conrelid = tbl AND c.conname = via AND c.contype = 'f';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'foreign key "%" of relation "%" does not exist', via, tbl
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Name a foreign key constraint of the table (\d shows them).';
+        END IF;
+        pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
+        SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
+         WHERE a.attrelid = con.parent AND a.attname = pcol AND NOT a.attisdropped;
+        IF pcoltype IS DISTINCT FROM keytype THEN
+            RAISE EXCEPTION 'parent table "%" has no tenant column "%"', con.parent, pcol
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Add and backfill the tenant column of the parent first.';
+        END IF;
+        kind := 'foreign_key';
+        src := via;
+        SELECT format('(SELECT p.%I FROM %s p WHERE %s)', pcol, con.parent,
+                      string_agg(format('p.%I = t.%I', pa.attname, ca.attname), ' AND ' ORDER BY k.i))
+          INTO val
+          FROM unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(ck, pk, i)
+          JOIN pg_attribute ca ON ca.attrelid = tbl AND ca.attnum = k.ck
+          JOIN pg_attribute pa ON pa.attrelid = con.parent AND pa.attnum = k.pk;
+        val := format('COALESCE(%s, tenancy.backfill_null_source(NULL::%s))', val, keytype);
+    ELSIF source IS NOT NULL THEN
+        kind := 'expression';
+        src := source;
+        -- Type-check without evaluating: the type of a scalar subquery, with
+        -- names resolved as the caller (and later the batches) see them.
+        PERFORM set_config('search_path', caller_search_path, true);
+        EXECUTE format('SELECT pg_typeof((SELECT (%s) FROM %s t LIMIT 0))::regtype', source, tbl) INTO exprtype;
+        PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+        IF exprtype <> keytype THEN
+            RAISE EXCEPTION 'backfill source is of type %, but column "%" is of type %',
+                            format_type(exprtype, NULL), col, format_type(keytype, NULL)
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('Cast it: (%s)::%s.', source, format_type(keytype, NULL));
+        END IF;
+        val := format('COALESCE((%s), tenancy.backfill_null_source(NULL::%s))', source, keytype);
+    ELSE
+        kind := 'tenant';
+        IF tenant IS NULL AND tenancy.implicit_tenant() IS NULL THEN
+            RAISE EXCEPTION 'no tenant source given and no implicit tenant is set'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Pass tenant =>, source => or via =>, or call tenancy.set_implicit_tenant().';
+        END IF;
+        src := tenancy.tenant_key(coalesce(tenant, tenancy.implicit_tenant()));
+        val := format('%L::%s', src, keytype);
+    END IF;
+
+    -- Filling a column of a unique index changes a key: row locks become
+    -- FOR UPDATE, which blocks foreign-key checks of inserts into children.
+    IF EXISTS (SELECT FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+                WHERE x.indrelid = tbl AND x.indisunique AND a.attname = col) THEN
+        RAISE WARNING 'column "%" of "%" is part of a unique index', col, tbl
+            USING DETAIL = 'Filling it locks each row FOR UPDATE instead of FOR NO KEY UPDATE, which blocks inserts into tables referencing it until each batch commits.',
+                  HINT = 'Create unique indexes that include the tenant column after the backfill.';
+    END IF;
+    INSERT INTO tenancy.backfill_jobs (relation, column_name, source_kind, source, value_sql, search_path, options)
+    VALUES (tbl, col, kind, src, val, caller_search_path, coalesce(options, '{}'))
+    RETURNING id INTO job_id;
+    INSERT INTO tenancy.tables (relation, column_name, source)
+    VALUES (tbl, col, replace(kind, '_', ' ') || ' ' || src)
+    ON CONFLICT (relation) DO UPDATE SET source = EXCLUDED.source WHERE tables.source IS NULL;
+    RETURN job_id;
+END
+$$;
+
+-- Options of backfill() and queue_backfill() as a json object (nulls dropped).
+CREATE FUNCTION tenancy.backfill_options(batch_size integer, min_batch_size integer, max_batch_size integer,
+                                         target_batch_time interval, lock_timeout interval,
+                                         statement_timeout interval, pause interval, max_runtime interval,
+                                         max_replication_lag interval, progress_interval interval,
+                                         max_retries integer, compact_indexes boolean)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o jsonb := jsonb_strip_nulls(jsonb_build_object(
+        'batch_size', batch_size, 'min_batch_size', min_batch_size, 'max_batch_size', max_batch_size,
+        'target_ms', ceil(extract(epoch FROM target_batch_time) * 1000)::bigint,
+        'lock_timeout_ms', ceil(extract(epoch FROM lock_timeout) * 1000)::bigint,
+        'statement_timeout_ms', ceil(extract(epoch FROM statement_timeout) * 1000)::bigint,
+        'pause_ms', ceil(extract(epoch FROM pause) * 1000)::bigint,
+        'max_runtime_s', ceil(extract(epoch FROM max_runtime))::bigint,
+        'max_lag_ms', ceil(extract(epoch FROM max_replication_lag) * 1000)::bigint,
+        'progress_s', round(extract(epoch FROM progress_interval), 3),
+        'max_retries', max_retries, 'compact_indexes', compact_indexes));
+    k text;
+BEGIN
+    FOR k IN SELECT jsonb_object_keys(o) LOOP
+        CONTINUE WHEN k = 'compact_indexes';
+        IF (o ->> k)::numeric < 0 OR (k IN ('batch_size', 'min_batch_size', 'max_batch_size', 'target_ms')
+                                      AND (o ->> k)::numeric <= 0) THEN
+            RAISE EXCEPTION 'backfill option % must be positive', k USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    RETURN o;
+END
+$$;
+
+CREATE FUNCTION tenancy.queue_backfill(tbl regclass, tenant text DEFAULT NULL, source text DEFAULT NULL,
+                                       via name DEFAULT NULL, column_name name DEFAULT NULL,
+                                       batch_size integer DEFAULT NULL, min_batch_size integer DEFAULT NULL,
+                                       max_batch_size integer DEFAULT NULL, target_batch_time interval DEFAULT NULL,
+                                       lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL,
+                                       pause interval DEFAULT NULL,
+                                       max_replication_lag interval DEFAULT NULL, max_retries integer DEFAULT NULL,
+                                       compact_indexes boolean DEFAULT NULL)
+RETURNS bigint
+-- No SET clause: the job keeps the caller's search_path for its source.
+LANGUAGE sql AS $$
+    SELECT tenancy.backfill_job(tbl, column_name, tenant, source, via,
+        tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time, lock_timeout,
+                                 statement_timeout, pause, NULL, max_replication_lag, NULL, max_retries,
+                                 compact_indexes),
+        pg_catalog.current_setting('search_path'));
+$$;
+COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean)
+    IS 'record a backfill job (state queued) for the background worker or a later CALL tenancy.backfill(tbl); returns its id';
+
+-- The engine.  A procedure that commits after each batch: it cannot carry
+-- SET clauses or SECURITY DEFINER, so every name in it is qualified, and it
+-- runs as its caller (who needs UPDATE on the table).
+--
+-- Phases: 'batches' walks the primary key (keyset, upper bound frozen at
+-- the start) or, without one, block ranges up to the size at the start;
+-- 'sweep' then walks block ranges over the whole table for NULLs left
+-- behind (rows moved or written with an explicit NULL during the run),
+-- and repeats while a sweep still found some (at most 3 sweeps).
+CREATE PROCEDURE tenancy.backfill(
+    tbl regclass,
+    tenant text DEFAULT NULL,
+    source text DEFAULT NULL,
+    via name DEFAULT NULL,
+    column_name name DEFAULT NULL,
+    batch_size integer DEFAULT NULL,
+    min_batch_size integer DEFAULT NULL,
+    max_batch_size integer DEFAULT NULL,
+    target_batch_time interval DEFAULT NULL,
+    lock_timeout interval DEFAULT NULL,
+    statement_timeout interval DEFAULT NULL,
+    pause interval DEFAULT NULL,
+    max_runtime interval DEFAULT NULL,
+    max_replication_lag interval DEFAULT NULL,
+    progress_interval interval DEFAULT NULL,
+    max_retries integer DEFAULT NULL,
+    compact_indexes boolean DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    job_id      bigint;
+    job         tenancy.backfill_jobs;
+    o           jsonb;
+    qtbl        text;               -- the table, always schema-qualified
+    is_parted   boolean;
+    n           integer;            -- rows in the next batch
+    nmin        integer;
+    nmax        integer;
+    target_ms   numeric;
+    lt_ms       integer;
+    st_ms       integer;
+    pause_s     numeric;
+    max_run_s   numeric;
+    max_lag     interval;
+    progress_s  numeric;
+    retry_limit integer;
+    kcols       text;
+    rowk        text;
+    lo_e        text;
+    hi_e        text;
+    ktext       text;
+    keytypes    text[];
+    sql_hi_first text;
+    sql_hi      text;
+    sql_up_first text;
+    sql_up      text;
+    setv        text;
+    sql_tid     text;
+    sql_sweep   text;
+    sql_find    text;
+    lo          text[];
+    hi          text[];
+    ub          text[];
+    last_batch  boolean;
+    updated     bigint;
+    found_rows  bigint;
+    t_start     timestamptz := pg_catalog.clock_timestamp();
+    t0          timestamptz;
+    ms          numeric;
+    per_row     numeric;
+    run_rows    bigint := 0;
+    run_scanned bigint := 0;
+    v_rate      numeric;
+    v_eta       interval;
+    next_notice timestamptz;
+    failures    integer := 0;
+    outcome     text;
+    err_state   text;
+    err_msg     text;
+    err_detail  text;
+    failing     text;
+    rows_per_block numeric;
+    lag         interval;
+    appname     text;
+    orig_appname text := pg_catalog.current_setting('application_name');
+    sweeps      integer := 0;
+    sweep_rows  bigint := 0;
+    quiet_sweeps integer := 0;
+BEGIN
+    IF tenancy.in_transaction_block() THEN
+        RAISE EXCEPTION 'tenancy.backfill() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  DETAIL = 'It commits after each batch, so that no lock is held for long and an interrupted run resumes after its last batch.',
+                  HINT = 'Run CALL tenancy.backfill(...) on its own, outside BEGIN ... COMMIT, or queue it with tenancy.queue_backfill().';
+    END IF;
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'tbl must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Called where it cannot commit (from a function, or inside an
+    -- exception block): fail here, before taking anything.
+    COMMIT;
+    IF NOT tenancy.backfill_try_lock(tbl) THEN
+        RAISE EXCEPTION 'a backfill of "%" is already running', tbl
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for it to finish, or stop it (pg_cancel_backend) and CALL again to resume; tenancy.backfill_progress shows it.';
+    END IF;
+    job_id := tenancy.backfill_job(tbl, column_name, tenant, source, via,
+                  tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time,
+                      lock_timeout, statement_timeout, pause, NULL, max_replication_lag, progress_interval,
+                      max_retries, compact_indexes),
+                  pg_catalog.current_setting('search_path'));
+    SELECT * INTO job FROM tenancy.backfill_jobs j WHERE j.id = job_id;
+    o := job.options;
+    n := coalesce((o->>'batch_size')::integer, 1000);
+    nmin := coalesce((o->>'min_batch_size')::integer, least(100, n));
+    nmax := coalesce((o->>'max_batch_size')::integer, greatest(100000, n));
+    target_ms := coalesce((o->>'target_ms')::numeric, 200);
+    lt_ms := coalesce((o->>'lock_timeout_ms')::numeric, 250)::integer;
+    st_ms := coalesce((o->>'statement_timeout_ms')::numeric, 5000)::integer;
+    pause_s := coalesce((o->>'pause_ms')::numeric, 0) / 1000;
+    max_run_s := extract(epoch FROM max_runtime);   -- per CALL, not kept with the job
+    max_lag := ((o->>'max_lag_ms') || ' ms')::interval;
+    progress_s := coalesce((o->>'progress_s')::numeric, 5);
+    retry_limit := coalesce((o->>'max_retries')::integer, 30);
+    next_notice := t_start + pg_catalog.make_interval(secs => progress_s::double precision);
+    n := least(n, nmax);
+    -- The session's statement_timeout would cut the whole run: each batch
+    -- gets its own instead, and max_runtime bounds the run.
+    PERFORM tenancy.batch_timeout(0);
+
+    SELECT pg_catalog.format('%I.%I', ns.nspname, c.relname), c.relkind = 'p'
+      INTO qtbl, is_parted
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    IF job.method IS NULL THEN
+        -- First run: choose the method and freeze the upper bound.
+        SELECT array_agg(a.attname ORDER BY k.i) INTO job.key_columns
+          FROM pg_catalog.pg_index x
+          CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+         WHERE x.indrelid = tbl AND x.indisprimary;
+        job.method := CASE WHEN job.key_columns IS NULL THEN 'ctid' ELSE 'primary key' END;
+        IF job.method = 'ctid' AND is_parted THEN
+            RAISE EXCEPTION 'partitioned table "%" has no primary key', tbl
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Backfill each partition on its own, or add a primary key.';
+        END IF;
+        SELECT sum(greatest(c.reltuples, 0))::bigint INTO job.rows_total
+          FROM pg_catalog.pg_partition_tree(tbl) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+         WHERE pt.isleaf;
+        IF coalesce(job.rows_total, 0) = 0 OR pg_catalog.pg_total_relation_size(tbl) < 64 * 1024 * 1024 THEN
+            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)
+               INTO job.rows_total;
+        END IF;
+        -- Nothing NULL (a second run): done at once, after one scan.
+        EXECUTE pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
+                                  CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)
+           INTO last_batch;
+        IF last_batch THEN
+            job.phase := 'done';
+        ELSIF job.method = 'primary key' THEN
+            EXECUTE pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
+                (SELECT string_agg(pg_catalog.format('t.%I::text', k), ', ') FROM unnest(job.key_columns) k),
+                CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
+                (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))
+               INTO job.upper_bound;
+            job.phase := 'batches';
+        ELSE
+            job.upper_bound := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
+            job.cursor := ARRAY['0'];
+            job.phase := 'batches';
+        END IF;
+        UPDATE tenancy.backfill_jobs j
+           SET method = job.method, key_columns = job.key_columns, upper_bound = job.upper_bound,
+               cursor = job.cursor, phase = job.phase, rows_total = job.rows_total
+         WHERE j.id = job_id;
+    END IF;
+    UPDATE tenancy.backfill_jobs j
+       SET state = 'running', pid = pg_catalog.pg_backend_pid(), started_at = coalesce(j.started_at, pg_catalog.now()),
+           throttle = NULL, last_error = NULL, batch_size = n, updated_at = pg_catalog.now()
+     WHERE j.id = job_id;
+    UPDATE tenancy.tables t SET stage = 'backfill' WHERE t.relation = tbl AND t.stage = 'expand';
+    COMMIT;
+
+    -- The SET list.  Unless compact_indexes is on, it also names the columns
+    -- of the table's non-unique indexes, as "col = t.col": no value and no
+    -- lock strength changes (both are decided on the values), but btree then
+    -- knows these indexes were not "unchanged by the update" and skips its
+    -- bottom-up deletion passes.  Those passes remove the index entries of
+    -- rows earlier batches moved (dead once committed) and so keep the
+    -- indexes compact, at a high price on indexes in random order; a single
+    -- UPDATE never pays it, since its own old versions are not dead yet.
+    -- Columns of unique indexes, generated columns, columns named by UPDATE
+    -- OF triggers and columns the caller may not update are never named.
+    setv := pg_catalog.format('%I = %s', job.column_name, job.value_sql);
+    IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
+        setv := setv || coalesce((
+            SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attname <> job.column_name
+               AND EXISTS (SELECT FROM pg_catalog.pg_index x
+                            WHERE x.indrelid = tbl AND NOT x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x
+                                WHERE x.indrelid = tbl AND x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                                WHERE g.tgrelid = tbl AND NOT g.tgisinternal AND a.attnum = ANY (g.tgattr))
+               AND pg_catalog.has_column_privilege(tbl, a.attnum, 'UPDATE')), '');
+    END IF;
+
+    -- The statements of a batch.  The row is aliased t; keys travel as text
+    -- arrays cast back to the key types, so composite keys need nothing else.
+    IF job.method = 'primary key' THEN
+        SELECT array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY k.i) INTO keytypes
+          FROM unnest(job.key_columns) WITH ORDINALITY AS k(name, i)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name;
+        SELECT string_agg(pg_catalog.format('t.%I', k), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('$1[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('$2[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('t.%I::text', k), ', ' ORDER BY i)
+          INTO kcols, lo_e, hi_e, ktext
+          FROM unnest(job.key_columns) WITH ORDINALITY AS u(k, i);
+        rowk := '(' || kcols || ')';
+        lo_e := '(' || lo_e || ')';
+        hi_e := '(' || hi_e || ')';
+        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s > %s AND %s <= %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, lo_e, rowk, hi_e, kcols);
+        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s <= %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, hi_e, kcols);
+        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s > %s AND %s <= %s AND t.%I IS NULL',
+                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
+                                    rowk, lo_e, rowk, hi_e, job.column_name);
+        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s <= %s AND t.%I IS NULL',
+                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
+                                          rowk, hi_e, job.column_name);
+        sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
+                                      '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
+                                          || pg_catalog.repeat('%s, ', cardinality(job.key_columns) - 1) || '%s)',
+                                      kcols, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name);
+    ELSE
+        sql_find := pg_catalog.format('SELECT pg_catalog.format(''ctid %%s'', t.ctid) FROM ONLY %s t WHERE t.%I IS NULL LIMIT 1',
+                                      qtbl, job.column_name);
+    END IF;
+    -- Block ranges (tables without a primary key, and the sweep).
+    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid >= $1 AND t.ctid < $2 AND t.%I IS NULL',
+                                 qtbl, setv, job.column_name);
+    -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
+    sql_sweep := pg_catalog.format(
+        'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
+        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) IN (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
+        'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
+        qtbl, job.column_name, qtbl, setv, job.column_name);
+    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
+      INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    UPDATE tenancy.backfill_jobs j SET batch_sql = CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END
+     WHERE j.id = job_id;
+    COMMIT;
+    -- pg_stat_activity shows the table and the progress in application_name.
+    appname := 'tenancy.backfill ' || qtbl;
+    lo := job.cursor;
+    ub := job.upper_bound;
+
+    LOOP
+        EXIT WHEN job.phase = 'done';
+        -- Stop at max_runtime: the job is paused and the next CALL resumes it.
+        IF max_run_s IS NOT NULL AND pg_catalog.clock_timestamp() - t_start >= pg_catalog.make_interval(secs => max_run_s::double precision) THEN
+            UPDATE tenancy.backfill_jobs j SET state = 'paused', pid = NULL, throttle = 'max_runtime reached',
+                   updated_at = pg_catalog.now() WHERE j.id = job_id;
+            COMMIT;
+            PERFORM tenancy.backfill_unlock(tbl);
+            PERFORM pg_catalog.set_config('application_name', orig_appname, false);
+            RAISE NOTICE 'backfill of % paused at max_runtime after % rows; CALL tenancy.backfill(%) again to resume',
+                tbl, job.rows_done, pg_catalog.quote_literal(tbl::text);
+            RETURN;
+        END IF;
+        -- Hold while a standby replays too far behind.
+        IF max_lag IS NOT NULL THEN
+            lag := (SELECT max(r.replay_lag) FROM pg_catalog.pg_stat_replication r);
+            IF lag > max_lag THEN
+                UPDATE tenancy.backfill_jobs j SET throttle = pg_catalog.format('replication lag %s > %s', lag, max_lag),
+                       updated_at = pg_catalog.now() WHERE j.id = job_id;
+                COMMIT;
+                PERFORM pg_catalog.pg_sleep(0.5);
+                CONTINUE;
+            END IF;
+        END IF;
+
+        outcome := 'ok';
+        t0 := pg_catalog.clock_timestamp();
+        BEGIN
+            PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
+                    pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
+                        CASE WHEN job.phase = 'sweep' THEN 'sweep'
+                             ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
+                    pg_catalog.set_config('search_path', job.search_path, true),
+                    tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
+            IF job.phase = 'batches' AND job.method = 'primary key' THEN
+                IF lo IS NULL THEN
+                    EXECUTE sql_hi_first INTO hi USING lo, ub, n - 1;
+                ELSE
+                    EXECUTE sql_hi INTO hi USING lo, ub, n - 1;
+                END IF;
+                last_batch := hi IS NULL;
+                hi := coalesce(hi, ub);
+                IF lo IS NULL THEN
+                    EXECUTE sql_up_first USING lo, hi;
+                ELSE
+                    EXECUTE sql_up USING lo, hi;
+                END IF;
+                GET DIAGNOSTICS updated = ROW_COUNT;
+            ELSIF is_parted THEN
+                EXECUTE sql_sweep INTO found_rows, updated USING n;
+                last_batch := found_rows = 0;
+            ELSE
+                hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
+                last_batch := hi[1]::bigint >= ub[1]::bigint;
+                EXECUTE sql_tid USING pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid;
+                GET DIAGNOSTICS updated = ROW_COUNT;
+            END IF;
+            PERFORM tenancy.batch_timeout(0);
+        EXCEPTION
+            WHEN lock_not_available OR deadlock_detected THEN
+                PERFORM tenancy.batch_timeout(0);
+                outcome := 'retry';
+                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
+            WHEN query_canceled THEN
+                PERFORM tenancy.batch_timeout(0);
+                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
+                outcome := CASE WHEN err_msg LIKE '%statement timeout%' THEN 'timeout' ELSE 'cancel' END;
+            WHEN OTHERS THEN
+                PERFORM tenancy.batch_timeout(0);
+                outcome := 'error';
+                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                        err_detail = PG_EXCEPTION_DETAIL;
+        END;
+        ms := extract(epoch FROM pg_catalog.clock_timestamp() - t0) * 1000;
+
+        IF outcome = 'ok' THEN
+            failures := 0;
+            IF job.phase = 'batches' THEN
+                run_scanned := run_scanned + n;
+                job.rows_scanned := job.rows_scanned + n;
+            ELSE
+                sweep_rows := sweep_rows + updated;
+                IF is_parted AND found_rows > 0 AND updated = 0 THEN
+                    -- Found rows that all moved away meanwhile: look again, a few times.
+                    quiet_sweeps := quiet_sweeps + 1;
+                    last_batch := quiet_sweeps >= 10;
+                END IF;
+            END IF;
+            IF NOT is_parted OR job.phase = 'batches' THEN
+                lo := hi;
+            END IF;
+            run_rows := run_rows + updated;
+            job.rows_done := job.rows_done + updated;
+            job.batches := job.batches + 1;
+            -- Adapt the batch size to the target duration: smoothed per-row
+            -- cost, growth at most 1.2x a step, halving after a batch over
+            -- twice the target.
+            per_row := CASE WHEN per_row IS NULL THEN ms / n ELSE 0.7 * per_row + 0.3 * ms / n END;
+            IF ms > 2 * target_ms THEN
+                n := greatest(n / 2, nmin);
+            ELSE
+                n := least(pg_catalog.ceil(n * 1.2)::bigint,
+                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2));
+                n := least(greatest(n, nmin),
+                                      CASE WHEN job.phase = 'sweep' THEN 10 * nmax ELSE nmax END);
+            END IF;
+            v_rate := run_rows / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - t_start), 0.001);
+            v_eta := CASE WHEN job.phase = 'batches' AND run_scanned > 0 THEN
+                        pg_catalog.make_interval(secs => (greatest(job.rows_total - job.rows_scanned, 0)
+                            * extract(epoch FROM pg_catalog.clock_timestamp() - t_start) / run_scanned)::double precision) END;
+            IF last_batch THEN
+                -- Next: a sweep over the whole table as it is now; another
+                -- one while sweeps still find NULLs; then done.
+                IF is_parted THEN
+                    job.phase := CASE job.phase WHEN 'batches' THEN 'sweep' ELSE 'done' END;
+                ELSIF job.phase = 'sweep' AND (sweep_rows = 0 OR sweeps >= 3) THEN
+                    job.phase := 'done';
+                ELSE
+                    job.phase := 'sweep';
+                    sweeps := sweeps + 1;
+                    sweep_rows := 0;
+                    per_row := NULL;
+                    lo := ARRAY['0'];
+                    ub := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
+                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
+                      INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+                END IF;
+            END IF;
+            UPDATE tenancy.backfill_jobs j
+               SET cursor = lo, upper_bound = ub, phase = job.phase, rows_scanned = job.rows_scanned,
+                   rows_done = job.rows_done, batches = job.batches, batch_size = n,
+                   last_batch_ms = round(ms, 1), max_batch_ms = greatest(j.max_batch_ms, round(ms, 1)),
+                   rate = round(v_rate), eta = date_trunc('second', v_eta),
+                   throttle = CASE WHEN pause_s > 0 AND job.phase <> 'done'
+                                   THEN pg_catalog.format('pause %s ms between batches', round(pause_s * 1000)) END,
+                   updated_at = pg_catalog.now(),
+                   state = CASE WHEN job.phase = 'done' THEN 'done' ELSE 'running' END,
+                   finished_at = CASE WHEN job.phase = 'done' THEN pg_catalog.now() END,
+                   pid = CASE WHEN job.phase = 'done' THEN NULL ELSE j.pid END
+             WHERE j.id = job_id;
+            COMMIT;
+            RAISE DEBUG 'tenancy.backfill % batch %: % rows updated in % ms', tbl, job.batches, updated, round(ms, 1);
+            IF pg_catalog.clock_timestamp() >= next_notice AND job.phase <> 'done' THEN
+                RAISE NOTICE 'backfill of %: % of ~% rows (% %%), % rows updated, % rows/s, ETA %',
+                    tbl, job.rows_scanned, job.rows_total,
+                    round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1), 1),
+                    job.rows_done, round(v_rate), coalesce(date_trunc('second', v_eta)::text, 'unknown (sweep)');
+                next_notice := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => progress_s::double precision);
+            END IF;
+            IF pause_s > 0 AND job.phase <> 'done' THEN
+                PERFORM pg_catalog.pg_sleep(pause_s);
+            END IF;
+        ELSIF outcome IN ('retry', 'timeout') THEN
+            -- Lock timeout or deadlock: back off with jitter, and halve the
+            -- batch after repeats (at once after a statement timeout).
+            failures := failures + 1;
+            job.retries := job.retries + 1;
+            IF outcome = 'timeout' OR failures % 3 = 0 THEN
+                n := greatest(n / 2, 1);
+            END IF;
+            IF failures > retry_limit THEN
+                err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tbl, retry_limit, err_msg);
+                outcome := 'fail';
+            ELSE
+                UPDATE tenancy.backfill_jobs j
+                   SET retries = job.retries, batch_size = n, updated_at = pg_catalog.now(),
+                       throttle = pg_catalog.format('%s, retry %s', CASE outcome WHEN 'timeout' THEN 'statement timeout'
+                                                                                ELSE err_msg END, failures)
+                 WHERE j.id = job_id;
+                COMMIT;
+                PERFORM pg_catalog.pg_sleep(least(0.01 * 2 ^ least(failures, 10), 5) * (0.5 + pg_catalog.random()));
+            END IF;
+        ELSIF outcome = 'error' AND n > 1 THEN
+            -- An error from the data: narrow the batch down to the failing row.
+            n := greatest(n / 2, 1);
+            outcome := 'narrow';
+        END IF;
+
+        IF outcome IN ('cancel', 'fail', 'error') THEN
+            IF outcome = 'error' THEN
+                IF job.phase = 'batches' AND job.method = 'primary key' THEN
+                    SELECT '(' || string_agg(pg_catalog.quote_ident(k), ', ') || ')=(' || pg_catalog.array_to_string(hi, ', ') || ')'
+                      INTO failing FROM unnest(job.key_columns) k;
+                ELSE
+                    BEGIN
+                        EXECUTE sql_find INTO failing;
+                    EXCEPTION WHEN OTHERS THEN
+                        failing := NULL;
+                    END;
+                END IF;
+                err_msg := pg_catalog.format('backfill of %s failed at row %s: %s', tbl, coalesce(failing, '?'), err_msg);
+            END IF;
+            UPDATE tenancy.backfill_jobs j
+               SET state = 'failed', pid = NULL, last_error = err_msg, throttle = NULL, batch_size = n,
+                   updated_at = pg_catalog.now()
+             WHERE j.id = job_id;
+            -- Restored before the COMMIT: the RAISE below aborts the next transaction.
+            PERFORM pg_catalog.set_config('application_name', orig_appname, false);
+            COMMIT;
+            PERFORM tenancy.backfill_unlock(tbl);
+            IF err_detail IS NOT NULL AND err_detail <> '' THEN
+                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail,
+                    HINT = 'Batches before this row are committed. Fix the data or the source, then CALL tenancy.backfill() again to resume.';
+            ELSIF outcome = 'error' THEN
+                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
+                    HINT = 'Batches before this row are committed. Fix the data or the source, then CALL tenancy.backfill() again to resume.';
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg,
+                    HINT = 'CALL tenancy.backfill() again to resume after the last committed batch.';
+            END IF;
+        END IF;
+    END LOOP;
+
+    IF job.batches = 0 THEN
+        UPDATE tenancy.backfill_jobs j SET state = 'done', phase = 'done', pid = NULL, updated_at = pg_catalog.now(),
+               finished_at = pg_catalog.now()
+         WHERE j.id = job_id;
+        COMMIT;
+    END IF;
+    PERFORM tenancy.backfill_unlock(tbl);
+    PERFORM pg_catalog.set_config('application_name', orig_appname, false);
+    IF job.batches = 0 THEN
+        RAISE NOTICE 'backfill of %: no NULL in column %, nothing to do', tbl, pg_catalog.quote_ident(job.column_name);
+    ELSE
+        RAISE NOTICE 'backfill of % done: % rows updated', tbl, job.rows_done;
+    END IF;
+END
+$$;
+COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean)
+    IS 'fill NULL tenant values in committed batches from a tenant, an expression or a foreign key; resumable';
+
+-- The entry points are granted by the extension owner to the roles that
+-- run the migration (with privileges on tenancy.tables and
+-- tenancy.backfill_jobs).  The helpers they call run as the caller and do
+-- nothing the caller could not do, so they stay executable.
+REVOKE EXECUTE ON FUNCTION
+    tenancy.add_tenant_column_sql(regclass, name, boolean),
+    tenancy.add_tenant_column(regclass, name, boolean, interval, integer),
+    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean)
+FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE
+    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean)
+FROM PUBLIC;
 -- Migration status: unmigrated-row counts kept by the background worker
 -- (tenancy.worker_*) and by tenancy.refresh_status().  See src/status.c.
 ------------------------------------------------------------------------------

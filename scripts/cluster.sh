@@ -26,7 +26,7 @@ tn_pg_paths() {
     sys_libdir=$("$PG_CONFIG" --pkglibdir)
     sys_sharedir=$("$PG_CONFIG" --sharedir)
     TN_PGXS=$("$PG_CONFIG" --pgxs)
-    TN_PGXS_DIR=$(dirname "$(dirname "$(dirname "$TN_PGXS")")")   # .../lib/pgxs
+    TN_PGXS_DIR=$(dirname "$(dirname "$TN_PGXS")")                 # .../lib/pgxs/src
     if [ -n "${TENANCY_SANDBOX:-}" ]; then
         local base; base=$(dirname "$sys_bindir")        # /usr/lib/postgresql/15
         if [ ! -x "$TENANCY_SANDBOX$sys_bindir/postgres" ]; then
@@ -41,7 +41,7 @@ tn_pg_paths() {
         TN_BINDIR=$sys_bindir
         TN_LIBDIR=$sys_libdir
     fi
-    TN_PG_REGRESS=$TN_PGXS_DIR/src/test/regress/pg_regress
+    TN_PG_REGRESS=$TN_PGXS_DIR/test/regress/pg_regress
 }
 
 # Build warning-free and install (system-wide, or into the sandbox).

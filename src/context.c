@@ -34,8 +34,9 @@ static void session_guard_callback(XactEvent event, void *arg);
 typedef struct AccessorCache
 {
 	uint64		generation;
-	Datum		value;
-	pg_uuid_t	uuid;
+	Datum		value;			/* current_tenant_text() */
+	int64		i64;			/* current_tenant_bigint() */
+	pg_uuid_t	uuid;			/* current_tenant() */
 } AccessorCache;
 
 void
@@ -51,6 +52,8 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 	TenantKey  *copy;
 	const char *detail;
 
+	if (source == PGC_S_SESSION)
+		tenant_set_in_xact = true;	/* for the session guard */
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;			/* unset: no extra */
 
@@ -82,8 +85,6 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 		*newval = canon;
 	}
 	*extra = copy;
-	if (source == PGC_S_SESSION)
-		tenant_set_in_xact = true;
 	return true;
 }
 
@@ -148,7 +149,13 @@ check_accessor_type(TenantKeyType want)
 				 errhint("Use %s, or change tenancy.tenant_type.", accessor_name(have))));
 }
 
-/* The call site's cache, renewed when the tenant changed since last call. */
+/*
+ * The call site's cache, renewed when the tenant changed since last call.
+ * It is only filled once the accessor has passed every check (accessor of
+ * the key type in force, a key set and parsed under that type); the
+ * generation is bumped by any change of the key or of the key type, so a
+ * cache of the current generation can be returned without checking again.
+ */
 static AccessorCache *
 accessor_cache(FunctionCallInfo fcinfo, bool *fresh)
 {
@@ -170,9 +177,31 @@ accessor_cache(FunctionCallInfo fcinfo, bool *fresh)
 	return cache;
 }
 
-PG_FUNCTION_INFO_V1(tenancy_current_tenant);
-Datum
-tenancy_current_tenant(PG_FUNCTION_ARGS)
+/*
+ * The accessors are split in two.  The SQL-callable function is the per-row
+ * fast path: it returns the call site's cache when that holds the key of the
+ * current generation, and has no locals, so it compiles to a handful of
+ * instructions without stack protector or saved registers.  This is all a
+ * query pays per row once its first row has been evaluated (an RLS policy or
+ * a WHERE clause calls the accessor for every row of a sequential scan).
+ * Everything else (type checks, require_tenant, filling the cache) is in the
+ * out-of-line slow path.
+ */
+static inline AccessorCache *
+accessor_cache_current(FunctionCallInfo fcinfo)
+{
+	AccessorCache *cache;
+
+	if (unlikely(fcinfo->flinfo == NULL))
+		return NULL;
+	cache = (AccessorCache *) fcinfo->flinfo->fn_extra;
+	if (likely(cache != NULL && cache->generation == tenant_generation))
+		return cache;
+	return NULL;
+}
+
+static pg_noinline Datum
+current_tenant_slow(FunctionCallInfo fcinfo)
 {
 	const TenantKey *key;
 	AccessorCache *cache;
@@ -188,23 +217,47 @@ tenancy_current_tenant(PG_FUNCTION_ARGS)
 	PG_RETURN_UUID_P(&cache->uuid);
 }
 
-PG_FUNCTION_INFO_V1(tenancy_current_tenant_bigint);
+PG_FUNCTION_INFO_V1(tenancy_current_tenant);
 Datum
-tenancy_current_tenant_bigint(PG_FUNCTION_ARGS)
+tenancy_current_tenant(PG_FUNCTION_ARGS)
+{
+	AccessorCache *cache = accessor_cache_current(fcinfo);
+
+	if (likely(cache != NULL))
+		PG_RETURN_UUID_P(&cache->uuid);
+	return current_tenant_slow(fcinfo);
+}
+
+static pg_noinline Datum
+current_tenant_bigint_slow(FunctionCallInfo fcinfo)
 {
 	const TenantKey *key;
+	AccessorCache *cache;
+	bool		fresh;
 
 	check_accessor_type(TENANT_KEY_BIGINT);
 	key = tenant_context_get();
 	if (key == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_INT64(key->i64);
+	cache = accessor_cache(fcinfo, &fresh);
+	if (fresh)
+		cache->i64 = key->i64;
+	PG_RETURN_INT64(cache->i64);
 }
 
-/* The canonical text of the key, whatever the key type. */
-PG_FUNCTION_INFO_V1(tenancy_current_tenant_text);
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_bigint);
 Datum
-tenancy_current_tenant_text(PG_FUNCTION_ARGS)
+tenancy_current_tenant_bigint(PG_FUNCTION_ARGS)
+{
+	AccessorCache *cache = accessor_cache_current(fcinfo);
+
+	if (likely(cache != NULL))
+		PG_RETURN_INT64(cache->i64);
+	return current_tenant_bigint_slow(fcinfo);
+}
+
+static pg_noinline Datum
+current_tenant_text_slow(FunctionCallInfo fcinfo)
 {
 	const TenantKey *key;
 	AccessorCache *cache;
@@ -222,6 +275,18 @@ tenancy_current_tenant_text(PG_FUNCTION_ARGS)
 		MemoryContextSwitchTo(old);
 	}
 	PG_RETURN_DATUM(cache->value);
+}
+
+/* The canonical text of the key, whatever the key type. */
+PG_FUNCTION_INFO_V1(tenancy_current_tenant_text);
+Datum
+tenancy_current_tenant_text(PG_FUNCTION_ARGS)
+{
+	AccessorCache *cache = accessor_cache_current(fcinfo);
+
+	if (likely(cache != NULL))
+		PG_RETURN_DATUM(cache->value);
+	return current_tenant_text_slow(fcinfo);
 }
 
 PG_FUNCTION_INFO_V1(tenancy_key_type);
@@ -437,8 +502,9 @@ tenant_guc_record(void)
 /*
  * Before commit, refuse a transaction that would leave a session-level
  * tenant behind when tenancy.allow_session_tenant is off.  This catches
- * every way of setting it (SET, set_config(), set_tenant(is_local => false))
- * and lets through SET LOCAL, RESET, DISCARD and clearing.
+ * every way of setting it (SET, set_config(), set_tenant(is_local => false),
+ * and clearing it when the session's default is a bound tenant) and lets
+ * through SET LOCAL, RESET and DISCARD.
  */
 static void
 session_guard_callback(XactEvent event, void *arg)
@@ -468,14 +534,19 @@ session_guard_callback(XactEvent event, void *arg)
 			survivor = stack->masked.val.stringval;
 		else
 			continue;
-		if (survivor != NULL && survivor[0] != '\0' && strcmp(survivor, reset) != 0)
+		/*
+		 * Anything but the session's own default is refused: for a role
+		 * bound to a tenant, a cleared tenant would leak as much as another
+		 * one (the next client would lose its default).
+		 */
+		if (strcmp(survivor ? survivor : "", reset) != 0)
 		{
 			tenancy_count(TENANCY_REFUSED_SESSION);
 			ereport(ERROR,
 					(errcode(ERRCODE_CANT_CHANGE_RUNTIME_PARAM),
 					 errmsg("cannot set the tenant for the session"),
-					 errdetail("tenancy.allow_session_tenant is off, and this transaction set tenancy.tenant_id to \"%s\" beyond its end.",
-							   survivor),
+					 errdetail("tenancy.allow_session_tenant is off, and this transaction would leave the session's tenant at \"%s\" instead of its default \"%s\".",
+							   survivor ? survivor : "", reset),
 					 errhint("Use SET LOCAL or tenancy.set_tenant(), which last one transaction.")));
 		}
 		break;

@@ -7,7 +7,14 @@
  * registry sends a relcache invalidation for it on every change; our
  * callback marks the cache stale, and the next lookup starts afresh.
  * Lookups run as the registry's owner, so application roles need no
- * privilege on the registry to set their tenant.
+ * privilege on the registry to set their tenant; they run with search_path
+ * pinned to pg_catalog, so the caller's search_path cannot slip its own
+ * types or functions into a query that runs with the owner's rights.
+ *
+ * A lookup reads the registry with a fresh snapshot (not the statement's,
+ * which in REPEATABLE READ may predate a change whose invalidation was
+ * already received), and is not cached when an invalidation arrived while
+ * it ran: either way a stale answer would be kept for the backend's life.
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
@@ -23,6 +30,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 /* Cache entries beyond this many make the cache start afresh. */
@@ -39,6 +47,7 @@ typedef struct RegistryCacheEntry
 
 static HTAB *registry_cache = NULL;
 static bool registry_valid = false;
+static uint64 registry_invalidations = 0;	/* invalidations received */
 static Oid	registry_relid = InvalidOid;
 static Oid	registry_owner = InvalidOid;
 static Oid	registry_key_type = InvalidOid;
@@ -49,7 +58,10 @@ static void
 registry_relcache_callback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == registry_relid)
+	{
 		registry_valid = false;
+		registry_invalidations++;
+	}
 }
 
 void
@@ -105,13 +117,15 @@ registry_plan(bool by_slug)
 	Oid			argtype = TEXTOID;
 	char	   *sql;
 
+	/* Every name qualified; search_path is pinned as well (registry_fetch). */
 	if (by_slug)
-		sql = "SELECT id::text, slug, status FROM tenancy.tenants "
+		sql = "SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
 			"WHERE slug OPERATOR(pg_catalog.=) $1";
 	else
-		sql = psprintf("SELECT id::text, slug, status FROM tenancy.tenants "
+		sql = psprintf("SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
 					   "WHERE id OPERATOR(pg_catalog.=) CAST($1 AS %s)",
-					   format_type_be(registry_key_type));
+					   format_type_extended(registry_key_type, -1,
+											FORMAT_TYPE_FORCE_QUALIFY));
 	plan = SPI_prepare(sql, 1, &argtype);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -120,23 +134,32 @@ registry_plan(bool by_slug)
 	return plan;
 }
 
-/* Read one registry row into entry, as the registry's owner. */
+/*
+ * Read one registry row into entry, as the registry's owner, with
+ * search_path pinned to pg_catalog and a fresh snapshot.
+ */
 static void
 registry_fetch(const char *tenant, bool by_slug, RegistryCacheEntry *entry)
 {
 	Oid			save_userid;
 	int			save_sec;
+	int			save_nestlevel;
 	Datum		arg = CStringGetTextDatum(tenant);
 	SPIPlanPtr *plan = by_slug ? &plan_by_slug : &plan_by_key;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(registry_owner,
 						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (*plan == NULL)
 		*plan = registry_plan(by_slug);
-	if (SPI_execute_plan(*plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(*plan, &arg, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "tenant registry lookup failed");
 	entry->found = (SPI_processed > 0);
 	if (entry->found)
@@ -150,6 +173,7 @@ registry_fetch(const char *tenant, bool by_slug, RegistryCacheEntry *entry)
 		entry->status = (status != NULL && strcmp(status, "active") == 0) ? 'a' : 's';
 	}
 	SPI_finish();
+	AtEOXact_GUC(true, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
@@ -182,16 +206,27 @@ registry_lookup(const char *tenant, bool by_slug,
 	entry = hash_search(registry_cache, lookup, HASH_FIND, NULL);
 	if (entry == NULL)
 	{
+		uint64		invalidations = registry_invalidations;
+
 		memset(&fetched, 0, sizeof(fetched));
 		registry_fetch(tenant, by_slug, &fetched);
-		/* An invalidation may have arrived while fetching: start afresh. */
-		if (!registry_valid)
-			registry_reset();
-		entry = hash_search(registry_cache, lookup, HASH_ENTER, &present);
-		memcpy(entry->key, fetched.key, sizeof(entry->key));
-		memcpy(entry->slug, fetched.slug, sizeof(entry->slug));
-		entry->found = fetched.found;
-		entry->status = fetched.status;
+		if (registry_invalidations != invalidations)
+		{
+			/*
+			 * The registry changed while we read it: answer from what we
+			 * read (as fresh as a lookup can be), but do not keep it; the
+			 * next lookup starts afresh.
+			 */
+			entry = &fetched;
+		}
+		else
+		{
+			entry = hash_search(registry_cache, lookup, HASH_ENTER, &present);
+			memcpy(entry->key, fetched.key, sizeof(entry->key));
+			memcpy(entry->slug, fetched.slug, sizeof(entry->slug));
+			entry->found = fetched.found;
+			entry->status = fetched.status;
+		}
 	}
 	if (!entry->found)
 		return false;

@@ -81,6 +81,8 @@ extern void tenancy_count(TenancyCounter counter);
 #define tenancy_guc_free(p)		free(p)
 #endif
 
+/* backfill.c: helpers of the batched backfill engine */
+extern void tenancy_backfill_init(void);
 /* status.c, worker.c: unmigrated-row counts and the background worker */
 typedef struct StatusTable
 {
