@@ -37,6 +37,10 @@
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -49,7 +53,10 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/portal.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -65,12 +72,22 @@
 
 PGDLLEXPORT void tenancy_launcher_main(Datum main_arg);
 PGDLLEXPORT void tenancy_worker_main(Datum main_arg);
+PGDLLEXPORT void tenancy_backfill_main(Datum main_arg);
+
+/* What a backfill runner is told: where, as whom, which job. */
+typedef struct BackfillRunnerArgs
+{
+	Oid			dboid;
+	Oid			roleoid;
+	int64		job_id;
+} BackfillRunnerArgs;
 
 /* GUCs */
 static char *worker_databases = NULL;
 static int	worker_interval = 60;
 static bool worker_enabled = true;
 static char *worker_role = NULL;
+static bool worker_run_backfills = true;
 
 /*
  * Shared state: which databases were found without the extension, so that
@@ -193,6 +210,14 @@ tenancy_worker_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("tenancy.worker_run_backfills",
+							 "Let the background worker run the backfill jobs queued with tenancy.queue_backfill().",
+							 "When off, queued jobs wait for a CALL tenancy.backfill().",
+							 &worker_run_backfills,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 	DefineCustomIntVariable("tenancy.worker_cycle_budget",
 							"Time an incremental count may take per cycle and database (refresh_status() too).",
 							"Every table still gets one step per cycle.",
@@ -480,6 +505,238 @@ tenancy_launcher_main(Datum main_arg)
 }
 
 /* ----------------------------------------------------------------------
+ * Queued backfills
+ *
+ * tenancy.queue_backfill() records a job in state 'queued'.  Each cycle
+ * starts one "tenancy backfill" worker per queued job; it runs
+ * CALL tenancy.backfill(tbl, column_name => col), the engine of the
+ * interactive CALL, in a non-atomic SPI context so that the procedure
+ * commits after each batch, as the role that queued the job.  The job's
+ * progress shows in tenancy.backfill_jobs / tenancy.backfill_progress like
+ * any other run, and it no longer depends on the client that queued it.
+ * Two runners for one job cannot both run: the procedure takes the table's
+ * backfill lock and the second one stops with 55006.
+ * ----------------------------------------------------------------------
+ */
+
+/* In the cycle worker, with SPI connected: start a runner per queued job. */
+static void
+worker_start_backfills(Oid dboid, Oid roleoid)
+{
+	Oid			nsp = get_namespace_oid("tenancy", true);
+
+	if (!worker_run_backfills)
+		return;
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("backfill_jobs", nsp)))
+		return;					/* the backfill feature is not installed */
+	if (SPI_execute("SELECT id FROM tenancy.backfill_jobs "
+					"WHERE state OPERATOR(pg_catalog.=) 'queued' ORDER BY id",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read tenancy.backfill_jobs");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		BackgroundWorker bgw;
+		BackfillRunnerArgs args;
+		BackgroundWorkerHandle *handle;
+		bool		isnull;
+
+		args.dboid = dboid;
+		args.roleoid = roleoid;
+		args.job_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		memset(&bgw, 0, sizeof(bgw));
+		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		bgw.bgw_restart_time = BGW_NEVER_RESTART;
+		strlcpy(bgw.bgw_library_name, "tenancy", BGW_MAXLEN);
+		strlcpy(bgw.bgw_function_name, "tenancy_backfill_main", BGW_MAXLEN);
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "tenancy backfill job " INT64_FORMAT, args.job_id);
+		strlcpy(bgw.bgw_type, "tenancy backfill", BGW_MAXLEN);
+		StaticAssertStmt(sizeof(BackfillRunnerArgs) <= BGW_EXTRALEN, "runner arguments too long");
+		memcpy(bgw.bgw_extra, &args, sizeof(args));
+		if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+			ereport(LOG,
+					(errmsg("tenancy worker: could not start a worker for backfill job " INT64_FORMAT, args.job_id),
+					 errhint("Raise max_worker_processes; the job stays queued.")));
+	}
+}
+
+/*
+ * Run one statement as a client's top-level statement would run: through
+ * an unnamed portal, outside any transaction block, so that a procedure
+ * called by it may COMMIT (plain SPI cannot give a procedure the portal
+ * snapshot it needs for that).  The caller has started a transaction; it
+ * may be another one when this returns.
+ */
+static void
+run_toplevel(const char *sql)
+{
+	MemoryContext cxt = AllocSetContextCreate(TopMemoryContext, "tenancy statement",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	List	   *parsetrees = pg_parse_query(sql);
+	RawStmt    *parsetree;
+	List	   *querytrees;
+	List	   *plantrees;
+	Portal		portal;
+	DestReceiver *receiver;
+	QueryCompletion qc;
+
+	if (list_length(parsetrees) != 1)
+		elog(ERROR, "expected one statement: %s", sql);
+	parsetree = linitial_node(RawStmt, parsetrees);
+	PushActiveSnapshot(GetTransactionSnapshot());
+#if PG_VERSION_NUM >= 150000
+	querytrees = pg_analyze_and_rewrite_fixedparams(parsetree, sql, NULL, 0, NULL);
+#else
+	querytrees = pg_analyze_and_rewrite(parsetree, sql, NULL, 0, NULL);
+#endif
+	plantrees = pg_plan_queries(querytrees, sql, CURSOR_OPT_PARALLEL_OK, NULL);
+	PopActiveSnapshot();
+
+	portal = CreatePortal("", true, true);
+	portal->visible = false;
+	PortalDefineQuery(portal, NULL, sql, CreateCommandTag(parsetree->stmt), plantrees, NULL);
+	PortalStart(portal, NULL, 0, InvalidSnapshot);
+	receiver = CreateDestReceiver(DestNone);
+	(void) PortalRun(portal, FETCH_ALL, true, true, receiver, receiver, &qc);
+	receiver->rDestroy(receiver);
+	PortalDrop(portal, false);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+}
+
+/* Mark a job that is still queued as failed, in a transaction of its own. */
+static void
+backfill_job_failed(int64 job_id, const char *message)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		vals[2];
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	vals[0] = Int64GetDatum(job_id);
+	vals[1] = CStringGetTextDatum(message);
+	(void) SPI_execute_with_args("UPDATE tenancy.backfill_jobs SET state = 'failed', last_error = $2, "
+								 "updated_at = pg_catalog.now() "
+								 "WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'queued'",
+								 2, types, vals, NULL, false, 0);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+void
+tenancy_backfill_main(Datum main_arg)
+{
+	BackfillRunnerArgs args;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		values[1];
+	char	   *relid_text = NULL;
+	char	   *column = NULL;
+	char	   *volatile relname = NULL;
+	char	   *creator = NULL;
+	Oid			creator_oid = InvalidOid;
+	Oid			save_userid;
+	int			save_sec_context;
+	char	   *sql;
+	MemoryContext top = TopMemoryContext;
+
+	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
+	values[0] = Int64GetDatum(args.job_id);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(args.dboid, args.roleoid, 0);
+	pgstat_report_appname("tenancy backfill");
+
+	/* Is the job still queued, and who queued it? */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT relation::pg_catalog.oid::pg_catalog.text, column_name::pg_catalog.text, "
+							  "relation::pg_catalog.text, created_by::pg_catalog.text "
+							  "FROM tenancy.backfill_jobs "
+							  "WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'queued'",
+							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read tenancy.backfill_jobs");
+	if (SPI_processed == 1)
+	{
+		MemoryContext old = MemoryContextSwitchTo(top);
+
+		relid_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		relname = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+		creator = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		MemoryContextSwitchTo(old);
+		creator_oid = get_role_oid(creator, true);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (creator != NULL && !OidIsValid(creator_oid))
+	{
+		char	   *msg = psprintf("role \"%s\" that queued the job does not exist", creator);
+
+		backfill_job_failed(args.job_id, msg);
+		ereport(LOG, (errmsg("tenancy: backfill job " INT64_FORMAT " failed: %s", args.job_id, msg)));
+	}
+	if (!OidIsValid(creator_oid))
+		proc_exit(0);			/* already taken or done, or failed above */
+
+	/*
+	 * Run the job as the role that queued it: its privileges, not the
+	 * worker's, apply to the table and to the job's source expression.  As
+	 * for a SECURITY DEFINER function, SET ROLE and SET SESSION AUTHORIZATION
+	 * are refused meanwhile, so the job cannot get the worker's identity back.
+	 */
+	ereport(LOG,
+			(errmsg("tenancy: background backfill of %s (job " INT64_FORMAT ") starts as role \"%s\"",
+					relname, args.job_id, creator)));
+	sql = psprintf("CALL tenancy.backfill(%s::pg_catalog.regclass, column_name => %s)",
+				   quote_literal_cstr(relid_text), quote_literal_cstr(column));
+	pgstat_report_activity(STATE_RUNNING, sql);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(creator_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		run_toplevel(sql);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		/*
+		 * The engine records its own failures in the job; an error before it
+		 * took the job (still queued) must not start a runner at every cycle.
+		 */
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(top);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		AbortOutOfAnyTransaction();
+		FlushErrorState();
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		backfill_job_failed(args.job_id, edata->message);
+		RESUME_INTERRUPTS();
+		proc_exit(1);
+	}
+	PG_END_TRY();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+
+	ereport(LOG,
+			(errmsg("tenancy: background backfill of %s (job " INT64_FORMAT ") ended", relname, args.job_id)));
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
+}
+
+/* ----------------------------------------------------------------------
  * Worker: one cycle in one database
  * ----------------------------------------------------------------------
  */
@@ -598,6 +855,7 @@ tenancy_worker_main(Datum main_arg)
 	if (installed)
 	{
 		SPI_connect();
+		worker_start_backfills(dboid, roleoid);
 		status_prune();
 		tables = status_tables(InvalidOid, TopMemoryContext);
 		SPI_finish();
