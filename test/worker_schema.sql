@@ -2,7 +2,7 @@
 -- background worker.
 BEGIN;
 CREATE EXTENSION tenancy;
-SELECT plan(24);
+SELECT plan(25);
 
 SELECT has_table('tenancy', 'migration_status', 'migration_status exists');
 SELECT col_is_pk('tenancy', 'migration_status', 'relation', 'one status row per relation');
@@ -45,6 +45,8 @@ SELECT is((SELECT context FROM pg_settings WHERE name = 'tenancy.worker_interval
           'worker_interval is reloaded on SIGHUP');
 SELECT is((SELECT context FROM pg_settings WHERE name = 'tenancy.worker_role'), 'sighup',
           'worker_role is reloaded on SIGHUP');
+SELECT is((SELECT context FROM pg_settings WHERE name = 'tenancy.worker_run_backfills'), 'sighup',
+          'worker_run_backfills is reloaded on SIGHUP');
 SELECT is((SELECT context FROM pg_settings WHERE name = 'tenancy.worker_cycle_budget'), 'superuser',
           'worker_cycle_budget is for superusers');
 SELECT throws_ok($$SET tenancy.worker_databases = 'a,"b'$$, '55P02', NULL,
