@@ -88,6 +88,7 @@ _PG_init(void)
 	tenancy_registry_init();
 	tenancy_stats_init();
 	tenancy_backfill_init();
+	tenancy_worker_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("tenancy");

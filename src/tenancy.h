@@ -83,5 +83,19 @@ extern void tenancy_count(TenancyCounter counter);
 
 /* backfill.c: helpers of the batched backfill engine */
 extern void tenancy_backfill_init(void);
+/* status.c, worker.c: unmigrated-row counts and the background worker */
+typedef struct StatusTable
+{
+	Oid			relid;
+	char		column[NAMEDATALEN];
+	char		name[2 * NAMEDATALEN + 8];	/* schema-qualified, quoted */
+} StatusTable;
+extern int	tenancy_worker_cycle_budget;
+extern int	tenancy_worker_chunk_pages;
+extern bool status_step(Oid relid, const char *column, bool in_worker);
+extern void status_prune(void);
+extern struct List *status_tables(Oid relid, MemoryContext cxt);
+extern int	status_lock_timeout_begin(void);
+extern void tenancy_worker_init(void);
 
 #endif							/* TENANCY_H */
