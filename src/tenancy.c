@@ -87,6 +87,7 @@ _PG_init(void)
 	tenancy_context_init();
 	tenancy_registry_init();
 	tenancy_stats_init();
+	tenancy_shadow_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("tenancy");

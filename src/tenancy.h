@@ -81,4 +81,7 @@ extern void tenancy_count(TenancyCounter counter);
 #define tenancy_guc_free(p)		free(p)
 #endif
 
+/* shadow.c, rls_guard.c: row-level security */
+extern void tenancy_shadow_init(void);
+
 #endif							/* TENANCY_H */
