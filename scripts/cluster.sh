@@ -41,7 +41,7 @@ tn_pg_paths() {
         TN_BINDIR=$sys_bindir
         TN_LIBDIR=$sys_libdir
     fi
-    TN_PG_REGRESS=$TN_PGXS_DIR/src/test/regress/pg_regress
+    TN_PG_REGRESS=$TN_PGXS_DIR/test/regress/pg_regress
 }
 
 # Build warning-free and install (system-wide, or into the sandbox).

@@ -217,6 +217,12 @@ tenancy_shadow_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	RegisterXactCallback(shadow_xact_callback, NULL);
+
+	/* A postmaster setting can only be defined while preloading. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
 	DefineCustomIntVariable("tenancy.shadow_max_tables",
 							"Number of tables whose shadow-mode counts are kept in shared memory.",
 							NULL,
@@ -226,10 +232,6 @@ tenancy_shadow_init(void)
 							0,
 							NULL, NULL, NULL);
 
-	RegisterXactCallback(shadow_xact_callback, NULL);
-
-	if (!process_shared_preload_libraries_in_progress)
-		return;
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = shadow_shmem_request;

@@ -88,6 +88,7 @@ _PG_init(void)
 	tenancy_registry_init();
 	tenancy_stats_init();
 	tenancy_shadow_init();
+	tenancy_rls_guard_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("tenancy");

@@ -83,5 +83,6 @@ extern void tenancy_count(TenancyCounter counter);
 
 /* shadow.c, rls_guard.c: row-level security */
 extern void tenancy_shadow_init(void);
+extern void tenancy_rls_guard_init(void);
 
 #endif							/* TENANCY_H */
