@@ -382,17 +382,17 @@ CREATE FUNCTION tenancy.shadow_require_preload() RETURNS void
 
 -- Shadow-mode policy functions: always true, count what enforce would do.
 CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant uuid) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 1;
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
 CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant bigint) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 1;
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
 CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant text) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 1;
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
 CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant uuid) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 1;
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
 CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant bigint) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 1;
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
 CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant text) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 1;
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
 COMMENT ON FUNCTION tenancy.shadow_read(regclass, uuid) IS 'shadow-mode USING: true; counts the rows enforce mode would hide';
 COMMENT ON FUNCTION tenancy.shadow_write(regclass, uuid) IS 'shadow-mode WITH CHECK: true; counts the writes enforce mode would refuse';
 

@@ -43,7 +43,7 @@ run_regress() {
 
 all_regress=$(make -s print-REGRESS)
 plain_regress=$(make -s print-REGRESS_PLAIN)
-sel() { local t; for t in $1; do case " ${REGRESS:-$all_regress $plain_regress} " in *" $t "*) echo "$t";; esac; done; }
+sel() { local t; for t in $1; do [ -f "sql/$t.sql" ] || continue; case " ${REGRESS:-$all_regress $plain_regress} " in *" $t "*) echo "$t";; esac; done; }
 run_regress regress-preloaded "$WORK/test/preload.conf" $(sel "$all_regress")
 run_regress regress-plain "" $(sel "$plain_regress")
 
