@@ -354,8 +354,13 @@ BEGIN
                 UPDATE tenancy.tables t SET stage = r.prior_stage WHERE t.relation = tbl;
             ELSE
                 -- enable_rls() registered the table: forget it, unless another
-                -- feature has recorded something about it since.
-                DELETE FROM tenancy.tables t WHERE t.relation = tbl AND t.source IS NULL;
+                -- feature has recorded something about it since (a source, or
+                -- rows referencing it).
+                BEGIN
+                    DELETE FROM tenancy.tables t WHERE t.relation = tbl AND t.source IS NULL;
+                EXCEPTION WHEN foreign_key_violation THEN
+                    NULL;
+                END;
                 UPDATE tenancy.tables t SET stage = 'expand' WHERE t.relation = tbl;
             END IF;
         END IF;

@@ -90,6 +90,38 @@ SELECT array_agg(id ORDER BY id) AS legacy_sees_again FROM docs;
 \set VERBOSITY terse
 SELECT tenancy.unbind_role('rls_security_legacy') IS NOT NULL AS unbound;
 
+-- The tenant is fixed per query: the accessor is folded into a constant
+-- while the plan is compiled (and the plan restored), or evaluated per row
+-- with tenancy.fold_tenant off; both give the same rows.
+SET ROLE rls_security_app;
+BEGIN;
+SELECT tenancy.set_tenant('bolt') IS NOT NULL AS set;
+SET LOCAL enable_indexscan = off;
+SET LOCAL enable_bitmapscan = off;
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT id FROM docs;
+SELECT array_agg(id ORDER BY id) AS folded FROM docs;
+SET LOCAL tenancy.fold_tenant = off;
+SELECT array_agg(id ORDER BY id) AS per_row FROM docs;
+COMMIT;
+-- With tenancy.require_tenant, no tenant still raises (nothing is folded).
+SET tenancy.require_tenant = on;
+SELECT count(*) FROM docs;
+\echo :LAST_ERROR_SQLSTATE
+RESET tenancy.require_tenant;
+-- A PL/pgSQL loop over the table cannot switch tenants half-way.
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT id FROM docs, generate_series(1, 20) g LOOP
+        PERFORM tenancy.set_tenant('bolt');
+    END LOOP;
+END $$;
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+RESET ROLE;
+
 DROP VIEW docs_view_bypass;
 DROP TABLE docs CASCADE;
 DROP FUNCTION docs_ids();
