@@ -111,6 +111,48 @@ report() {   # report MODE ARM_B_LETTER
     done
 }
 
+# exec_min MODE: executor time of the agg and like queries inside one session
+# of bench_app, arms alternating, N times; the minimum of each arm is the
+# least disturbed by other load on the machine.  Appends to $DIR/exec.txt.
+exec_min() {
+    local mode=$1 bq_agg="SELECT count(*), sum(amount) FROM items_rls" bq_like="SELECT count(*) FROM items_rls WHERE note LIKE '%ab%'"
+    if [ "$mode" = shadow ]; then
+        bq_agg="$bq_agg WHERE tenant_id = \$1"; bq_like="$bq_like AND tenant_id = \$1"
+    fi
+    tn_run psql -X -q -At -U bench_app -d postgres -v ON_ERROR_STOP=1 >>"$DIR/exec.txt" <<SQL
+SET max_parallel_workers_per_gather = 0;
+BEGIN;
+CREATE TEMP TABLE res (shape text, arm text, ms float8);
+DO \$\$
+DECLARE t0 timestamptz; c bigint; s bigint; k uuid;
+BEGIN
+    FOR i IN 1 .. 15 LOOP
+        k := tenancy.set_tenant('00000000-0000-0000-0000-000000000001')::uuid;
+        SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;
+        t0 := clock_timestamp();
+        EXECUTE 'SELECT count(*), sum(amount) FROM items_plain WHERE tenant_id = \$1' INTO c, s USING k;
+        INSERT INTO res VALUES ('agg', 'A', extract(epoch FROM clock_timestamp() - t0) * 1000);
+        t0 := clock_timestamp();
+        EXECUTE '$bq_agg' INTO c, s USING k;
+        INSERT INTO res VALUES ('agg', 'B', extract(epoch FROM clock_timestamp() - t0) * 1000);
+        SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on;
+        k := tenancy.set_tenant('00000000-0000-0000-0000-000000000007')::uuid;
+        t0 := clock_timestamp();
+        EXECUTE \$q\$SELECT count(*) FROM items_plain WHERE note LIKE '%ab%' AND tenant_id = \$1\$q\$ INTO c USING k;
+        INSERT INTO res VALUES ('like', 'A', extract(epoch FROM clock_timestamp() - t0) * 1000);
+        t0 := clock_timestamp();
+        EXECUTE \$q\$$bq_like\$q\$ INTO c USING k;
+        INSERT INTO res VALUES ('like', 'B', extract(epoch FROM clock_timestamp() - t0) * 1000);
+    END LOOP;
+END \$\$;
+SELECT format('%-8s %-5s %17s %11s %11s', '$mode', shape,
+              to_char(min(ms) FILTER (WHERE arm = 'A') / min(ms) FILTER (WHERE arm = 'B'), 'FM0.000'),
+              to_char(min(ms) FILTER (WHERE arm = 'A'), 'FM990.00'), to_char(min(ms) FILTER (WHERE arm = 'B'), 'FM990.00'))
+  FROM res GROUP BY shape ORDER BY shape;
+COMMIT;
+SQL
+}
+
 for mode in enforce nofold shadow; do
     EXTRA_OPTS=
     b=B
@@ -120,6 +162,9 @@ for mode in enforce nofold shadow; do
     esac
     shapes="pk agg like"
     [ "$mode" = nofold ] && shapes=agg
+    case $mode in
+        enforce|shadow) exec_min "$mode" ;;
+    esac
     for shape in $shapes; do
         # warm both tables, then alternate A, B, A, B ...
         RW=$DURATION; DURATION=1; run "$shape" A warm; run "$shape" "$b" warm; DURATION=$RW
@@ -137,5 +182,10 @@ echo "(min lat A/B: fastest transaction of A over fastest of B, the least distur
 report enforce B
 report nofold B
 report shadow S
+echo
+echo "executor time, min of 15 alternating runs in one session (agg: seq scan, big tenant; like: small tenant)"
+echo "mode     shape  exec A/B (min)  A min (ms)  B min (ms)"
+cat "$DIR/exec.txt"
+echo
 echo "shadow counters during the shadow runs: $stats"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); total: $(( $(date +%s) - t0 ))s"
