@@ -38,7 +38,7 @@ psql_su() { tn_run psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
 echo "rls bench: $ROWS rows, ${DURATION}s x $ROUNDS rounds per arm, pgbench -M prepared -c 1"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 t0=$(date +%s)
-psql_su <<SQL
+psql_su >/dev/null <<SQL
 CREATE EXTENSION tenancy;
 CREATE ROLE bench_app LOGIN;
 GRANT USAGE ON SCHEMA tenancy TO bench_app;
@@ -50,14 +50,21 @@ SELECT i, ('00000000-0000-0000-0000-' || lpad((CASE WHEN i % 2 = 0 THEN 1 ELSE (
        (i::bigint * 7919 % 1000)::int, md5(i::text)
   FROM generate_series(1, $ROWS) i;
 CREATE INDEX ON items_plain (tenant_id);
-CREATE TABLE items_rls (LIKE items_plain INCLUDING ALL);
-INSERT INTO items_rls SELECT * FROM items_plain;
+CREATE TABLE items_rls (id bigint NOT NULL, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_rls SELECT * FROM items_plain ORDER BY id;
+ALTER TABLE items_rls ADD PRIMARY KEY (id);
+CREATE INDEX ON items_rls (tenant_id);
 GRANT SELECT ON items_plain, items_rls TO bench_app;
 SET client_min_messages = warning;
 SELECT tenancy.enable_rls('items_rls') IS NOT NULL;
 VACUUM ANALYZE items_plain;
 VACUUM ANALYZE items_rls;
+CREATE EXTENSION pg_prewarm;
 SQL
+# Restart, then read both tables into shared buffers the same way, so that
+# neither is favoured by where its pages landed while loading.
+tn_run "$TN_BINDIR/pg_ctl" -D "$DIR/data" -w restart >/dev/null
+psql_su -At -c "SELECT sum(pg_prewarm(c)) FROM unnest(ARRAY['items_plain', 'items_rls', 'items_plain_pkey', 'items_rls_pkey', 'items_plain_tenant_id_idx', 'items_rls_tenant_id_idx']::regclass[]) c" >/dev/null
 echo "setup: $(( $(date +%s) - t0 ))s"
 
 W=$DIR/scripts
@@ -119,35 +126,48 @@ exec_min() {
     if [ "$mode" = shadow ]; then
         bq_agg="$bq_agg WHERE tenant_id = \$1"; bq_like="$bq_like AND tenant_id = \$1"
     fi
-    tn_run psql -X -q -At -U bench_app -d postgres -v ON_ERROR_STOP=1 >>"$DIR/exec.txt" <<SQL
+    tn_run psql -X -q -At -d postgres -v ON_ERROR_STOP=1 >>"$DIR/exec.txt" <<SQL
 SET max_parallel_workers_per_gather = 0;
 BEGIN;
 CREATE TEMP TABLE res (shape text, arm text, ms float8);
+GRANT ALL ON res TO bench_app;
 DO \$\$
 DECLARE t0 timestamptz; c bigint; s bigint; k uuid;
+    q_a text[] := ARRAY['SELECT count(*), sum(amount) FROM items_plain WHERE tenant_id = \$1',
+                        \$q\$SELECT count(*) FROM items_plain WHERE note LIKE '%ab%' AND tenant_id = \$1\$q\$];
+    q_b text[] := ARRAY['$bq_agg', \$q\$$bq_like\$q\$];
+    q_c text[] := ARRAY['SELECT count(*), sum(amount) FROM items_rls WHERE tenant_id = \$1',
+                        \$q\$SELECT count(*) FROM items_rls WHERE note LIKE '%ab%' AND tenant_id = \$1\$q\$];
+    shapes text[] := ARRAY['agg', 'like'];
+    keys text[] := ARRAY['00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000007'];
 BEGIN
-    FOR i IN 1 .. 15 LOOP
-        k := tenancy.set_tenant('00000000-0000-0000-0000-000000000001')::uuid;
-        SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;
-        t0 := clock_timestamp();
-        EXECUTE 'SELECT count(*), sum(amount) FROM items_plain WHERE tenant_id = \$1' INTO c, s USING k;
-        INSERT INTO res VALUES ('agg', 'A', extract(epoch FROM clock_timestamp() - t0) * 1000);
-        t0 := clock_timestamp();
-        EXECUTE '$bq_agg' INTO c, s USING k;
-        INSERT INTO res VALUES ('agg', 'B', extract(epoch FROM clock_timestamp() - t0) * 1000);
-        SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on;
-        k := tenancy.set_tenant('00000000-0000-0000-0000-000000000007')::uuid;
-        t0 := clock_timestamp();
-        EXECUTE \$q\$SELECT count(*) FROM items_plain WHERE note LIKE '%ab%' AND tenant_id = \$1\$q\$ INTO c USING k;
-        INSERT INTO res VALUES ('like', 'A', extract(epoch FROM clock_timestamp() - t0) * 1000);
-        t0 := clock_timestamp();
-        EXECUTE \$q\$$bq_like\$q\$ INTO c USING k;
-        INSERT INTO res VALUES ('like', 'B', extract(epoch FROM clock_timestamp() - t0) * 1000);
+    FOR i IN 1 .. 25 LOOP
+        FOR j IN 1 .. 2 LOOP
+            IF j = 1 THEN
+                SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;
+            ELSE
+                SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on;
+            END IF;
+            SET LOCAL ROLE bench_app;
+            k := tenancy.set_tenant(keys[j])::uuid;
+            t0 := clock_timestamp();
+            EXECUTE q_a[j] INTO c USING k;
+            INSERT INTO res VALUES (shapes[j], 'A', extract(epoch FROM clock_timestamp() - t0) * 1000);
+            t0 := clock_timestamp();
+            EXECUTE q_b[j] INTO c USING k;
+            INSERT INTO res VALUES (shapes[j], 'B', extract(epoch FROM clock_timestamp() - t0) * 1000);
+            -- control: the RLS table itself, row security bypassed (superuser), explicit filter
+            RESET ROLE;
+            t0 := clock_timestamp();
+            EXECUTE q_c[j] INTO c USING k;
+            INSERT INTO res VALUES (shapes[j], 'C', extract(epoch FROM clock_timestamp() - t0) * 1000);
+        END LOOP;
     END LOOP;
 END \$\$;
-SELECT format('%-8s %-5s %17s %11s %11s', '$mode', shape,
+SELECT format('%-8s %-5s %14s %11s %11s %13s', '$mode', shape,
               to_char(min(ms) FILTER (WHERE arm = 'A') / min(ms) FILTER (WHERE arm = 'B'), 'FM0.000'),
-              to_char(min(ms) FILTER (WHERE arm = 'A'), 'FM990.00'), to_char(min(ms) FILTER (WHERE arm = 'B'), 'FM990.00'))
+              to_char(min(ms) FILTER (WHERE arm = 'A'), 'FM990.00'), to_char(min(ms) FILTER (WHERE arm = 'B'), 'FM990.00'),
+              to_char(min(ms) FILTER (WHERE arm = 'C') / min(ms) FILTER (WHERE arm = 'B'), 'FM0.000'))
   FROM res GROUP BY shape ORDER BY shape;
 COMMIT;
 SQL
@@ -162,9 +182,6 @@ for mode in enforce nofold shadow; do
     esac
     shapes="pk agg like"
     [ "$mode" = nofold ] && shapes=agg
-    case $mode in
-        enforce|shadow) exec_min "$mode" ;;
-    esac
     for shape in $shapes; do
         # warm both tables, then alternate A, B, A, B ...
         RW=$DURATION; DURATION=1; run "$shape" A warm; run "$shape" "$b" warm; DURATION=$RW
@@ -173,6 +190,9 @@ for mode in enforce nofold shadow; do
             run "$shape" "$b" "$mode.$shape.$b"
         done
     done
+    case $mode in
+        enforce|shadow) exec_min "$mode" ;;
+    esac
 done
 
 stats=$(psql_su -At -c "SELECT rows_checked || ' rows checked, ' || rows_hidden || ' would be hidden' FROM tenancy.shadow_stats WHERE relation = 'items_rls'::regclass")
@@ -183,8 +203,10 @@ report enforce B
 report nofold B
 report shadow S
 echo
-echo "executor time, min of 15 alternating runs in one session (agg: seq scan, big tenant; like: small tenant)"
-echo "mode     shape  exec A/B (min)  A min (ms)  B min (ms)"
+echo "executor time, min of 25 alternating runs in one session (agg: seq scan, big tenant; like: small tenant);"
+echo "C = the RLS table itself with the explicit filter, row security bypassed: C/B isolates the policy from"
+echo "differences between the two physical copies"
+echo "mode     shape  exec A/B (min)  A min (ms)  B min (ms)  same-table C/B"
 cat "$DIR/exec.txt"
 echo
 echo "shadow counters during the shadow runs: $stats"
