@@ -1,28 +1,34 @@
--- verify(): the shadow_divergence check.  Until the RLS feature provides
--- tenancy.shadow_stats, the check is skipped with an ok row; with the view
--- it fails for a table whose counters are not drained.  This test stands a
--- view with the agreed shape in for the RLS feature's own.
+-- Readiness report: shadow divergences not drained.  A table in shadow mode
+-- that counted rows the policy would hide is a failure until the counters
+-- are reset; drained, it is ok.
 CREATE EXTENSION tenancy;
-SELECT tenancy.create_tenant('acme', 'Acme', '11111111-1111-1111-1111-111111111111') IS NOT NULL AS created;
+SELECT tenancy.create_tenant('acme', 'Acme', 'aaaaaaaa-0000-0000-0000-000000000001');
+SELECT tenancy.create_tenant('globex', 'Globex', 'bbbbbbbb-0000-0000-0000-000000000002');
 CREATE TABLE ready_shadow_t (id int PRIMARY KEY, tenant_id uuid NOT NULL);
-INSERT INTO tenancy.tables (relation, stage) VALUES ('ready_shadow_t', 'shadow');
+CREATE INDEX ON ready_shadow_t (tenant_id);
+INSERT INTO ready_shadow_t VALUES (1, 'aaaaaaaa-0000-0000-0000-000000000001'),
+                                  (2, 'bbbbbbbb-0000-0000-0000-000000000002');
+SELECT tenancy.enable_rls('ready_shadow_t', mode => 'shadow') IS NOT NULL AS shadow_on;
+SELECT tenancy.reset_shadow_stats('ready_shadow_t');
 
-SELECT check_name, status, rows_affected, detail, fix FROM tenancy.verify() WHERE check_name = 'shadow_divergence';
+-- Nothing counted yet: ok.
+SELECT check_name, status, rows_affected, detail, fix FROM tenancy.verify('ready_shadow_t')
+ WHERE check_name = 'shadow_divergence';
 
--- Stand-in counters: one divergence, then drained.
-CREATE TABLE ready_shadow_counters (relation regclass, rows_checked bigint, rows_hidden bigint,
-                                    writes_refused bigint, last_divergence timestamptz);
-INSERT INTO ready_shadow_counters VALUES ('ready_shadow_t', 10, 1, 0, now());
-CREATE VIEW tenancy.shadow_stats AS SELECT * FROM ready_shadow_counters;
-SELECT check_name, status, rows_affected, detail, fix FROM tenancy.verify() WHERE check_name = 'shadow_divergence';
-UPDATE ready_shadow_counters SET rows_hidden = 0, writes_refused = 0, last_divergence = NULL;
-SELECT check_name, status, rows_affected, detail, fix FROM tenancy.verify() WHERE check_name = 'shadow_divergence';
+-- Tenant acme reads both rows: shadow mode hides nothing, but counts one
+-- row that enforce mode would hide.
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS tenant_set;
+SELECT count(*) AS rows_seen FROM ready_shadow_t;
+COMMIT;
+SELECT rows_hidden, writes_refused FROM tenancy.shadow_stats WHERE relation = 'ready_shadow_t'::regclass;
+SELECT check_name, status, rows_affected, detail, fix FROM tenancy.verify('ready_shadow_t')
+ WHERE check_name = 'shadow_divergence';
 
--- A view of another shape: a warning, not an error.
-DROP VIEW tenancy.shadow_stats;
-CREATE VIEW tenancy.shadow_stats AS SELECT relation FROM ready_shadow_counters;
-SELECT check_name, status, rows_affected, detail FROM tenancy.verify() WHERE check_name = 'shadow_divergence';
-DROP VIEW tenancy.shadow_stats;
+-- Drained: ok again.
+SELECT tenancy.reset_shadow_stats('ready_shadow_t');
+SELECT check_name, status, rows_affected, detail FROM tenancy.verify('ready_shadow_t')
+ WHERE check_name = 'shadow_divergence';
 
+DROP TABLE ready_shadow_t;
 DROP EXTENSION tenancy CASCADE;
-DROP TABLE ready_shadow_t, ready_shadow_counters;

@@ -89,6 +89,8 @@ _PG_init(void)
 	tenancy_stats_init();
 	tenancy_backfill_init();
 	tenancy_worker_init();
+	tenancy_shadow_init();
+	tenancy_rls_guard_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("tenancy");

@@ -97,5 +97,8 @@ extern void status_prune(void);
 extern struct List *status_tables(Oid relid, MemoryContext cxt);
 extern int	status_lock_timeout_begin(void);
 extern void tenancy_worker_init(void);
+/* shadow.c, rls_guard.c: row-level security */
+extern void tenancy_shadow_init(void);
+extern void tenancy_rls_guard_init(void);
 
 #endif							/* TENANCY_H */

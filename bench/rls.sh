@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# bench/rls.sh: what the tenant policy costs, against an explicit WHERE.
+#
+# One run, one cluster, one non-owner role, pgbench -M prepared, 1 client.
+#   arm A: items_plain, no row security, queried with WHERE tenant_id = :key
+#   arm B: items_rls, the tenancy policy, no tenant filter in the query
+#          (shadow mode: the same explicit WHERE as arm A, as the application
+#          still filters itself while shadow mode counts)
+# Both arms set the tenant in the transaction.  1M rows; 100 tenants share
+# half of them uniformly, one tenant holds the other half.  Shapes:
+#   pk   primary-key lookup (tenant of a uniformly drawn row)
+#   agg  tenant-wide count/sum over a sequential scan (the big tenant)
+#   like a non-leakproof predicate (note LIKE ...) for a small tenant
+# Arms alternate, ROUNDS rounds of DURATION seconds each; the TPS ratio B/A
+# is the median of the per-round ratios (each round runs A then B right
+# after, so both see the same machine load), p95 latencies are over all
+# rounds.  Prints them per shape and mode.  Modes: enforce;
+# nofold (enforce with tenancy.fold_tenant = off: the accessor is called per
+# row, as plain PostgreSQL does with a STABLE function; agg shape only);
+# shadow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/cluster.sh
+
+ROWS=${RLS_BENCH_ROWS:-1000000}
+DURATION=${RLS_BENCH_DURATION:-3}
+ROUNDS=${RLS_BENCH_ROUNDS:-7}
+PORT=${RLS_BENCH_PORT:-$(tn_free_port 55700)}
+
+tn_build_install
+DIR=$(tn_workdir bench-rls)
+trap 'tn_cluster_stop "$DIR"' EXIT
+tn_cluster_start "$DIR" "$PORT" "shared_preload_libraries = 'tenancy'" "shared_buffers = '1GB'" \
+    "max_parallel_workers_per_gather = 0" "jit = off" "synchronous_commit = off" "autovacuum = off"
+export PGHOST=$DIR PGPORT=$PORT
+psql_su() { tn_run psql -X -q -v ON_ERROR_STOP=1 -d postgres "$@"; }
+
+echo "rls bench: $ROWS rows, ${DURATION}s x $ROUNDS rounds per arm, pgbench -M prepared -c 1"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+t0=$(date +%s)
+psql_su >/dev/null <<SQL
+CREATE EXTENSION tenancy;
+CREATE ROLE bench_app LOGIN;
+GRANT USAGE ON SCHEMA tenancy TO bench_app;
+SELECT count(tenancy.create_tenant('t' || n, 'Tenant ' || n, '00000000-0000-0000-0000-' || lpad(n::text, 12, '0')))
+  FROM generate_series(1, 101) n;
+CREATE TABLE items_plain (id bigint PRIMARY KEY, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_plain
+SELECT i, ('00000000-0000-0000-0000-' || lpad((CASE WHEN i % 2 = 0 THEN 1 ELSE (i / 2) % 100 + 2 END)::text, 12, '0'))::uuid,
+       (i::bigint * 7919 % 1000)::int, md5(i::text)
+  FROM generate_series(1, $ROWS) i;
+CREATE INDEX ON items_plain (tenant_id);
+CREATE TABLE items_rls (id bigint NOT NULL, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_rls SELECT * FROM items_plain ORDER BY id;
+ALTER TABLE items_rls ADD PRIMARY KEY (id);
+CREATE INDEX ON items_rls (tenant_id);
+GRANT SELECT ON items_plain, items_rls TO bench_app;
+SET client_min_messages = warning;
+SELECT tenancy.enable_rls('items_rls') IS NOT NULL;
+VACUUM ANALYZE items_plain;
+VACUUM ANALYZE items_rls;
+CREATE EXTENSION pg_prewarm;
+SQL
+# Restart, then read both tables into shared buffers the same way, so that
+# neither is favoured by where its pages landed while loading.
+tn_run "$TN_BINDIR/pg_ctl" -D "$DIR/data" -w restart >/dev/null
+psql_su -At -c "SELECT sum(pg_prewarm(c)) FROM unnest(ARRAY['items_plain', 'items_rls', 'items_plain_pkey', 'items_rls_pkey', 'items_plain_tenant_id_idx', 'items_rls_tenant_id_idx']::regclass[]) c" >/dev/null
+echo "setup: $(( $(date +%s) - t0 ))s"
+
+W=$DIR/scripts
+mkdir -p "$W"; [ "$(id -u)" -eq 0 ] && chown "$TN_USER" "$W"
+set_tenant="SELECT tenancy.set_tenant('00000000-0000-0000-0000-' || lpad(:t::text, 12, '0')) AS key \\gset"
+# write_script NAME DRAW QUERY
+write_script() {
+    printf '%s\nBEGIN;\n%s\n%s;\nEND;\n' "$2" "$set_tenant" "$3" | tn_run tee "$W/$1.sql" >/dev/null
+}
+pk_draw='\set id random(1, '"$ROWS"')
+\set t CASE WHEN :id % 2 = 0 THEN 1 ELSE (:id / 2) % 100 + 2 END'
+agg_draw='\set t 1'
+like_draw='\set t random(2, 101)'
+write_script pk_A "$pk_draw" 'SELECT amount, note FROM items_plain WHERE id = :id AND tenant_id = :key'
+write_script pk_B "$pk_draw" 'SELECT amount, note FROM items_rls WHERE id = :id'
+write_script pk_S "$pk_draw" 'SELECT amount, note FROM items_rls WHERE id = :id AND tenant_id = :key'
+write_script agg_A "$agg_draw" 'SELECT count(*), sum(amount) FROM items_plain WHERE tenant_id = :key'
+write_script agg_B "$agg_draw" 'SELECT count(*), sum(amount) FROM items_rls'
+write_script agg_S "$agg_draw" 'SELECT count(*), sum(amount) FROM items_rls WHERE tenant_id = :key'
+write_script like_A "$like_draw" "SELECT count(*) FROM items_plain WHERE note LIKE '%ab%' AND tenant_id = :key"
+write_script like_B "$like_draw" "SELECT count(*) FROM items_rls WHERE note LIKE '%ab%'"
+write_script like_S "$like_draw" "SELECT count(*) FROM items_rls WHERE note LIKE '%ab%' AND tenant_id = :key"
+
+# run SHAPE ARM TAG: one pgbench run; appends "tx" to $DIR/res.TAG and latencies (us) to $DIR/lat.TAG
+run() {
+    local shape=$1 arm=$2 tag=$3 opts=${EXTRA_OPTS:-} out
+    [ "$shape" = agg ] && opts="$opts -c enable_indexscan=off -c enable_bitmapscan=off"
+    rm -f "$W"/log.*
+    out=$(cd "$W" && tn_run env PGOPTIONS="$opts" pgbench -n -M prepared -c 1 -j 1 -T "$DURATION" \
+              -U bench_app -l --log-prefix="$W/log" -f "$W/${shape}_$arm.sql" postgres 2>&1) \
+        || { echo "$out" >&2; return 1; }
+    echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' >>"$DIR/res.$tag"
+    cat "$W"/log.* | awk '{print $3}' >>"$DIR/lat.$tag"
+}
+p95() { sort -n "$1" | awk '{a[NR]=$1} END {i=int(NR*0.95); if (i<1) i=1; printf "%.2f", a[i]/1000}'; }
+minlat() { sort -n "$1" | head -1; }
+sum() { awk '{s+=$1} END {print s}' "$1"; }
+
+report() {   # report MODE ARM_B_LETTER
+    local mode=$1 b=$2
+    local shapes="pk agg like"
+    [ "$mode" = nofold ] && shapes=agg
+    for shape in $shapes; do
+        local ratio
+        ratio=$(paste "$DIR/res.$mode.$shape.A" "$DIR/res.$mode.$shape.$b" \
+                | awk '{ print $2 / $1 }' | sort -g \
+                | awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2; printf "%.3f", m }')
+        printf "%-8s %-5s %17s %11s %11s %15s\n" "$mode" "$shape" "$ratio" \
+            "$(p95 "$DIR/lat.$mode.$shape.A")" "$(p95 "$DIR/lat.$mode.$shape.$b")" \
+            "$(awk -v a="$(minlat "$DIR/lat.$mode.$shape.A")" -v b="$(minlat "$DIR/lat.$mode.$shape.$b")" 'BEGIN { printf "%.3f", a / b }')"
+    done
+}
+
+# exec_min MODE: executor time of the agg and like queries inside one session
+# of bench_app, arms alternating, N times; the minimum of each arm is the
+# least disturbed by other load on the machine.  Appends to $DIR/exec.txt.
+exec_min() {
+    local mode=$1 bq_agg="SELECT count(*), sum(amount) FROM items_rls" bq_like="SELECT count(*) FROM items_rls WHERE note LIKE '%ab%'"
+    if [ "$mode" = shadow ]; then
+        bq_agg="$bq_agg WHERE tenant_id = \$1"; bq_like="$bq_like AND tenant_id = \$1"
+    fi
+    tn_run psql -X -q -At -d postgres -v ON_ERROR_STOP=1 >>"$DIR/exec.txt" <<SQL
+SET max_parallel_workers_per_gather = 0;
+BEGIN;
+CREATE TEMP TABLE res (shape text, arm text, ms float8);
+GRANT ALL ON res TO bench_app;
+DO \$\$
+DECLARE t0 timestamptz; c bigint; s bigint; k uuid;
+    q_a text[] := ARRAY['SELECT count(*), sum(amount) FROM items_plain WHERE tenant_id = \$1',
+                        \$q\$SELECT count(*) FROM items_plain WHERE note LIKE '%ab%' AND tenant_id = \$1\$q\$];
+    q_b text[] := ARRAY['$bq_agg', \$q\$$bq_like\$q\$];
+    q_c text[] := ARRAY['SELECT count(*), sum(amount) FROM items_rls WHERE tenant_id = \$1',
+                        \$q\$SELECT count(*) FROM items_rls WHERE note LIKE '%ab%' AND tenant_id = \$1\$q\$];
+    shapes text[] := ARRAY['agg', 'like'];
+    keys text[] := ARRAY['00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000007'];
+BEGIN
+    FOR i IN 1 .. 25 LOOP
+        FOR j IN 1 .. 2 LOOP
+            IF j = 1 THEN
+                SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;
+            ELSE
+                SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on;
+            END IF;
+            SET LOCAL ROLE bench_app;
+            k := tenancy.set_tenant(keys[j])::uuid;
+            t0 := clock_timestamp();
+            EXECUTE q_a[j] INTO c USING k;
+            INSERT INTO res VALUES (shapes[j], 'A', extract(epoch FROM clock_timestamp() - t0) * 1000);
+            t0 := clock_timestamp();
+            EXECUTE q_b[j] INTO c USING k;
+            INSERT INTO res VALUES (shapes[j], 'B', extract(epoch FROM clock_timestamp() - t0) * 1000);
+            -- control: the RLS table itself, row security bypassed (superuser), explicit filter
+            RESET ROLE;
+            t0 := clock_timestamp();
+            EXECUTE q_c[j] INTO c USING k;
+            INSERT INTO res VALUES (shapes[j], 'C', extract(epoch FROM clock_timestamp() - t0) * 1000);
+        END LOOP;
+    END LOOP;
+END \$\$;
+SELECT format('%-8s %-5s %14s %11s %11s %13s', '$mode', shape,
+              to_char(min(ms) FILTER (WHERE arm = 'A') / min(ms) FILTER (WHERE arm = 'B'), 'FM0.000'),
+              to_char(min(ms) FILTER (WHERE arm = 'A'), 'FM990.00'), to_char(min(ms) FILTER (WHERE arm = 'B'), 'FM990.00'),
+              to_char(min(ms) FILTER (WHERE arm = 'C') / min(ms) FILTER (WHERE arm = 'B'), 'FM0.000'))
+  FROM res GROUP BY shape ORDER BY shape;
+COMMIT;
+SQL
+}
+
+for mode in enforce nofold shadow; do
+    EXTRA_OPTS=
+    b=B
+    case $mode in
+        nofold) EXTRA_OPTS="-c tenancy.fold_tenant=off" ;;
+        shadow) psql_su -c "SELECT tenancy.set_mode('items_rls', 'shadow') IS NOT NULL" >/dev/null; b=S ;;
+    esac
+    shapes="pk agg like"
+    [ "$mode" = nofold ] && shapes=agg
+    for shape in $shapes; do
+        # warm both tables, then alternate A, B, A, B ...
+        RW=$DURATION; DURATION=1; run "$shape" A warm; run "$shape" "$b" warm; DURATION=$RW
+        for r in $(seq 1 "$ROUNDS"); do
+            run "$shape" A "$mode.$shape.A"
+            run "$shape" "$b" "$mode.$shape.$b"
+        done
+    done
+    case $mode in
+        enforce|shadow) exec_min "$mode" ;;
+    esac
+done
+
+stats=$(psql_su -At -c "SELECT rows_checked || ' rows checked, ' || rows_hidden || ' would be hidden' FROM tenancy.shadow_stats WHERE relation = 'items_rls'::regclass")
+echo
+echo "mode     shape  tps B/A (median)  p95 A (ms)  p95 B (ms)  min lat A/B"
+echo "(min lat A/B: fastest transaction of A over fastest of B, the least disturbed by other load)"
+report enforce B
+report nofold B
+report shadow S
+echo
+echo "executor time, min of 25 alternating runs in one session (agg: seq scan, big tenant; like: small tenant);"
+echo "C = the RLS table itself with the explicit filter, row security bypassed: C/B isolates the policy from"
+echo "differences between the two physical copies"
+echo "mode     shape  exec A/B (min)  A min (ms)  B min (ms)  same-table C/B"
+cat "$DIR/exec.txt"
+echo
+echo "shadow counters during the shadow runs: $stats"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); total: $(( $(date +%s) - t0 ))s"
