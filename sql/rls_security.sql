@@ -122,6 +122,46 @@ END $$;
 ROLLBACK;
 RESET ROLE;
 
+-- bigint and text keys: the policy uses the accessor of the column type,
+-- folded the same way.
+SET tenancy.validate_tenant = off;
+SET tenancy.tenant_type = 'bigint';
+CREATE TABLE by_org (org bigint, v text);
+INSERT INTO by_org VALUES (41, 'a'), (42, 'b'), (42, 'c'), (NULL, 'd');
+GRANT SELECT ON by_org TO rls_security_app;
+SELECT tenancy.enable_rls('by_org', 'org') IS NOT NULL AS enabled;
+SET tenancy.tenant_type = 'text';
+CREATE TABLE by_name (tenant_id text, v text);
+INSERT INTO by_name VALUES ('north', 'a'), ('south', 'b'), ('north', 'c');
+GRANT SELECT ON by_name TO rls_security_app;
+SELECT tenancy.enable_rls('by_name') IS NOT NULL AS enabled;
+-- (the key type is a superuser setting: set it, then switch role)
+SET tenancy.tenant_type = 'bigint';
+SET ROLE rls_security_app;
+BEGIN;
+SELECT tenancy.set_tenant('42') IS NOT NULL AS set;
+SELECT array_agg(v ORDER BY v) AS org_42 FROM by_org;
+SET LOCAL tenancy.fold_tenant = off;
+SELECT array_agg(v ORDER BY v) AS org_42_per_row FROM by_org;
+COMMIT;
+RESET ROLE;
+SET tenancy.tenant_type = 'text';
+SET ROLE rls_security_app;
+BEGIN;
+SELECT tenancy.set_tenant('north') IS NOT NULL AS set;
+SELECT array_agg(v ORDER BY v) AS north FROM by_name;
+COMMIT;
+-- Under another key type the bigint policy raises instead of matching.
+BEGIN;
+SELECT tenancy.set_tenant('42') IS NOT NULL AS set;
+SELECT count(*) FROM by_org;
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+RESET ROLE;
+RESET tenancy.tenant_type;
+RESET tenancy.validate_tenant;
+DROP TABLE by_org, by_name;
+
 DROP VIEW docs_view_bypass;
 DROP TABLE docs CASCADE;
 DROP FUNCTION docs_ids();
