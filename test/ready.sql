@@ -118,7 +118,7 @@ INSERT INTO "ready Tap"."Odd ""Name""" VALUES (1, '11111111-1111-1111-1111-11111
 INSERT INTO tenancy.tables (relation, column_name) VALUES ('"ready Tap"."Odd ""Name"""', 'Tenant Id');
 SELECT lives_ok($$SELECT * FROM tenancy.verify('"ready Tap"."Odd ""Name"""')$$, 'verify() runs on odd names');
 SELECT lives_ok($t$DO $d$ DECLARE s text; BEGIN
-    FOR s IN SELECT fix FROM tenancy.verify('"ready Tap"."Odd ""Name"""')
+    FOR s IN SELECT DISTINCT fix FROM tenancy.verify('"ready Tap"."Odd ""Name"""')
              WHERE check_name IN ('rls_enabled', 'rls_forced', 'tenancy_policy') AND fix IS NOT NULL
     LOOP EXECUTE s; END LOOP; END $d$ $t$, 'the RLS fixes run on odd names');
 SELECT lives_ok($t$DO $d$ DECLARE s text; BEGIN
