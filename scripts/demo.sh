@@ -13,7 +13,10 @@ DEMO=$(tn_workdir demo)
 PORT=$(tn_free_port 56432)
 trap 'tn_cluster_stop "$DEMO"; tn_log "cluster stopped"' EXIT
 tn_log "starting a throwaway cluster on port $PORT"
-tn_cluster_start "$DEMO" "$PORT" "shared_preload_libraries = 'tenancy'"
+# The background worker watches the demo database every second.
+tn_cluster_start "$DEMO" "$PORT" "shared_preload_libraries = 'tenancy'" \
+    "tenancy.worker_databases = 'demo'" "tenancy.worker_interval = 1" "max_worker_processes = 16"
+
 tn_run "$TN_BINDIR/createdb" -h "$DEMO" -p "$PORT" demo
 
 export PGHOST=$DEMO PGPORT=$PORT PGDATABASE=demo PGUSER=$TN_USER
@@ -21,13 +24,33 @@ psql_demo() { tn_run env PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE=demo PGUSE
                   psql -X -q -v ON_ERROR_STOP=1 -P footer=off "$@"; }
 
 if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi
+# What is left, as the background worker reports it: wait (at most 15 s)
+# for a cycle that started after the step, then print its numbers.
+left() {
+    local since=$1
+    [ "$(psql_demo -At -c "SELECT to_regclass('tenancy.migration_status') IS NOT NULL")" = t ] || return 0
+    [ "$(psql_demo -At -c "SELECT count(*) FROM tenancy.tables")" != 0 ] || return 0
+    psql_demo -c "DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+        WHILE EXISTS (SELECT 1 FROM tenancy.tables r LEFT JOIN tenancy.migration_status s USING (relation)
+                      WHERE s.checked_at IS NULL OR s.checked_at < '$since')
+              AND clock_timestamp() < t0 + interval '15 s' LOOP
+            PERFORM pg_sleep(0.2);
+        END LOOP; END \$\$"
+    echo "-- left to migrate, from the background worker:"
+    psql_demo -c "SELECT relation, unmigrated, total_rows, percent_migrated AS pct, method,
+                         to_char(checked_at, 'HH24:MI:SS') AS checked
+                    FROM tenancy.migration_status ORDER BY relation::text"
+}
+
 step() {
-    local title=$1 file=$2 t0 t1
+    local title=$1 file=$2 t0 t1 since
     printf '\n%s== %s%s\n' "$B" "$title" "$N"
     t0=$(date +%s%N)
     psql_demo -e -f "$file"
     t1=$(date +%s%N)
-    printf '(%d ms)\n' $(( (t1 - t0) / 1000000 ))
+    since=$(psql_demo -At -c "SELECT clock_timestamp()")
+    printf '%s(step took %d ms)%s\n' "$B" $(( (t1 - t0) / 1000000 )) "$N"
+    left "$since"
 }
 
 for f in scripts/demo/*.sql; do

@@ -47,6 +47,22 @@ COMMIT;
 BEGIN;
 SELECT set_config('tenancy.tenant_id', 'aaaaaaaa-0000-0000-0000-000000000001', true) IS NOT NULL AS local_ok;
 COMMIT;
+-- Parallel workers inherit the transaction's tenant; their setup is not a
+-- session-level setting.
+CREATE TABLE session_guard_rows AS
+SELECT i, CASE WHEN i % 2 = 0 THEN 'aaaaaaaa-0000-0000-0000-000000000001'::uuid
+               ELSE 'bbbbbbbb-0000-0000-0000-000000000002'::uuid END AS tenant_id
+  FROM generate_series(1, 1000) AS i;
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS tenant_set;
+SET LOCAL force_parallel_mode = on;
+SET LOCAL parallel_setup_cost = 0;
+SET LOCAL parallel_tuple_cost = 0;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM session_guard_rows WHERE tenant_id = tenancy.current_tenant();
+SELECT count(*) FROM session_guard_rows WHERE tenant_id = tenancy.current_tenant();
+COMMIT;
+DROP TABLE session_guard_rows;
+
 -- A session SET undone by a savepoint rollback leaves nothing behind.
 BEGIN;
 SAVEPOINT s;

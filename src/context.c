@@ -12,6 +12,7 @@
 #include "tenancy.h"
 
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -520,6 +521,14 @@ session_guard_callback(XactEvent event, void *arg)
 		return;
 	}
 	if (!tenant_set_in_xact || tenancy_allow_session_tenant)
+		return;
+
+	/*
+	 * A parallel worker restores the leader's settings, tenant included, as
+	 * session-level values, and commits that setup: nothing there outlives
+	 * the leader's transaction.
+	 */
+	if (IsParallelWorker() || InitializingParallelWorker)
 		return;
 
 	record = tenant_guc_record();

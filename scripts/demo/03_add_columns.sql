@@ -7,5 +7,3 @@ SELECT tenancy.add_tenant_column('projects');
 SELECT tenancy.add_tenant_column('tasks');
 SELECT tenancy.add_tenant_column('comments');
 SELECT relation, column_name, stage FROM tenancy.tables ORDER BY relation::text;
--- What is left, as the background worker counts it.
-SELECT relation, unmigrated, method FROM tenancy.refresh_status() ORDER BY relation::text;

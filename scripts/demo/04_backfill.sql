@@ -9,4 +9,3 @@ CALL tenancy.backfill('tasks', via => 'tasks_project_id_fkey');
 CALL tenancy.backfill('comments', via => 'comments_task_id_fkey');
 SELECT relation, state, rows_done, percent, max_batch_ms, retries, round(rows_per_s) AS rows_per_s
   FROM tenancy.backfill_progress ORDER BY relation::text;
-SELECT relation, unmigrated, method FROM tenancy.refresh_status() ORDER BY relation::text;

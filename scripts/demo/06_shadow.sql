@@ -9,13 +9,14 @@ SELECT tenancy.reset_shadow_stats();
 -- The legacy application: it sets no tenant (its role is bound to the
 -- implicit one) and reads and writes as it always did.
 \c - legacy_app
-SELECT tenancy.current_tenant() AS legacy_tenant;
+SELECT current_user AS connected_as, tenancy.current_tenant() AS bound_tenant;
 SELECT count(*) AS projects_seen FROM projects;
 SELECT count(*) AS open_tasks FROM tasks WHERE status = 'open';
 SELECT count(*) AS comments_on_project_7 FROM comments c JOIN tasks t ON t.id = c.task_id WHERE t.project_id = 7;
 UPDATE tasks SET status = 'doing' WHERE id BETWEEN 1 AND 20 AND status = 'open';
 INSERT INTO tasks (project_id, title) VALUES (1, 'written by the legacy application');
 \c - postgres
+SELECT current_user AS connected_as;
 
 -- What enforcement would have hidden from it, and refused:
 SELECT relation, rows_checked, rows_hidden, writes_refused FROM tenancy.shadow_stats ORDER BY relation::text;

@@ -8,10 +8,12 @@ SELECT t.slug AS personal FROM tenancy.tenants t
 
 \c - legacy_app
 -- The legacy application sees exactly the customer's data.
+SELECT current_user AS connected_as, tenancy.current_tenant() AS bound_tenant;
 SELECT count(*) AS projects_seen, count(*) FILTER (WHERE is_personal) AS personal_seen FROM projects;
 
 \c - app
 -- The new code path: one tenant per transaction.
+SELECT current_user AS connected_as;
 SELECT count(*) AS without_a_tenant FROM projects;
 BEGIN;
 SELECT tenancy.set_tenant(:'personal') IS NOT NULL AS tenant_set;

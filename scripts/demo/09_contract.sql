@@ -1,9 +1,15 @@
--- 9. Contract: NOT NULL, tenant-scoped keys and references, without long locks
+-- 9. Contract: NOT NULL, tenant-scoped keys and references, the report's fixes
+-- Each step takes its lock briefly: NOT NULL through a validated check,
+-- unique indexes built concurrently, foreign keys NOT VALID then VALIDATE.
 CALL tenancy.enforce_not_null('projects');
 CALL tenancy.enforce_not_null('tasks');
 CALL tenancy.enforce_not_null('comments');
--- Reviewed, then run: concurrent index builds, NOT VALID then VALIDATE.
+\o /dev/null
 SELECT tenancy.scope_constraints_sql() \gexec
-SELECT relation, unmigrated, method FROM tenancy.refresh_status() ORDER BY relation::text;
+\o
+SELECT relation, step, done_at IS NOT NULL AS done FROM tenancy.contract_log ORDER BY id;
+-- The remaining fixes, exactly as the report suggests them.
+SELECT DISTINCT fix FROM tenancy.verify() WHERE status <> 'ok' AND fix NOT LIKE '%\gexec%' \gexec
+-- The final report.
 SELECT status, count(*) FROM tenancy.verify() GROUP BY status ORDER BY status;
 SELECT check_name, relation, status, detail FROM tenancy.verify() WHERE status <> 'ok';
