@@ -30,7 +30,7 @@ run_regress() {
                 --inputdir="$WORK" --outputdir="$out" --dbname=contrib_regression)
     [ -n "$conf" ] && opts+=(--temp-config="$conf")
     tn_log "pg_regress ($name): $*"
-    (cd "$WORK" && tn_run "$TN_PG_REGRESS" "${opts[@]}" "$@") 2>&1 | tee "$out/pg_regress.log"
+    (cd "$WORK/sql" && tn_run "$TN_PG_REGRESS" "${opts[@]}" "$@") 2>&1 | tee "$out/pg_regress.log"
     local ok bad
     ok=$(grep -cE '\.\.\. ok' "$out/pg_regress.log")
     bad=$(grep -cE '\.\.\. (FAILED|failed)' "$out/pg_regress.log")

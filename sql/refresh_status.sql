@@ -2,22 +2,7 @@
 -- background worker (which is switched off for this database meanwhile).
 CREATE EXTENSION tenancy;
 
-CREATE FUNCTION pg_temp.wait_for(cond text, seconds numeric DEFAULT 30) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-    deadline timestamptz := clock_timestamp() + seconds * interval '1 second';
-BEGIN
-    LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok OR clock_timestamp() > deadline THEN
-            RETURN coalesce(ok, false);
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
+\ir wait_for.psql
 
 -- Switch the worker off and wait until none is left in this database.
 ALTER SYSTEM SET tenancy.worker_enabled = off;

@@ -2,22 +2,7 @@
 -- database in tenancy.worker_databases, see test/preload.conf).
 CREATE EXTENSION tenancy;
 
-CREATE FUNCTION pg_temp.wait_for(cond text, seconds numeric DEFAULT 30) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-    deadline timestamptz := clock_timestamp() + seconds * interval '1 second';
-BEGIN
-    LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok OR clock_timestamp() > deadline THEN
-            RETURN coalesce(ok, false);
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
+\ir wait_for.psql
 
 CREATE FUNCTION pg_temp.unmigrated(tbl regclass) RETURNS bigint
 LANGUAGE sql AS $$ SELECT unmigrated FROM tenancy.migration_status WHERE relation = tbl $$;

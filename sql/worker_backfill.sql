@@ -3,22 +3,7 @@
 -- each queued job, as the role that queued it).
 CREATE EXTENSION tenancy;
 
-CREATE FUNCTION pg_temp.wait_for(cond text, seconds numeric DEFAULT 30) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-    deadline timestamptz := clock_timestamp() + seconds * interval '1 second';
-BEGIN
-    LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok OR clock_timestamp() > deadline THEN
-            RETURN coalesce(ok, false);
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-END
-$$;
+\ir wait_for.psql
 
 -- test/preload.conf keeps queued jobs for CALL; this test lets the worker run them
 ALTER SYSTEM SET tenancy.worker_run_backfills = on;

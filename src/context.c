@@ -104,15 +104,25 @@ tenancy_assign_tenant_type(int newval, void *extra)
 
 /*
  * The current key, or NULL when none is set.  A key parsed under another
- * key type than the one now in force counts as unset (fail closed).
+ * key type than the one now in force counts as unset (fail closed).  Never
+ * raises: for shadow mode and the executor guard, which refuse nothing.
  */
 const TenantKey *
-tenant_context_get(void)
+tenant_context_peek(void)
 {
 	const TenantKey *key = current_key;
 
 	if (key != NULL && key->type != (TenantKeyType) tenancy_tenant_type)
-		key = NULL;
+		return NULL;
+	return key;
+}
+
+/* The same, but with tenancy.require_tenant a missing tenant is an error. */
+const TenantKey *
+tenant_context_get(void)
+{
+	const TenantKey *key = tenant_context_peek();
+
 	if (key == NULL && tenancy_require_tenant)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -62,19 +62,6 @@ static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorRun_hook_type prev_executor_run = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
-/* The current key, without raising when none is set (require_tenant). */
-static const TenantKey *
-guard_current_key(void)
-{
-	const TenantKey *key;
-	bool		save = tenancy_require_tenant;
-
-	tenancy_require_tenant = false;
-	key = tenant_context_get();
-	tenancy_require_tenant = save;
-	return key;
-}
-
 static void
 guard_forget(const QueryDesc *query)
 {
@@ -391,7 +378,7 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	}
 
 	/* Copy it: the GUC's copy may go if the tenant changes meanwhile. */
-	key = guard_current_key();
+	key = tenant_context_peek();
 	if (key != NULL)
 	{
 		memcpy(&keycopy, key, sizeof(TenantKey));
@@ -444,7 +431,7 @@ guard_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count, 
 
 		if (e->query != queryDesc)
 			continue;
-		key = guard_current_key();
+		key = tenant_context_peek();
 		if ((key != NULL) != e->has_key ||
 			(key != NULL && (key->type != e->type || strcmp(key->text, e->key) != 0)))
 			ereport(ERROR,

@@ -267,22 +267,6 @@ local_slot(Oid relid)
 	return l;
 }
 
-/*
- * The current key, without the error tenancy.require_tenant raises when no
- * tenant is set: shadow mode never refuses anything.
- */
-static const TenantKey *
-shadow_current_key(void)
-{
-	const TenantKey *key;
-	bool		save = tenancy_require_tenant;
-
-	tenancy_require_tenant = false;
-	key = tenant_context_get();
-	tenancy_require_tenant = save;
-	return key;
-}
-
 static void
 log_divergence(Oid relid, bool is_write, const char *row_tenant, const TenantKey *key)
 {
@@ -379,7 +363,7 @@ PG_FUNCTION_INFO_V1(fname); \
 Datum \
 fname(PG_FUNCTION_ARGS) \
 { \
-	const TenantKey *key = shadow_current_key(); \
+	const TenantKey *key = tenant_context_peek(); \
 	shadow_count(fcinfo, is_write, !matches(fcinfo, key), key, valtext); \
 	PG_RETURN_BOOL(true); \
 }

@@ -48,6 +48,7 @@ extern void tenancy_assign_tenant_id(const char *newval, void *extra);
 extern void tenancy_assign_tenant_type(int newval, void *extra);
 extern void tenancy_context_init(void);
 extern const TenantKey *tenant_context_get(void);
+extern const TenantKey *tenant_context_peek(void);
 
 /* registry.c */
 extern void tenancy_registry_init(void);
