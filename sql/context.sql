@@ -45,6 +45,14 @@ COMMIT;
 -- Outside a transaction block the tenant lasts one statement: a warning says so.
 SELECT tenancy.set_tenant('acme');
 SELECT tenancy.current_tenant() IS NULL AS statement_only;
+-- In a DO block the tenant lasts until the block ends: no warning there.
+DO $$
+BEGIN
+    PERFORM tenancy.set_tenant('globex');
+    RAISE NOTICE 'inside the block: %', tenancy.current_tenant_text();
+END
+$$;
+SELECT tenancy.current_tenant() IS NULL AS gone_after_the_block;
 
 -- Session scope survives COMMIT; RESET, DISCARD ALL, clear_tenant() and '' unset it.
 SELECT tenancy.set_tenant('acme', is_local => false);

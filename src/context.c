@@ -14,6 +14,7 @@
 #include "access/htup_details.h"
 #include "access/parallel.h"
 #include "access/xact.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -430,7 +431,13 @@ tenancy_set_tenant(PG_FUNCTION_ARGS)
 
 	resolve_tenant(input, key);
 
-	if (is_local && !IsTransactionBlock())
+	/*
+	 * Like SET LOCAL outside a transaction block, warn when the tenant would
+	 * be gone at the end of this very statement; not from PL code (a DO
+	 * block or a procedure run non-atomically), where it lasts until the
+	 * block's end or the next COMMIT.
+	 */
+	if (is_local && !IsTransactionBlock() && !SPI_inside_nonatomic_context())
 		ereport(WARNING,
 				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
 				 errmsg("tenancy.set_tenant() outside a transaction block sets the tenant for this statement only"),
