@@ -172,6 +172,19 @@ worker_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/* The fields every tenancy background worker shares. */
+static void
+bgw_init(BackgroundWorker *bgw, const char *function, const char *type, int restart_time)
+{
+	memset(bgw, 0, sizeof(*bgw));
+	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw->bgw_restart_time = restart_time;
+	strlcpy(bgw->bgw_library_name, "tenancy", BGW_MAXLEN);
+	strlcpy(bgw->bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(bgw->bgw_type, type, BGW_MAXLEN);
+}
+
 void
 tenancy_worker_init(void)
 {
@@ -247,14 +260,8 @@ tenancy_worker_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = worker_shmem_startup;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = LAUNCHER_RESTART_SECONDS;
-	strlcpy(bgw.bgw_library_name, "tenancy", BGW_MAXLEN);
-	strlcpy(bgw.bgw_function_name, "tenancy_launcher_main", BGW_MAXLEN);
+	bgw_init(&bgw, "tenancy_launcher_main", "tenancy launcher", LAUNCHER_RESTART_SECONDS);
 	strlcpy(bgw.bgw_name, "tenancy launcher", BGW_MAXLEN);
-	strlcpy(bgw.bgw_type, "tenancy launcher", BGW_MAXLEN);
 	RegisterBackgroundWorker(&bgw);
 }
 
@@ -417,14 +424,8 @@ launcher_cycle(void)
 			pfree(w->handle);
 			w->handle = NULL;
 		}
-		memset(&bgw, 0, sizeof(bgw));
-		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		bgw.bgw_restart_time = BGW_NEVER_RESTART;
-		strlcpy(bgw.bgw_library_name, "tenancy", BGW_MAXLEN);
-		strlcpy(bgw.bgw_function_name, "tenancy_worker_main", BGW_MAXLEN);
+		bgw_init(&bgw, "tenancy_worker_main", "tenancy worker", BGW_NEVER_RESTART);
 		snprintf(bgw.bgw_name, BGW_MAXLEN, "tenancy worker for database %s", w->name);
-		strlcpy(bgw.bgw_type, "tenancy worker", BGW_MAXLEN);
 		bgw.bgw_main_arg = ObjectIdGetDatum(w->oid);
 		memcpy(bgw.bgw_extra, &roleoid, sizeof(Oid));
 		bgw.bgw_notify_pid = MyProcPid;
@@ -543,14 +544,8 @@ worker_start_backfills(Oid dboid, Oid roleoid)
 		args.dboid = dboid;
 		args.roleoid = roleoid;
 		args.job_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		memset(&bgw, 0, sizeof(bgw));
-		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-		bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		bgw.bgw_restart_time = BGW_NEVER_RESTART;
-		strlcpy(bgw.bgw_library_name, "tenancy", BGW_MAXLEN);
-		strlcpy(bgw.bgw_function_name, "tenancy_backfill_main", BGW_MAXLEN);
+		bgw_init(&bgw, "tenancy_backfill_main", "tenancy backfill", BGW_NEVER_RESTART);
 		snprintf(bgw.bgw_name, BGW_MAXLEN, "tenancy backfill job " INT64_FORMAT, args.job_id);
-		strlcpy(bgw.bgw_type, "tenancy backfill", BGW_MAXLEN);
 		StaticAssertStmt(sizeof(BackfillRunnerArgs) <= BGW_EXTRALEN, "runner arguments too long");
 		memcpy(bgw.bgw_extra, &args, sizeof(args));
 		if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
