@@ -334,14 +334,6 @@ COMMENT ON TABLE tenancy.identity_sources IS 'users and resource tables given to
 SELECT pg_catalog.pg_extension_config_dump('tenancy.identity_sources', '');
 REVOKE ALL ON TABLE tenancy.identity_sources FROM PUBLIC;
 
--- Is a routine of another feature installed?  (Features land separately.)
-CREATE FUNCTION tenancy.has_routine(name name) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_proc
-                   WHERE pronamespace = 'tenancy'::regnamespace AND proname = $1);
-$$;
-COMMENT ON FUNCTION tenancy.has_routine(name) IS 'whether tenancy.<name>() exists (features are optional to each other)';
-
 -- The accessor a policy compares the tenant column with, for the key type.
 CREATE FUNCTION tenancy.tenant_accessor() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -396,8 +388,8 @@ DECLARE
     cond     text;
     atleast  text;
     bad      integer;
-    has_shadow boolean := to_regclass('tenancy.shadow_stats') IS NOT NULL;
     fix_rls  text;
+    c        record;
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
         RAISE EXCEPTION 'max_rows must be positive'
@@ -431,9 +423,7 @@ BEGIN
         ELSIF r.attnum IS NULL THEN
             status := 'failure';
             detail := format('tenant column %I does not exist; the other checks skip this table', r.col);
-            fix := CASE WHEN tenancy.has_routine('add_tenant_column')
-                        THEN format('SELECT tenancy.add_tenant_column(%L, column_name => %L);', r.rel::text, r.col)
-                        ELSE format('ALTER TABLE %s ADD COLUMN %I %s;', r.rel, r.col, keytype) END;
+            fix := format('SELECT tenancy.add_tenant_column(%L, column_name => %L);', r.rel::text, r.col);
             RETURN NEXT;
             CONTINUE;
         ELSIF r.atttypid <> tenancy.key_type() THEN
@@ -457,11 +447,7 @@ BEGIN
             status := 'failure';
             detail := format('%s%s rows have no tenant: policies hide them and NOT NULL cannot be enforced; fill them with tenancy.backfill() or an UPDATE',
                              atleast, n);
-            fix := CASE WHEN tenancy.has_routine('backfill')
-                        THEN format('CALL tenancy.backfill(%L);', r.rel::text)
-                        WHEN tenancy.implicit_tenant() IS NOT NULL
-                        THEN format('UPDATE %s SET %I = %L WHERE %I IS NULL;', r.rel, r.col, tenancy.implicit_tenant(), r.col)
-                        ELSE NULL END;
+            fix := format('CALL tenancy.backfill(%L);', r.rel::text);
         ELSE
             status := 'ok'; detail := 'every row has a tenant'; fix := NULL;
         END IF;
@@ -611,46 +597,34 @@ BEGIN
             ORDER BY tree.level, c.oid::regclass::text
         LOOP
             relation := p.prel; rows_affected := NULL;
-            fix_rls := CASE WHEN tenancy.has_routine('enable_rls')
-                            THEN format('SELECT tenancy.enable_rls(%L%s);', r.rel::text,
-                                        CASE WHEN r.col <> 'tenant_id'
-                                             THEN format(', column_name => %L', r.col) ELSE '' END) END;
-            check_name := 'rls_enabled';
-            IF p.relrowsecurity THEN
-                status := 'ok'; detail := 'row level security is enabled'; fix := NULL;
-            ELSE
-                status := 'failure';
-                detail := 'row level security is disabled: every role with SELECT sees every tenant';
-                fix := coalesce(fix_rls, format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY;', p.prel));
-            END IF;
-            RETURN NEXT;
-            check_name := 'rls_forced';
-            IF p.relforcerowsecurity THEN
-                status := 'ok'; detail := 'row level security is forced for the owner too'; fix := NULL;
-            ELSE
-                status := 'failure';
-                detail := 'row level security is not forced: the table owner (often the application role) bypasses the policy';
-                fix := coalesce(fix_rls, format('ALTER TABLE %s FORCE ROW LEVEL SECURITY;', p.prel));
-            END IF;
-            RETURN NEXT;
-            check_name := 'tenancy_policy';
-            IF p.has_policy THEN
-                status := 'ok'; detail := 'policy tenancy_policy exists'; fix := NULL;
-            ELSE
-                status := 'failure';
-                detail := 'policy tenancy_policy is missing: nothing limits rows to the current tenant';
-                fix := coalesce(fix_rls, format('CREATE POLICY tenancy_policy ON %s USING (%I = %s) WITH CHECK (%I = %s);',
-                                                p.prel, r.col, tenancy.tenant_accessor(), r.col, tenancy.tenant_accessor()));
-            END IF;
-            RETURN NEXT;
+            -- one fix for all three: enable_rls() enables, forces and creates the policy
+            fix_rls := format('SELECT tenancy.enable_rls(%L%s);', r.rel::text,
+                              CASE WHEN r.col <> 'tenant_id'
+                                   THEN format(', column_name => %L', r.col) ELSE '' END);
+            FOR c IN
+                SELECT * FROM (VALUES
+                    ('rls_enabled', p.relrowsecurity, 'row level security is enabled',
+                     'row level security is disabled: every role with SELECT sees every tenant'),
+                    ('rls_forced', p.relforcerowsecurity, 'row level security is forced for the owner too',
+                     'row level security is not forced: the table owner (often the application role) bypasses the policy'),
+                    ('tenancy_policy', p.has_policy, 'policy tenancy_policy exists',
+                     'policy tenancy_policy is missing: nothing limits rows to the current tenant')
+                ) v(name, good, ok_detail, bad_detail)
+            LOOP
+                check_name := c.name;
+                IF c.good THEN
+                    status := 'ok'; detail := c.ok_detail; fix := NULL;
+                ELSE
+                    status := 'failure'; detail := c.bad_detail; fix := fix_rls;
+                END IF;
+                RETURN NEXT;
+            END LOOP;
         END LOOP;
         relation := r.rel;
 
         -- policy_mode: the stage must be enforce (or contract)
         check_name := 'policy_mode'; rows_affected := NULL;
-        fix := CASE WHEN tenancy.has_routine('set_mode')
-                    THEN format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'enforce')
-                    ELSE format('UPDATE tenancy.tables SET stage = %L WHERE relation = %L::regclass;', 'enforce', r.rel::text) END;
+        fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'enforce');
         IF r.stage IN ('enforce', 'contract') THEN
             status := 'ok'; detail := format('stage %s: the policy is enforced', r.stage); fix := NULL;
         ELSIF r.stage IN ('migrating', 'shadow') THEN
@@ -659,38 +633,30 @@ BEGIN
         ELSE
             status := 'failure';
             detail := format('stage %s: the table is not protected yet; finish the backfill, then migrating, shadow and enforce', r.stage);
-            fix := CASE WHEN tenancy.has_routine('set_mode')
-                        THEN format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'migrating') ELSE fix END;
+            fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'migrating');
         END IF;
         RETURN NEXT;
 
         -- shadow_divergence: what shadow mode counted and nobody drained
         check_name := 'shadow_divergence'; rows_affected := NULL; fix := NULL;
-        IF NOT has_shadow THEN
-            status := 'ok'; rows_affected := 0;
-            detail := 'skipped: tenancy.shadow_stats is not installed, so no shadow mode ran';
-        ELSE
-            BEGIN
-                EXECUTE 'SELECT coalesce(sum(rows_hidden), 0)::bigint, coalesce(sum(writes_refused), 0)::bigint'
-                        ' FROM tenancy.shadow_stats WHERE relation = $1'
-                    INTO n, m USING r.rel;
-                rows_affected := n + m;
-                IF n + m > 0 THEN
-                    status := 'failure';
-                    detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
-                                     n, m);
-                    fix := CASE WHEN tenancy.has_routine('reset_shadow_stats')
-                                THEN format('SELECT tenancy.reset_shadow_stats(%L);', r.rel::text) END;
-                ELSE
-                    status := 'ok'; detail := 'no shadow divergence counted';
-                END IF;
-            EXCEPTION
-                WHEN object_not_in_prerequisite_state OR undefined_column OR undefined_function THEN
-                    status := 'warning'; rows_affected := NULL;
-                    detail := format('shadow counters unavailable: %s', SQLERRM);
-                    fix := NULL;
-            END;
-        END IF;
+        BEGIN
+            SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
+              INTO n, m FROM tenancy.shadow_stats s WHERE s.relation = r.rel;
+            rows_affected := n + m;
+            IF n + m > 0 THEN
+                status := 'failure';
+                detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
+                                 n, m);
+                fix := format('SELECT tenancy.reset_shadow_stats(%L);', r.rel::text);
+            ELSE
+                status := 'ok'; detail := 'no shadow divergence counted';
+            END IF;
+        EXCEPTION
+            WHEN object_not_in_prerequisite_state THEN   -- not preloaded: no counters
+                status := 'warning'; rows_affected := NULL;
+                detail := format('shadow counters unavailable: %s', SQLERRM);
+                fix := NULL;
+        END;
         RETURN NEXT;
 
         -- tenant_index: an index led by the tenant column
@@ -783,10 +749,7 @@ BEGIN
             relation := f.child; status := 'failure';
             detail := format('%s references %s (%s) but is not registered: its rows carry no tenant and no policy protects them',
                              f.child, r.rel, f.cons);
-            fix := CASE WHEN tenancy.has_routine('add_tenant_column')
-                        THEN format('SELECT tenancy.add_tenant_column(%L);', f.child::text)
-                        ELSE format('ALTER TABLE %s ADD COLUMN tenant_id %s; INSERT INTO tenancy.tables (relation) VALUES (%L);',
-                                    f.child, keytype, f.child::text) END;
+            fix := format('SELECT tenancy.add_tenant_column(%L);', f.child::text);
             RETURN NEXT;
         END LOOP;
         relation := r.rel;
@@ -1514,7 +1477,6 @@ $$;
 COMMENT ON FUNCTION tenancy.set_tenant_as(text, text, boolean) IS 'set the current tenant for an acting user; 42501 unless the user is a member';
 
 REVOKE EXECUTE ON FUNCTION
-    tenancy.has_routine(name),
     tenancy.tenant_accessor(),
     tenancy.column_list(regclass, smallint[]),
     tenancy.log_step(regclass, text, text, text),
