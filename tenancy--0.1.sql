@@ -2091,6 +2091,15 @@ BEGIN
     pause_s := coalesce((o->>'pause_ms')::numeric, 0) / 1000;
     max_run_s := extract(epoch FROM max_runtime);   -- per CALL, not kept with the job
     max_lag := ((o->>'max_lag_ms') || ' ms')::interval;
+    -- pg_stat_replication shows the lag columns as NULL to other roles: the
+    -- hold would never happen.  Refuse rather than run unthrottled.
+    IF max_lag IS NOT NULL AND NOT pg_catalog.pg_has_role('pg_read_all_stats', 'USAGE') THEN
+        PERFORM tenancy.backfill_unlock(tbl);
+        RAISE EXCEPTION 'max_replication_lag needs the privileges of pg_read_all_stats'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('Role "%s" sees the lag columns of pg_stat_replication as NULL, so the backfill could not hold while a standby lags.', current_user),
+                  HINT = 'GRANT pg_read_all_stats TO the role that runs the backfill, or CALL it without max_replication_lag.';
+    END IF;
     progress_s := coalesce((o->>'progress_s')::numeric, 5);
     retry_limit := coalesce((o->>'max_retries')::integer, 30);
     next_notice := t_start + pg_catalog.make_interval(secs => progress_s::double precision);

@@ -34,7 +34,7 @@ BASELINE_S=${BASELINE_S:-15}
 tn_build_install
 W=$(tn_workdir bench-backfill)
 PORT=${PORT:-$(tn_free_port 5535)}
-trap 'tn_cluster_stop "$W"' EXIT
+trap 'tn_cluster_stop "$W"; rm -rf "$W"' EXIT
 tn_cluster_start "$W" "$PORT" "shared_preload_libraries='tenancy'" \
     "shared_buffers='2GB'" "max_wal_size='50GB'" "checkpoint_timeout='1h'" \
     "autovacuum=off" "max_connections=50" "log_min_messages=warning"

@@ -29,7 +29,7 @@ PORT=${RLS_BENCH_PORT:-$(tn_free_port 55700)}
 
 tn_build_install
 DIR=$(tn_workdir bench-rls)
-trap 'tn_cluster_stop "$DIR"' EXIT
+trap 'tn_cluster_stop "$DIR"; rm -rf "$DIR"' EXIT
 tn_cluster_start "$DIR" "$PORT" "shared_preload_libraries = 'tenancy'" "shared_buffers = '1GB'" \
     "max_parallel_workers_per_gather = 0" "jit = off" "synchronous_commit = off" "autovacuum = off"
 export PGHOST=$DIR PGPORT=$PORT

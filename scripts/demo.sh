@@ -11,7 +11,11 @@ tn_build_install
 
 DEMO=$(tn_workdir demo)
 PORT=$(tn_free_port 56432)
-trap 'tn_cluster_stop "$DEMO"; tn_log "cluster stopped"' EXIT
+# The cluster goes away at the end; after a failure its directory (with
+# server.log) stays for a look.
+trap 'rc=$?; tn_cluster_stop "$DEMO"
+      if [ $rc -eq 0 ]; then rm -rf "$DEMO"; tn_log "cluster stopped and removed"
+      else tn_log "cluster stopped; its files are in $DEMO"; fi' EXIT
 tn_log "starting a throwaway cluster on port $PORT"
 # The background worker watches the demo database every second.
 tn_cluster_start "$DEMO" "$PORT" "shared_preload_libraries = 'tenancy'" \

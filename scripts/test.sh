@@ -79,6 +79,11 @@ if [ -n "$tap_files" ]; then
     fi
 fi
 
-tn_log "work directory: $WORK"
+tn_cluster_stop "$TAP_DIR"
+if [ "$failed" -eq 0 ]; then
+    rm -rf "$WORK"
+else
+    tn_log "work directory (results, regression.diffs, server logs): $WORK"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -238,6 +238,31 @@ CREATE TABLE bf_parted_nopk (id int, tenant_id uuid) PARTITION BY LIST (id);
 CREATE TABLE bf_parted_nopk_1 PARTITION OF bf_parted_nopk FOR VALUES IN (1);
 INSERT INTO bf_parted_nopk VALUES (1);
 CALL tenancy.backfill('bf_parted_nopk');
+-- A migration role with the grants the README lists backfills a table it
+-- may update.  max_replication_lag from a role that would see the lag as
+-- NULL (and so never hold) is refused before anything is recorded.
+CREATE ROLE bf_migrator;
+CREATE TABLE bf_role_t (id int PRIMARY KEY, tenant_id uuid);
+INSERT INTO bf_role_t SELECT g FROM generate_series(1, 20) g;
+GRANT SELECT, UPDATE ON bf_role_t, bf_expr TO bf_migrator;
+GRANT USAGE ON SCHEMA tenancy TO bf_migrator;
+GRANT SELECT ON tenancy.tenants TO bf_migrator;
+GRANT SELECT, INSERT, UPDATE ON tenancy.backfill_jobs, tenancy.tables TO bf_migrator;
+GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text) TO bf_migrator;
+GRANT EXECUTE ON PROCEDURE tenancy.backfill TO bf_migrator;
+SET ROLE bf_migrator;
+CALL tenancy.backfill('bf_role_t', max_replication_lag => '1s');
+SELECT count(*) AS jobs FROM tenancy.backfill_jobs WHERE relation = 'bf_role_t'::regclass;
+CALL tenancy.backfill('bf_role_t');
+SELECT count(*) FILTER (WHERE tenant_id IS NULL) AS left_null FROM bf_role_t;
+RESET ROLE;
+GRANT pg_read_all_stats TO bf_migrator;
+SET ROLE bf_migrator;
+CALL tenancy.backfill('bf_expr', max_replication_lag => '1s', source => 't.id + 1');  -- past that check
+RESET ROLE;
+DROP TABLE bf_role_t;
+DROP OWNED BY bf_migrator;
+DROP ROLE bf_migrator;
 SELECT count(*) FROM tenancy.backfill_jobs
  WHERE relation IN ('bf_nocol'::regclass, 'bf_textcol'::regclass, 'bf_expr'::regclass, 'bf_orphan'::regclass);
 SELECT count(tenant_id) AS untouched FROM bf_expr;

@@ -126,6 +126,42 @@ CALL tenancy.backfill('bfc_parent_u', source => 'bfc_probe(t.id, ''bfc_child_u''
 SELECT current_setting('bfc.fk_insert') AS fk_insert, (SELECT count(*) FROM bfc_child_u) AS children;
 SELECT dblink_disconnect('bfc_probe');
 
+-- 4. A deadlock (40P01) is retried like a lock timeout.  Another session
+--    holds row 10; while the batch runs (at row 5) it asks for row 1, which
+--    the batch has already updated, and commits once it gets it.  The batch
+--    then waits for row 10: a cycle, which the deadlock detector breaks by
+--    failing the batch (its deadlock_timeout is the shorter); the retry
+--    finds both rows free.
+CREATE TABLE bfc_dead (id int PRIMARY KEY, tenant_id uuid);
+INSERT INTO bfc_dead SELECT g FROM generate_series(1, 10) g;
+CREATE SEQUENCE bfc_dead_calls;
+SELECT dblink_connect('bfc_holder', :'connstr');
+SELECT dblink_exec('bfc_holder', 'SET deadlock_timeout = ''10s''');
+SELECT dblink_exec('bfc_holder', 'BEGIN');
+SELECT id FROM dblink('bfc_holder', 'SELECT id FROM bfc_dead WHERE id = 10 FOR UPDATE') AS l(id int);
+CREATE FUNCTION bfc_dead_probe(id int) RETURNS uuid LANGUAGE plpgsql AS $$
+BEGIN
+    IF id = 5 AND nextval('bfc_dead_calls') = 1 THEN   -- nextval: not undone by the rollback
+        PERFORM dblink_send_query('bfc_holder', 'SELECT id FROM bfc_dead WHERE id = 1 FOR UPDATE; COMMIT');
+        PERFORM pg_sleep(0.2);                          -- until it waits for row 1
+    END IF;
+    RETURN '11111111-1111-1111-1111-111111111111'::uuid;
+END
+$$;
+SELECT deadlocks AS deadlocks_before FROM pg_stat_database WHERE datname = current_database() \gset
+SET deadlock_timeout = '50ms';
+CALL tenancy.backfill('bfc_dead', source => 'bfc_dead_probe(t.id)', batch_size => 100);
+RESET deadlock_timeout;
+SELECT * FROM dblink_get_result('bfc_holder') AS r(id int);
+SELECT dblink_disconnect('bfc_holder');
+SELECT pg_stat_force_next_flush();   -- this backend's deadlock count, now
+SELECT deadlocks - :deadlocks_before AS deadlocks FROM pg_stat_database WHERE datname = current_database();
+SELECT state, retries, rows_done, last_error FROM tenancy.backfill_jobs WHERE relation = 'bfc_dead'::regclass;
+SELECT count(*) FILTER (WHERE tenant_id IS NULL) AS left_null FROM bfc_dead;
+
+DROP FUNCTION bfc_dead_probe(int);
+DROP SEQUENCE bfc_dead_calls;
+DROP TABLE bfc_dead;
 DROP FUNCTION bfc_probe(int, text);
 DROP FUNCTION bfc_wait_for(text);
 DROP TABLE bfc_term, bfc_orders, bfc_child, bfc_parent, bfc_child_u, bfc_parent_u;

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# tenancy.backfill(max_replication_lag => ...) against a real streaming
+# standby: while the standby replays more than the bound behind (here: it
+# applies commits 3 s late, recovery_min_apply_delay), the backfill holds
+# before its first batch and says why in tenancy.backfill_jobs; once the
+# standby catches up it runs to the end.
+# Starts its own primary and standby (make test's cluster has no standby).
+set -uo pipefail
+BINDIR=${TN_BINDIR:-$(pg_config --bindir)}
+DIR=$(mktemp -d "${TN_WORK:-/tmp}/bf-repl.XXXXXX")
+PORT=$((20000 + RANDOM % 20000))
+SPORT=$((PORT + 1))
+stop() {
+    "$BINDIR/pg_ctl" -D "$DIR/standby" -m immediate -w stop >/dev/null 2>&1
+    "$BINDIR/pg_ctl" -D "$DIR/primary" -m immediate -w stop >/dev/null 2>&1
+}
+trap 'kill "$bf" 2>/dev/null; stop; rm -rf "$DIR"' EXIT
+bf=
+
+echo "1..6"
+"$BINDIR/initdb" -D "$DIR/primary" -A trust --no-sync >"$DIR/initdb.log" 2>&1 || { echo "Bail out! initdb failed"; exit 1; }
+printf "port = %s\nlisten_addresses = ''\nunix_socket_directories = '%s'\nfsync = off\nshared_preload_libraries = 'tenancy'\n" \
+    "$PORT" "$DIR" >>"$DIR/primary/postgresql.conf"
+"$BINDIR/pg_ctl" -D "$DIR/primary" -l "$DIR/primary.log" -w start >/dev/null || { echo "Bail out! primary did not start"; exit 1; }
+"$BINDIR/pg_basebackup" -h "$DIR" -p "$PORT" -D "$DIR/standby" -R -X stream >"$DIR/basebackup.log" 2>&1 \
+    || { echo "Bail out! pg_basebackup failed"; cat "$DIR/basebackup.log" >&2; exit 1; }
+printf "port = %s\nrecovery_min_apply_delay = '3s'\nwal_receiver_status_interval = '1s'\n" "$SPORT" >>"$DIR/standby/postgresql.conf"
+"$BINDIR/pg_ctl" -D "$DIR/standby" -l "$DIR/standby.log" -w start >/dev/null || { echo "Bail out! standby did not start"; exit 1; }
+
+q() { psql -X -q -At -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+qs() { psql -X -q -At -h "$DIR" -p "$SPORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+check() {   # check N DESCRIPTION EXPECTED ACTUAL
+    if [ "$3" = "$4" ]; then echo "ok $1 - $2"; else echo "not ok $1 - $2"; echo "#   expected '$3', got '$4'"; fi
+}
+# until SECONDS SQL: poll the primary until SQL returns t; prints t or f
+until_true() {
+    local i
+    for i in $(seq $(($1 * 10))); do
+        [ "$(q -c "$2")" = t ] && { echo t; return; }
+        sleep 0.1
+    done
+    echo f
+}
+
+q -c "SET client_min_messages = warning" -c "CREATE EXTENSION tenancy" \
+  -c "SELECT tenancy.create_tenant('acme', 'Acme', '11111111-1111-1111-1111-111111111111')" \
+  -c "CREATE TABLE repl_t (id int PRIMARY KEY, tenant_id uuid)" \
+  -c "INSERT INTO repl_t SELECT g FROM generate_series(1, 2000) g" >/dev/null || { echo "Bail out! setup failed"; exit 1; }
+
+# Commits on the primary until the standby's replay lag is measured over 1 s.
+lagging=f
+for _ in $(seq 30); do
+    q -c "CREATE TEMP TABLE tick (); DROP TABLE tick" >/dev/null
+    [ "$(q -c "SELECT coalesce(max(replay_lag) > interval '1s', false) FROM pg_stat_replication")" = t ] && { lagging=t; break; }
+    sleep 0.5
+done
+check 1 "the standby replays over 1 s behind" t "$lagging"
+
+psql -X -q -h "$DIR" -p "$PORT" -d postgres -c \
+    "CALL tenancy.backfill('repl_t', tenant => 'acme', batch_size => 100, max_batch_size => 100, max_replication_lag => '1s')" \
+    >"$DIR/backfill.out" 2>&1 &
+bf=$!
+check 2 "the backfill holds, and says why" t \
+    "$(until_true 20 "SELECT coalesce(bool_and(throttle LIKE 'replication lag % > 00:00:01'), false) FROM tenancy.backfill_jobs WHERE relation = 'repl_t'::regclass")"
+sleep 2
+check 3 "no batch ran while the standby lagged" "0 2000" \
+    "$(q -c "SELECT (SELECT rows_done FROM tenancy.backfill_jobs WHERE relation = 'repl_t'::regclass) || ' ' || count(*) FROM repl_t WHERE tenant_id IS NULL")"
+
+qs -c "ALTER SYSTEM SET recovery_min_apply_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
+check 4 "once the standby catches up, the backfill runs to the end" t \
+    "$(until_true 60 "SELECT state = 'done' FROM tenancy.backfill_jobs WHERE relation = 'repl_t'::regclass")"
+wait "$bf"; rc=$?; bf=
+check 5 "the CALL succeeds" 0 "$rc"
+standby_nulls=
+for _ in $(seq 100); do
+    standby_nulls=$(qs -c "SELECT count(*) FROM repl_t WHERE tenant_id IS NULL")
+    [ "$standby_nulls" = 0 ] && break
+    sleep 0.1
+done
+check 6 "every row is filled, and the standby has them" "0 0" \
+    "$(q -c "SELECT count(*) FROM repl_t WHERE tenant_id IS NULL") $standby_nulls"
