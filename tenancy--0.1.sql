@@ -1513,6 +1513,14 @@ CREATE FUNCTION tenancy.backfill_unlock(tbl regclass) RETURNS void
     AS 'MODULE_PATHNAME', 'tenancy_backfill_unlock'
     LANGUAGE C STRICT VOLATILE;
 
+-- Creates the WAL segment files the next batch will fill (at most 16 past
+-- the insert position), so that no application commit zero-fills one while
+-- holding WALWriteLock.  See src/wal_prealloc.c.
+CREATE FUNCTION tenancy.preallocate_wal(bytes bigint) RETURNS integer
+    AS 'MODULE_PATHNAME', 'tenancy_preallocate_wal'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION tenancy.preallocate_wal(bigint) IS 'create the WAL segments the next bytes of WAL will need (at most 16 ahead); returns how many were created';
+
 CREATE FUNCTION tenancy.batch_timeout(ms integer) RETURNS void
     AS 'MODULE_PATHNAME', 'tenancy_batch_timeout'
     LANGUAGE C VOLATILE;
@@ -2057,6 +2065,8 @@ DECLARE
     sweeps      integer := 0;
     sweep_rows  bigint := 0;
     quiet_sweeps integer := 0;
+    wal_per_row numeric;                -- WAL bytes per row of the last batch
+    lsn0        pg_lsn;
 BEGIN
     IF tenancy.in_transaction_block() THEN
         RAISE EXCEPTION 'tenancy.backfill() cannot run inside a transaction block'
@@ -2266,6 +2276,11 @@ BEGIN
         END IF;
 
         outcome := 'ok';
+        -- The WAL segments this batch will fill, created now, outside it.
+        IF wal_per_row > 0 THEN
+            PERFORM tenancy.preallocate_wal((1.5 * wal_per_row * n)::bigint);
+        END IF;
+        lsn0 := pg_catalog.pg_current_wal_insert_lsn();
         t0 := pg_catalog.clock_timestamp();
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
@@ -2317,6 +2332,7 @@ BEGIN
 
         IF outcome = 'ok' THEN
             failures := 0;
+            wal_per_row := pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), lsn0) / greatest(n, 1);
             IF job.phase = 'batches' THEN
                 run_scanned := run_scanned + n;
                 job.rows_scanned := job.rows_scanned + n;

@@ -267,6 +267,23 @@ SELECT count(*) FROM tenancy.backfill_jobs
  WHERE relation IN ('bf_nocol'::regclass, 'bf_textcol'::regclass, 'bf_expr'::regclass, 'bf_orphan'::regclass);
 SELECT count(tenant_id) AS untouched FROM bf_expr;
 
+-- tenancy.preallocate_wal(), called before each batch: the segment files
+-- the next bytes of WAL will fill exist afterwards; existing ones are left
+-- alone; at most 16 past the insert position; nothing for no bytes.
+SELECT tenancy.preallocate_wal(0) AS zero, tenancy.preallocate_wal(-1) AS negative,
+       tenancy.preallocate_wal(NULL) AS null_arg;
+SELECT tenancy.preallocate_wal(3 * 16 * 1024 * 1024) BETWEEN 0 AND 3 AS created;
+SELECT count(*) >= 3 AS three_ahead FROM pg_ls_waldir()
+ WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_insert_lsn());
+SELECT tenancy.preallocate_wal(3 * 16 * 1024 * 1024) AS created_again;
+SELECT count(*) AS beyond_16 FROM pg_ls_waldir()
+ WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_insert_lsn() + 16 * 16 * 1024 * 1024) \gset
+SELECT tenancy.preallocate_wal(1024::bigint * 1024 * 1024 * 1024) <= 16 AS bounded;
+SELECT count(*) >= 16 AS sixteen_ahead FROM pg_ls_waldir()
+ WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_insert_lsn());
+SELECT count(*) = :beyond_16 AS none_past_16 FROM pg_ls_waldir()
+ WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_insert_lsn() + 16 * 16 * 1024 * 1024);
+
 DROP VIEW bf_view;
 DROP TABLE bf_trig;
 DROP FUNCTION bf_trig_note();
