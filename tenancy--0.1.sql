@@ -1515,11 +1515,20 @@ CREATE FUNCTION tenancy.backfill_unlock(tbl regclass) RETURNS void
 
 -- Creates the WAL segment files the next batch will fill (at most 16 past
 -- the insert position), so that no application commit zero-fills one while
--- holding WALWriteLock.  See src/wal_prealloc.c.
+-- holding WALWriteLock.  See src/backfill_wal.c.
 CREATE FUNCTION tenancy.preallocate_wal(bytes bigint) RETURNS integer
     AS 'MODULE_PATHNAME', 'tenancy_preallocate_wal'
     LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION tenancy.preallocate_wal(bigint) IS 'create the WAL segments the next bytes of WAL will need (at most 16 ahead); returns how many were created';
+
+-- Wraps each value a batch writes: every wal_writer_flush_after bytes of
+-- this backend's WAL it wakes the WAL writer (as an asynchronous commit
+-- does), so that the batch's WAL is flushed behind it and application
+-- commits do not have to.  See src/backfill_wal.c.
+CREATE FUNCTION tenancy.wal_flush_behind(value anyelement) RETURNS anyelement
+    AS 'MODULE_PATHNAME', 'tenancy_wal_flush_behind'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.wal_flush_behind(anyelement) IS 'return value; every wal_writer_flush_after bytes of this backend''s WAL, wake the WAL writer to flush it';
 
 CREATE FUNCTION tenancy.batch_timeout(ms integer) RETURNS void
     AS 'MODULE_PATHNAME', 'tenancy_batch_timeout'
@@ -2182,7 +2191,9 @@ BEGIN
     -- UPDATE never pays it, since its own old versions are not dead yet.
     -- Columns of unique indexes, generated columns, columns named by UPDATE
     -- OF triggers and columns the caller may not update are never named.
-    setv := pg_catalog.format('%I = %s', job.column_name, job.value_sql);
+    -- The value goes through tenancy.wal_flush_behind(), which keeps the
+    -- batch's WAL flushed behind it (src/backfill_wal.c).
+    setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
     IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
         setv := setv || coalesce((
             SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)

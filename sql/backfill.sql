@@ -284,6 +284,19 @@ SELECT count(*) >= 16 AS sixteen_ahead FROM pg_ls_waldir()
 SELECT count(*) = :beyond_16 AS none_past_16 FROM pg_ls_waldir()
  WHERE name ~ '^[0-9A-F]{24}$' AND name > pg_walfile_name(pg_current_wal_insert_lsn() + 16 * 16 * 1024 * 1024);
 
+-- tenancy.wal_flush_behind(), which each value a batch writes goes
+-- through: returns its argument, of any type, NULL included.  That it wakes
+-- the WAL writer is tested in test/backfill_wal.sh, on a server whose WAL
+-- writer would otherwise sleep for 10 s.
+SELECT tenancy.wal_flush_behind(42) AS int, tenancy.wal_flush_behind('acme'::text) AS text,
+       tenancy.wal_flush_behind('11111111-1111-1111-1111-111111111111'::uuid) AS uuid,
+       tenancy.wal_flush_behind(NULL::uuid) IS NULL AS null_arg;
+BEGIN;
+CREATE TABLE bf_walpad AS SELECT g FROM generate_series(1, 20000) g;
+SELECT tenancy.wal_flush_behind(1) AS after_wal;
+ROLLBACK;
+SELECT tenancy.wal_flush_behind(NULL);
+
 DROP VIEW bf_view;
 DROP TABLE bf_trig;
 DROP FUNCTION bf_trig_note();

@@ -6,7 +6,7 @@
 # standby catches up it runs to the end.
 # Starts its own primary and standby (make test's cluster has no standby).
 set -uo pipefail
-BINDIR=${TN_BINDIR:-$(pg_config --bindir)}
+source "$(dirname "${BASH_SOURCE[0]}")/own_server.bash"
 DIR=$(mktemp -d "${TN_WORK:-/tmp}/bf-repl.XXXXXX")
 PORT=$((20000 + RANDOM % 20000))
 SPORT=$((PORT + 1))
@@ -18,10 +18,7 @@ trap 'kill "$bf" 2>/dev/null; stop; rm -rf "$DIR"' EXIT
 bf=
 
 echo "1..6"
-"$BINDIR/initdb" -D "$DIR/primary" -A trust --no-sync >"$DIR/initdb.log" 2>&1 || { echo "Bail out! initdb failed"; exit 1; }
-printf "port = %s\nlisten_addresses = ''\nunix_socket_directories = '%s'\nfsync = off\nshared_preload_libraries = 'tenancy'\n" \
-    "$PORT" "$DIR" >>"$DIR/primary/postgresql.conf"
-"$BINDIR/pg_ctl" -D "$DIR/primary" -l "$DIR/primary.log" -w start >/dev/null || { echo "Bail out! primary did not start"; exit 1; }
+own_server_start "$DIR/primary" "$PORT" "$DIR" "shared_preload_libraries = 'tenancy'"
 "$BINDIR/pg_basebackup" -h "$DIR" -p "$PORT" -D "$DIR/standby" -R -X stream >"$DIR/basebackup.log" 2>&1 \
     || { echo "Bail out! pg_basebackup failed"; cat "$DIR/basebackup.log" >&2; exit 1; }
 printf "port = %s\nrecovery_min_apply_delay = '3s'\nwal_receiver_status_interval = '1s'\n" "$SPORT" >>"$DIR/standby/postgresql.conf"
@@ -29,9 +26,6 @@ printf "port = %s\nrecovery_min_apply_delay = '3s'\nwal_receiver_status_interval
 
 q() { psql -X -q -At -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 qs() { psql -X -q -At -h "$DIR" -p "$SPORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
-check() {   # check N DESCRIPTION EXPECTED ACTUAL
-    if [ "$3" = "$4" ]; then echo "ok $1 - $2"; else echo "not ok $1 - $2"; echo "#   expected '$3', got '$4'"; fi
-}
 # until SECONDS SQL: poll the primary until SQL returns t; prints t or f
 until_true() {
     local i

@@ -3,23 +3,18 @@
 # with a hint and change nothing; migrating and enforce modes work.
 # Starts its own throwaway cluster (make test's clusters preload tenancy).
 set -uo pipefail
-BINDIR=${TN_BINDIR:-$(pg_config --bindir)}
+source "$(dirname "${BASH_SOURCE[0]}")/own_server.bash"
 DIR=$(mktemp -d "${TN_WORK:-/tmp}/rls-plain.XXXXXX")
 PORT=$((20000 + RANDOM % 20000))
 trap '"$BINDIR/pg_ctl" -D "$DIR/data" -m immediate -w stop >/dev/null 2>&1; rm -rf "$DIR"' EXIT
 
 echo "1..7"
-"$BINDIR/initdb" -D "$DIR/data" -A trust --no-sync >"$DIR/initdb.log" 2>&1 || { echo "Bail out! initdb failed"; exit 1; }
-printf "port = %s\nlisten_addresses = ''\nunix_socket_directories = '%s'\nfsync = off\n" "$PORT" "$DIR" >>"$DIR/data/postgresql.conf"
-"$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null || { echo "Bail out! server did not start"; exit 1; }
+own_server_start "$DIR/data" "$PORT" "$DIR"
 q() { psql -X -q -At -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
 # sqlstate SQL: the SQLSTATE the statement fails with, or "ok".
 sqlstate() {
     q -c "DO \$\$ BEGIN EXECUTE \$q\$$1\$q\$; RAISE NOTICE 'ok'; EXCEPTION WHEN OTHERS THEN RAISE NOTICE '%', SQLSTATE; END \$\$" 2>&1 \
         | sed -n 's/^NOTICE:  //p' | tail -1
-}
-check() {   # check N DESCRIPTION EXPECTED ACTUAL
-    if [ "$3" = "$4" ]; then echo "ok $1 - $2"; else echo "not ok $1 - $2"; echo "#   expected '$3', got '$4'"; fi
 }
 
 q -c "SET client_min_messages = warning" -c "CREATE EXTENSION tenancy" \
