@@ -352,6 +352,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum;
 $$;
 
+-- Unique indexes of a table (constraints' included) whose key columns do
+-- not include the tenant column: what verify() reports as unique across
+-- tenants and scope_constraints_plan() rescopes.  surrogate_key: a primary
+-- key on columns that all get their value from the server (default,
+-- identity, generated), unique across tenants by construction.
+CREATE FUNCTION tenancy.unscoped_unique_indexes(rel regclass, tenant_attnum smallint)
+RETURNS TABLE (indexrelid oid, keys smallint[], conoid oid, surrogate_key boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid, k.keys, con.oid,
+           i.indisprimary AND NOT EXISTS (
+               SELECT FROM unnest(k.keys) u(attnum)
+               LEFT JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = u.attnum
+               WHERE a.attnum IS NULL OR (NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''))
+    FROM pg_index i
+    CROSS JOIN LATERAL (SELECT (string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts] AS keys) k
+    LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = rel AND con.contype IN ('p', 'u')
+    WHERE i.indrelid = rel AND i.indisunique AND NOT (tenant_attnum = ANY (k.keys));
+$$;
+
 -- Record one contract step (the generated SQL of scope_constraints_sql()
 -- calls this after each statement).
 CREATE FUNCTION tenancy.log_step(relation regclass, step text, sql text, undo_sql text DEFAULT NULL)
@@ -523,21 +542,14 @@ BEGIN
         -- unique_scope: unique constraints and indexes without the tenant column
         check_name := 'unique_scope'; bad := 0; rows_affected := NULL; txt2 := '';
         FOR f IN
-            SELECT ic.relname AS idxname, i.indisprimary, con.conname, con.contype,
-                   tenancy.column_list(r.rel, (string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) AS cols,
-                   0 = ANY ((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) AS has_expr,
-                   NOT EXISTS (SELECT 1 FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) k(attnum)
-                               JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum
-                               WHERE NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '') AS generated
-            FROM pg_index i
-            JOIN pg_class ic ON ic.oid = i.indexrelid
-            LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = r.rel
-                                       AND con.contype IN ('p', 'u')
-            WHERE i.indrelid = r.rel AND i.indisunique
-              AND NOT (r.attnum = ANY ((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]))
+            SELECT ic.relname AS idxname, con.conname, con.contype, u.surrogate_key,
+                   tenancy.column_list(r.rel, u.keys) AS cols
+            FROM tenancy.unscoped_unique_indexes(r.rel, r.attnum) u
+            JOIN pg_class ic ON ic.oid = u.indexrelid
+            LEFT JOIN pg_constraint con ON con.oid = u.conoid
             ORDER BY ic.relname
         LOOP
-            IF f.indisprimary AND f.generated AND NOT f.has_expr THEN
+            IF f.surrogate_key THEN
                 txt2 := format('; primary key %I (%s) is a generated surrogate key, unique across tenants by construction',
                                f.conname, f.cols);
                 CONTINUE;
@@ -1038,30 +1050,24 @@ BEGIN
     LOOP
         -- 1 and 5: unique constraints and indexes without the tenant column
         FOR f IN
-            SELECT i.indexrelid, ic.relname AS idxname, i.indisprimary, i.indnullsnotdistinct,
-                   con.oid AS conoid, con.conname, con.contype, con.condeferrable, con.condeferred,
-                   (string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts] AS keys,
+            SELECT u.indexrelid, ic.relname AS idxname, i.indnullsnotdistinct, u.surrogate_key,
+                   u.conoid, con.conname, con.contype, con.condeferrable, con.condeferred, u.keys,
                    (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
                       FROM generate_series(1, i.indnkeyatts) k) AS keycols,
                    (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
                       FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
                    (SELECT string_agg(coalesce(a.attname, 'expr'), '_' ORDER BY k.i)
-                      FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) WITH ORDINALITY k(attnum, i)
+                      FROM unnest(u.keys) WITH ORDINALITY k(attnum, i)
                       LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum) AS colnames,
-                   pg_get_expr(i.indpred, i.indrelid, true) AS pred,
-                   NOT EXISTS (SELECT 1 FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) k(attnum)
-                               LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum
-                               WHERE a.attnum IS NULL OR (NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '')) AS generated
-            FROM pg_index i
-            JOIN pg_class ic ON ic.oid = i.indexrelid
-            LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = r.rel
-                                       AND con.contype IN ('p', 'u')
-            WHERE i.indrelid = r.rel AND i.indisunique
-              AND NOT (r.attnum = ANY ((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]))
+                   pg_get_expr(i.indpred, i.indrelid, true) AS pred
+            FROM tenancy.unscoped_unique_indexes(r.rel, r.attnum) u
+            JOIN pg_index i ON i.indexrelid = u.indexrelid
+            JOIN pg_class ic ON ic.oid = u.indexrelid
+            LEFT JOIN pg_constraint con ON con.oid = u.conoid
             ORDER BY ic.relname
         LOOP
             -- a generated surrogate primary key stays (verify() accepts it)
-            CONTINUE WHEN f.indisprimary AND f.generated;
+            CONTINUE WHEN f.surrogate_key;
             newname := left(r.relname || '_' || r.col || '_' || f.colnames, 59) || '_key';
             acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
@@ -1479,6 +1485,7 @@ COMMENT ON FUNCTION tenancy.set_tenant_as(text, text, boolean) IS 'set the curre
 REVOKE EXECUTE ON FUNCTION
     tenancy.tenant_accessor(),
     tenancy.column_list(regclass, smallint[]),
+    tenancy.unscoped_unique_indexes(regclass, smallint),
     tenancy.log_step(regclass, text, text, text),
     tenancy.verify(regclass, bigint),
     tenancy.enforce_not_null_plan(regclass),

@@ -34,6 +34,11 @@ ROLLBACK;
 INSERT INTO ready_scope_project (tenant_id, code) VALUES ('22222222-2222-2222-2222-222222222222', 'A');
 \set VERBOSITY default
 
+-- verify() names both: the unique constraint, and the unique index on an
+-- expression (no column list to show); the bigserial primary key is a
+-- surrogate key and passes.
+SELECT status, detail FROM tenancy.verify('ready_scope_project') WHERE check_name = 'unique_scope' ORDER BY detail;
+
 -- The plan, for review.
 SELECT step, relation, action, sql FROM tenancy.scope_constraints_plan();
 SELECT step, action, undo_sql FROM tenancy.scope_constraints_plan();

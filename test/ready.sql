@@ -30,7 +30,7 @@ SELECT ok(to_regprocedure('tenancy.enforce_not_null(regclass, interval, integer)
 SELECT is_empty($$
     SELECT p.oid::regprocedure FROM pg_proc p
     WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prokind = 'f' AND p.prolang <> 13
-      AND p.proname IN ('tenant_accessor', 'column_list', 'log_step', 'verify',
+      AND p.proname IN ('tenant_accessor', 'column_list', 'unscoped_unique_indexes', 'log_step', 'verify',
                         'enforce_not_null_plan', 'enforce_not_null_sql', 'scope_constraints_plan',
                         'scope_constraints_sql', 'rollback_table_sql', 'rollback_table', 'add_member',
                         'remove_member', 'create_personal_tenants', 'set_tenant_as')
@@ -42,7 +42,7 @@ SELECT is_definer('tenancy', 'set_tenant_as', ARRAY['text', 'text', 'boolean'], 
 SELECT results_eq($$
     SELECT count(*)::int FROM pg_proc p
     WHERE p.pronamespace = 'tenancy'::regnamespace AND p.prosecdef
-      AND p.proname IN ('tenant_accessor', 'column_list', 'log_step', 'verify',
+      AND p.proname IN ('tenant_accessor', 'column_list', 'unscoped_unique_indexes', 'log_step', 'verify',
                         'enforce_not_null_plan', 'enforce_not_null_sql', 'scope_constraints_plan',
                         'scope_constraints_sql', 'rollback_table_sql', 'rollback_table', 'add_member',
                         'remove_member', 'create_personal_tenants', 'enforce_not_null')$$,
@@ -56,7 +56,7 @@ SELECT ok(NOT has_table_privilege('ready_tap_app', 'tenancy.identity_sources', '
 SELECT is_empty($$
     SELECT p.oid::regprocedure FROM pg_proc p
     WHERE p.pronamespace = 'tenancy'::regnamespace
-      AND p.proname IN ('tenant_accessor', 'column_list', 'log_step', 'verify',
+      AND p.proname IN ('tenant_accessor', 'column_list', 'unscoped_unique_indexes', 'log_step', 'verify',
                         'enforce_not_null_plan', 'enforce_not_null_sql', 'scope_constraints_plan',
                         'scope_constraints_sql', 'rollback_table_sql', 'rollback_table', 'add_member',
                         'remove_member', 'create_personal_tenants', 'enforce_not_null')
