@@ -53,7 +53,7 @@
  * whole pages up to the last one completed, so a step of exactly
  * wal_writer_flush_after would often fall a page short.
  */
-#define TENANCY_WAL_FLUSH_MIN_STEP (64 * 1024)
+#define TENANCY_WAL_FLUSH_MARGIN (64 * 1024)
 
 /* End of this backend's WAL when it last woke the WAL writer. */
 static XLogRecPtr flush_behind_at = InvalidXLogRecPtr;
@@ -113,22 +113,21 @@ PG_FUNCTION_INFO_V1(tenancy_wal_flush_behind);
  *
  * Returns its argument.  When this backend has inserted more than
  * wal_writer_flush_after bytes of WAL (by 64 kB) since the last time, asks
- * the WAL writer to flush up to the end of it.  Called once per
- * row, so it only compares two positions in the common case.
+ * the WAL writer to flush up to the end of it.  Called once per row, so
+ * in the common case it only compares two positions.
  */
 Datum
 tenancy_wal_flush_behind(PG_FUNCTION_ARGS)
 {
 	XLogRecPtr	end = XactLastRecEnd;
 	uint64		step = (uint64) WalWriterFlushAfter * XLOG_BLCKSZ +
-		TENANCY_WAL_FLUSH_MIN_STEP;
+		TENANCY_WAL_FLUSH_MARGIN;
 
 	/*
-	 * XactLastRecEnd is reset at commit (and stays 0 on a standby); WAL
-	 * positions only grow, so a smaller one is a new transaction's.
+	 * XactLastRecEnd is 0 until this transaction writes WAL (and always on
+	 * a standby); WAL positions only grow, across transactions too.
 	 */
-	if (end != InvalidXLogRecPtr &&
-		(end < flush_behind_at || end - flush_behind_at >= step))
+	if (end != InvalidXLogRecPtr && end >= flush_behind_at + step)
 	{
 		XLogSetAsyncXactLSN(end);
 		flush_behind_at = end;
