@@ -18,6 +18,9 @@
 # pause => '20ms' between batches (lighter on the concurrent workload).
 #
 #   ROWS=10000000 (default)  LOOP_LIMIT=10000  WORKLOAD_TPS=100  PORT=5535
+#   FSYNC=off (default, as every throwaway cluster of this project) or on:
+#   with on, every commit (the workload's and each batch's) waits for its
+#   WAL to reach the disk, as on a production server.
 #   LOOP_CAP=3: the loop stops after LOOP_CAP times the single UPDATE's time
 #   (its rate is then measured on the rows it did).
 set -euo pipefail
@@ -30,6 +33,8 @@ LOOP_LIMIT=${LOOP_LIMIT:-10000}
 LOOP_CAP=${LOOP_CAP:-3}
 TPS=${WORKLOAD_TPS:-100}
 BASELINE_S=${BASELINE_S:-15}
+FSYNC=${FSYNC:-off}
+case $FSYNC in on|off) ;; *) echo "FSYNC must be on or off, not '$FSYNC'" >&2; exit 2 ;; esac
 
 tn_build_install
 W=$(tn_workdir bench-backfill)
@@ -37,7 +42,7 @@ PORT=${PORT:-$(tn_free_port 5535)}
 trap 'tn_cluster_stop "$W"; rm -rf "$W"' EXIT
 tn_cluster_start "$W" "$PORT" "shared_preload_libraries='tenancy'" \
     "shared_buffers='2GB'" "max_wal_size='50GB'" "checkpoint_timeout='1h'" \
-    "autovacuum=off" "max_connections=50" "log_min_messages=warning"
+    "autovacuum=off" "max_connections=50" "log_min_messages=warning" "fsync = $FSYNC"
 
 export PGHOST=$W PGPORT=$PORT PGUSER=$TN_USER PGDATABASE=postgres PGOPTIONS="-c client_min_messages=warning"
 q() { psql -X -q -v ON_ERROR_STOP=1 -At "$@"; }
@@ -197,7 +202,7 @@ ROWS_NOW=$ROWS
 make_template "$ROWS"
 rm -f "$W/lat.baseline"
 
-echo "backfill bench: $ROWS rows, 2 secondary indexes + primary key; pgbench select/update/insert at $TPS tps on the same table"
+echo "backfill bench: $ROWS rows, 2 secondary indexes + primary key; pgbench select/update/insert at $TPS tps on the same table; fsync = $FSYNC"
 printf '%-24s %10s %7s %8s %8s %8s %8s %10s %8s %10s %10s %7s\n' method rows/s ratio batches "p50 ms" "p99 ms" "max ms" "WAL B/row" "index MB" "base p99" "wl p99 ms" "vs base"
 run_method update
 UPDATE_SECS=$R_secs
