@@ -2,13 +2,16 @@
 # bench/backfill.sh: filling a new tenant column on a ROWS-row table with
 # two secondary indexes, three ways, in one run on one throwaway cluster:
 #   1. a single UPDATE ... WHERE tenant_id IS NULL (the baseline),
+#      (then, for reference, BUSY_S=30 seconds of a shell loop keeping one
+#      core busy, no SQL: what any CPU-bound job costs the workload here),
 #   2. CALL tenancy.backfill(...),
 #   3. the usual loop: UPDATE ... WHERE id IN (SELECT id ... IS NULL LIMIT n), COMMIT, repeat.
-# Each runs on a fresh copy of the same table, after a CHECKPOINT, while a
-# rate-limited pgbench read/write workload (select, update, insert) runs on
-# the same table; the same workload with no backfill, on the same copy just
-# before, is that method's latency baseline.  The single UPDATE runs again at
-# the end, to show how much the (shared) machine drifted during the run.
+# Each runs on a fresh copy of the same table, after a CHECKPOINT and a
+# sync, while a rate-limited pgbench read/write workload (select, update,
+# insert) runs on the same table; the same workload with no backfill, on the
+# same copy just before, is that method's latency baseline.  The single
+# UPDATE runs again at the end, to show how much the (shared) machine
+# drifted during the run.
 # Prints rows/s and ratios to the single UPDATE, batch durations (p50, p99,
 # max), WAL bytes per row, the size of the table's indexes afterwards, the
 # workload's p99 latency and its ratio to the baseline, and
@@ -21,6 +24,8 @@
 #   FSYNC=off (default, as every throwaway cluster of this project) or on:
 #   with on, every commit (the workload's and each batch's) waits for its
 #   WAL to reach the disk, as on a production server.
+#   TMPDIR=/dev/shm puts the throwaway cluster in memory: the same run with
+#   the disk taken out (needs about 16 GB free there at 10M rows).
 #   LOOP_CAP=3: the loop stops after LOOP_CAP times the single UPDATE's time
 #   (its rate is then measured on the rows it did).
 set -euo pipefail
@@ -33,6 +38,7 @@ LOOP_LIMIT=${LOOP_LIMIT:-10000}
 LOOP_CAP=${LOOP_CAP:-3}
 TPS=${WORKLOAD_TPS:-100}
 BASELINE_S=${BASELINE_S:-15}
+BUSY_S=${BUSY_S:-30}
 FSYNC=${FSYNC:-off}
 case $FSYNC in on|off) ;; *) echo "FSYNC must be on or off, not '$FSYNC'" >&2; exit 2 ;; esac
 
@@ -75,6 +81,10 @@ make_copy() {
       -c "VACUUM (FREEZE, ANALYZE) bench_run" \
       -c "SELECT tenancy.add_tenant_column('bench_run')" \
       -c "CHECKPOINT" >/dev/null
+    # The checkpoint leaves the copy (GBs at 10M rows) dirty in the page
+    # cache, and the kernel writes it back about 30 s later: inside the
+    # method's window, not its baseline's.  Write it out now.
+    sync
 }
 
 cat > "$W/workload.sql" <<'SQL'
@@ -130,6 +140,10 @@ run_method() {
             q -c "UPDATE bench_run SET tenant_id = '00000000-0000-0000-0000-00000000000a' WHERE tenant_id IS NULL" >/dev/null
             t1=$(now)
             calc "($t1 - $t0) * 1000" >> "$W/batch.$name" ;;
+        busy)	# no SQL: a shell loop keeps one core busy
+            timeout "$BUSY_S" sh -c 'while :; do :; done' || true
+            t1=$(now)
+            : > "$W/batch.$name" ;;
         backfill|compact|pause)
             local opt=""
             [ "$name" = compact ] && opt=", compact_indexes => true"
@@ -202,12 +216,17 @@ ROWS_NOW=$ROWS
 make_template "$ROWS"
 rm -f "$W/lat.baseline"
 
-echo "backfill bench: $ROWS rows, 2 secondary indexes + primary key; pgbench select/update/insert at $TPS tps on the same table; fsync = $FSYNC"
+echo "backfill bench: $ROWS rows, 2 secondary indexes + primary key; pgbench select/update/insert at $TPS tps on the same table; fsync = $FSYNC; cluster in $(df --output=fstype "$W" | tail -1) ($W)"
 printf '%-24s %10s %7s %8s %8s %8s %8s %10s %8s %10s %10s %7s\n' method rows/s ratio batches "p50 ms" "p99 ms" "max ms" "WAL B/row" "index MB" "base p99" "wl p99 ms" "vs base"
 run_method update
 UPDATE_SECS=$R_secs
 RATE_update=$(calc "$R_rows / $R_secs")
 report "single UPDATE" update
+# What any job that keeps one core busy costs the workload on this machine,
+# with no database work at all: the floor under the ratios below.
+run_method busy
+printf '%-24s %10s %7s %8s %8s %8s %8s %10s %8s %10.1f %10.1f %6.2fx\n' "one busy core, no SQL" - - - - - - - - \
+    "$R_base" "$(calc "$(pctl 99 "$W/lat.busy") / 1000")" "$(calc "$(pctl 99 "$W/lat.busy") / 1000 / $R_base")"
 run_method backfill
 report "tenancy.backfill" backfill
 run_method pause
