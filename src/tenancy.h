@@ -98,6 +98,16 @@ extern void status_prune(void);
 extern struct List *status_tables(Oid relid, MemoryContext cxt);
 extern int	status_lock_timeout_begin(void);
 extern void tenancy_worker_init(void);
+/* as_owner.c: work on a user table with no more rights than its owner's */
+typedef struct AsOwnerState
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} AsOwnerState;
+extern Oid	as_owner_role(Oid relid, Oid requester);
+extern void as_owner_begin(Oid relid, Oid requester, AsOwnerState *state);
+extern void as_owner_end(AsOwnerState *state);
 /* shadow.c, rls_guard.c: row-level security */
 extern void tenancy_shadow_init(void);
 extern void tenancy_rls_guard_init(void);
