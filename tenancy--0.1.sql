@@ -2638,6 +2638,19 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'The modes are migrating, shadow and enforce.';
         END IF;
+        -- Only what enable_rls() records (rls_record() is executable by
+        -- every role, and the worker and verify() trust this table): a table
+        -- with a tenant column of the key type, under its own root or the
+        -- partitioned table it belongs to.
+        PERFORM tenancy.rls_check(tbl, column_name, mode);
+        IF tbl <> root THEN
+            PERFORM tenancy.rls_check(root, column_name, mode);
+            IF tbl NOT IN (SELECT tenancy.rls_members(root)) THEN
+                RAISE EXCEPTION 'table % is not a partition of %', tbl, root
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Register a partition with the partitioned table above it, as tenancy.enable_rls() does.';
+            END IF;
+        END IF;
         SELECT t.stage, t.column_name INTO cur_stage, reg_column
           FROM tenancy.tables t WHERE t.relation = tbl;
         found_reg := FOUND;

@@ -7,6 +7,14 @@
  * cannot write.  tenancy.rls_record() checks that the caller owns the table,
  * then runs tenancy.rls_record_internal() as the extension owner, the way
  * registry.c reads the registry.
+ *
+ * rls_record() is executable by every role, and what it registers the
+ * background worker counts and verify() checks: it records only what
+ * enable_rls() would.  A temporary table is refused here (it belongs to
+ * one session, and a role with nothing but TEMP owns it);
+ * rls_record_internal() refuses what tenancy.rls_check() refuses (not a
+ * table, no such column, a column not of the tenant key type, an unknown
+ * mode) and a root the table is not a partition of.
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
@@ -23,13 +31,17 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
-/* ereport 42501 unless the current user owns the relation. */
+/*
+ * ereport 42501 unless the current user owns the relation; with
+ * registering, also refuse a temporary table (see the file header).
+ */
 static void
-check_table_owner(Oid relid)
+check_table_owner(Oid relid, bool registering)
 {
 	HeapTuple	tup;
 	Form_pg_class form;
 	char		relkind;
+	char		relpersistence;
 	char	   *relname;
 
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
@@ -39,6 +51,7 @@ check_table_owner(Oid relid)
 				 errmsg("relation with OID %u does not exist", relid)));
 	form = (Form_pg_class) GETSTRUCT(tup);
 	relkind = form->relkind;
+	relpersistence = form->relpersistence;
 	relname = pstrdup(NameStr(form->relname));
 	ReleaseSysCache(tup);
 
@@ -48,6 +61,12 @@ check_table_owner(Oid relid)
 	if (!pg_class_ownercheck(relid, GetUserId()))
 #endif
 		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(relkind), relname);
+	if (registering && relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a temporary table", relname),
+				 errdetail("tenancy registers only tables that outlive the session."),
+				 errhint("Use a permanent or unlogged table.")));
 }
 
 PG_FUNCTION_INFO_V1(tenancy_rls_record);
@@ -74,13 +93,15 @@ tenancy_rls_record(PG_FUNCTION_ARGS)
 	/* Forgetting dropped tables needs no privilege: it touches no live table. */
 	if (strcmp(op, "forget_dropped") != 0)
 	{
+		bool		registering = strcmp(op, "register") == 0;
+
 		if (PG_ARGISNULL(1))
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("table must not be null")));
-		check_table_owner(PG_GETARG_OID(1));
+		check_table_owner(PG_GETARG_OID(1), registering);
 		if (!PG_ARGISNULL(2) && PG_GETARG_OID(2) != PG_GETARG_OID(1))
-			check_table_owner(PG_GETARG_OID(2));
+			check_table_owner(PG_GETARG_OID(2), registering);
 	}
 
 	nsp = get_namespace_oid("tenancy", false);

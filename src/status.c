@@ -390,6 +390,7 @@ status_step(Oid relid, const char *column, bool in_worker)
 	Oid			index = InvalidOid;
 	double		rows;
 	StringInfoData sql;
+	AsOwnerState as_owner;
 
 	rel = try_relation_open(relid, AccessShareLock);
 	if (rel == NULL)
@@ -413,6 +414,34 @@ status_step(Oid relid, const char *column, bool in_worker)
 				 errhint("Add the tenant column with tenancy.add_tenant_column(), or correct tenancy.tables.")));
 	qcol = quote_identifier(column);
 
+	status_read(relid, &prev);
+	row = prev;
+	row.found = true;
+	/* A different column than last time: start over. */
+	if (prev.found && strcmp(prev.column_name, column) != 0)
+	{
+		memset(&row, 0, sizeof(row));
+		prev.found = false;
+		row.unmigrated_null = row.measured_null = row.base_null = true;
+		row.scan_null = row.total_null = true;
+	}
+	if (!prev.found)
+	{
+		row.unmigrated_null = row.measured_null = row.base_null = true;
+		row.scan_null = row.total_null = true;
+	}
+
+	/*
+	 * From here on the table's own code can run: the planner and the
+	 * relcache evaluate index predicates and expressions, the count runs
+	 * operators and functions the owner chose.  Run it as the table's owner
+	 * (or as the caller, if less privileged) under
+	 * SECURITY_RESTRICTED_OPERATION, and see every row under FORCE ROW
+	 * LEVEL SECURITY (as_owner.c).  tenancy.migration_status is read and
+	 * written outside, as the caller.
+	 */
+	as_owner_begin(relid, GetUserId(), &as_owner);
+
 	if (TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attnotnull ||
 		has_notnull_check(rel, attnum))
 		how = COUNT_PROOF;
@@ -433,23 +462,6 @@ status_step(Oid relid, const char *column, bool in_worker)
 				 how == COUNT_INDEX ? "partial index" :
 				 how == COUNT_SCAN ? "incremental scan" : "statistics");
 		pgstat_report_activity(STATE_RUNNING, activity);
-	}
-
-	status_read(relid, &prev);
-	row = prev;
-	row.found = true;
-	/* A different column than last time: start over. */
-	if (prev.found && strcmp(prev.column_name, column) != 0)
-	{
-		memset(&row, 0, sizeof(row));
-		prev.found = false;
-		row.unmigrated_null = row.measured_null = row.base_null = true;
-		row.scan_null = row.total_null = true;
-	}
-	if (!prev.found)
-	{
-		row.unmigrated_null = row.measured_null = row.base_null = true;
-		row.scan_null = row.total_null = true;
 	}
 
 	rows = estimate_rows(rel);
@@ -570,6 +582,7 @@ status_step(Oid relid, const char *column, bool in_worker)
 				break;
 			}
 	}
+	as_owner_end(&as_owner);
 
 	now = GetCurrentTimestamp();
 	if (strcmp(row.method, "estimate") == 0)
