@@ -227,6 +227,9 @@ COMMENT ON FUNCTION tenancy.context_stats() IS 'cluster-wide tenant switches and
 CREATE FUNCTION tenancy.reset_context_stats() RETURNS void
     AS 'MODULE_PATHNAME', 'tenancy_reset_context_stats'
     LANGUAGE C VOLATILE;
+-- Cluster-wide counters: for monitoring roles, as pg_stat_* views are.
+REVOKE EXECUTE ON FUNCTION tenancy.context_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.context_stats() TO pg_read_all_stats;
 
 ------------------------------------------------------------------------------
 -- Legacy code path: bind a role to a tenant (by default the implicit one)
@@ -1567,6 +1570,16 @@ CREATE FUNCTION tenancy.batch_timeout(ms integer) RETURNS void
     AS 'MODULE_PATHNAME', 'tenancy_batch_timeout'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION tenancy.batch_timeout(integer) IS 'arm the statement timer for one batch (ms > 0) or disarm it';
+
+-- The lock helpers act on other sessions (a held lock makes their backfill
+-- fail with 55006) and preallocate_wal() grows pg_wal: only for the roles
+-- that run backfills (README, "Backfilling", Privileges).  The other helpers
+-- above only act on the caller's own session and stay executable by PUBLIC.
+REVOKE EXECUTE ON FUNCTION
+    tenancy.backfill_try_lock(regclass),
+    tenancy.backfill_unlock(regclass),
+    tenancy.preallocate_wal(bigint)
+FROM PUBLIC;
 
 -- Raised in place of a NULL tenant from a backfill source.
 CREATE FUNCTION tenancy.backfill_null_source(anyelement) RETURNS anyelement

@@ -250,6 +250,8 @@ GRANT SELECT ON tenancy.tenants TO bf_migrator;
 GRANT SELECT, INSERT, UPDATE ON tenancy.backfill_jobs, tenancy.tables TO bf_migrator;
 GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text) TO bf_migrator;
 GRANT EXECUTE ON PROCEDURE tenancy.backfill TO bf_migrator;
+GRANT EXECUTE ON FUNCTION tenancy.backfill_try_lock(regclass), tenancy.backfill_unlock(regclass),
+    tenancy.preallocate_wal(bigint) TO bf_migrator;
 SET ROLE bf_migrator;
 CALL tenancy.backfill('bf_role_t', max_replication_lag => '1s');
 SELECT count(*) AS jobs FROM tenancy.backfill_jobs WHERE relation = 'bf_role_t'::regclass;
