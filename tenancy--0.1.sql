@@ -689,6 +689,12 @@ BEGIN
                 detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
                                  n, m);
                 fix := format('SELECT tenancy.reset_shadow_stats(%L);', r.rel::text);
+            ELSIF (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d) > 0 THEN
+                -- the counters were full: this table's divergences may be missing
+                status := 'failure'; rows_affected := NULL;
+                detail := format('shadow counters incomplete: %s rows of tables past tenancy.shadow_max_tables were not counted, so divergences may be missing: raise tenancy.shadow_max_tables (restart), reset the counters and run the workload again',
+                                 (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d));
+                fix := 'SELECT tenancy.reset_shadow_stats();';
             ELSE
                 status := 'ok'; detail := 'no shadow divergence counted';
             END IF;
@@ -2759,11 +2765,18 @@ CREATE FUNCTION tenancy.reset_shadow_stats(tbl regclass DEFAULT NULL) RETURNS vo
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION tenancy.reset_shadow_stats(regclass) IS 'reset the shadow counters of a table, or of every table of this database';
 
+CREATE FUNCTION tenancy.shadow_stats_dropped(OUT rows_dropped bigint, OUT divergences_dropped bigint)
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_stats_dropped'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.shadow_stats_dropped() IS 'cluster-wide: rows, and divergences among them, that shadow mode could not count because tenancy.shadow_max_tables tables were counted already (since reset_shadow_stats() of every table)';
+
 REVOKE ALL ON TABLE tenancy.shadow_stats FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.read_shadow_stats() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.reset_shadow_stats(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.shadow_stats_dropped() FROM PUBLIC;
 GRANT SELECT ON TABLE tenancy.shadow_stats TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION tenancy.read_shadow_stats() TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION tenancy.shadow_stats_dropped() TO pg_read_all_stats;
 
 -- Validation shared by every generator: what the table is, that the caller
 -- owns it, the tenant column and the accessor matching its type.

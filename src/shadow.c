@@ -12,12 +12,23 @@
  * atomics; only the first flush for a table takes it exclusive, to insert.
  * Divergences can be sampled into the server log
  * (tenancy.shadow_log_sample_rate).
+ *
+ * The policy functions are executable by every role, and take any regclass:
+ * only tables registered in shadow mode (tenancy.rls_tables) are counted,
+ * looked up once per backend and table (the answer is dropped when the
+ * table's relcache entry is invalidated, as switching its mode does).  The
+ * hash has a fixed size (tenancy.shadow_max_tables); counts of tables that
+ * find it full are added up in shadow_stats_dropped(), which verify()
+ * reports as incomplete counters, instead of being lost silently.
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -27,8 +38,13 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -54,7 +70,9 @@ typedef struct ShadowEntry
 typedef struct ShadowShared
 {
 	LWLock	   *lock;
-	pg_atomic_uint64 dropped;	/* counts lost because the hash was full */
+	/* Counts not kept because the hash was full (since the last reset). */
+	pg_atomic_uint64 dropped;	/* rows checked */
+	pg_atomic_uint64 dropped_divergences;	/* rows hidden + writes refused */
 } ShadowShared;
 
 typedef struct ShadowLocal
@@ -71,6 +89,10 @@ static int	shadow_max_tables = 1000;
 
 static ShadowShared *shadow = NULL;
 static HTAB *shadow_hash = NULL;
+
+/* This backend's tables known to be registered in shadow mode. */
+static HTAB *registered = NULL;
+static Oid	last_registered = InvalidOid;
 
 static ShadowLocal local_counts[SHADOW_LOCAL_SLOTS];
 static int	local_used = 0;
@@ -114,12 +136,14 @@ shadow_shmem_startup(void)
 	{
 		shadow->lock = &(GetNamedLWLockTranche("tenancy shadow"))->lock;
 		pg_atomic_init_u64(&shadow->dropped, 0);
+		pg_atomic_init_u64(&shadow->dropped_divergences, 0);
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(ShadowKey);
 	info.entrysize = sizeof(ShadowEntry);
+	/* Fixed size: never takes more than shadow_shmem_size() reserved. */
 	shadow_hash = ShmemInitHash("tenancy shadow hash", shadow_max_tables, shadow_max_tables,
-								&info, HASH_ELEM | HASH_BLOBS);
+								&info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -155,7 +179,11 @@ shadow_flush(void)
 
 			LWLockRelease(shadow->lock);
 			LWLockAcquire(shadow->lock, LW_EXCLUSIVE);
-			e = hash_search(shadow_hash, &key, HASH_ENTER_NULL, &found);
+			e = hash_search(shadow_hash, &key, HASH_FIND, NULL);
+			if (e == NULL && hash_get_num_entries(shadow_hash) < shadow_max_tables)
+				e = hash_search(shadow_hash, &key, HASH_ENTER_NULL, &found);
+			else
+				found = true;
 			if (e != NULL && !found)
 			{
 				pg_atomic_init_u64(&e->rows_checked, 0);
@@ -165,7 +193,10 @@ shadow_flush(void)
 			}
 		}
 		if (e == NULL)
+		{
 			pg_atomic_fetch_add_u64(&shadow->dropped, l->checked);
+			pg_atomic_fetch_add_u64(&shadow->dropped_divergences, l->hidden + l->refused);
+		}
 		else
 		{
 			pg_atomic_fetch_add_u64(&e->rows_checked, l->checked);
@@ -242,6 +273,99 @@ tenancy_shadow_init(void)
 	shmem_startup_hook = shadow_shmem_startup;
 }
 
+/* A relcache invalidation: forget what is known of the table (or all). */
+static void
+registered_invalidate(Datum arg, Oid relid)
+{
+	if (registered == NULL)
+		return;
+	if (!OidIsValid(relid))
+	{
+		HASH_SEQ_STATUS seq;
+		Oid		   *entry;
+
+		hash_seq_init(&seq, registered);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			hash_search(registered, entry, HASH_REMOVE, NULL);
+	}
+	else
+		hash_search(registered, &relid, HASH_REMOVE, NULL);
+	last_registered = InvalidOid;
+}
+
+/* Does tenancy.rls_tables record relid in mode shadow? */
+static bool
+lookup_shadow_mode(Oid relid)
+{
+	Oid			nsp = get_namespace_oid("tenancy", true);
+	Oid			tableoid = OidIsValid(nsp) ? get_relname_relid("rls_tables", nsp) : InvalidOid;
+	Relation	rel;
+	Oid			pkey;
+	AttrNumber	attrel;
+	AttrNumber	attmode;
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		result = false;
+
+	if (!OidIsValid(tableoid))
+		return false;
+	rel = table_open(tableoid, AccessShareLock);
+	pkey = RelationGetPrimaryKeyIndex(rel);
+	attrel = get_attnum(tableoid, "relation");
+	attmode = get_attnum(tableoid, "mode");
+	if (attrel == InvalidAttrNumber || attmode == InvalidAttrNumber)
+		elog(ERROR, "tenancy.rls_tables has no column relation or mode");
+	ScanKeyInit(&skey, attrel, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(rel, pkey, OidIsValid(pkey), NULL, 1, &skey);
+	while ((tup = systable_getnext(scan)) != NULL)
+	{
+		bool		isnull;
+		Datum		mode = heap_getattr(tup, attmode, RelationGetDescr(rel), &isnull);
+
+		if (!isnull && strcmp(TextDatumGetCString(mode), "shadow") == 0)
+			result = true;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+/*
+ * Is relid registered in shadow mode?  Only those tables are counted: the
+ * policy functions are executable by every role, with any regclass.
+ */
+static bool
+shadow_registered(Oid relid)
+{
+	bool		found;
+
+	if (relid == last_registered && OidIsValid(relid))
+		return true;
+	if (registered == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(Oid);
+		info.entrysize = sizeof(Oid);
+		info.hcxt = TopMemoryContext;
+		registered = hash_create("tenancy shadow tables", 16, &info,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(registered_invalidate, (Datum) 0);
+	}
+	(void) hash_search(registered, &relid, HASH_FIND, &found);
+	if (!found)
+	{
+		/* Not cached when not registered: a later registration counts. */
+		if (!lookup_shadow_mode(relid))
+			return false;
+		(void) hash_search(registered, &relid, HASH_ENTER, NULL);
+	}
+	last_registered = relid;
+	return true;
+}
+
 /* The local slot of a table, flushing when all slots are taken. */
 static inline ShadowLocal *
 local_slot(Oid relid)
@@ -292,7 +416,7 @@ shadow_count(FunctionCallInfo fcinfo, bool is_write, bool diverges,
 	Oid			relid = PG_GETARG_OID(0);
 	ShadowLocal *l;
 
-	if (shadow == NULL)
+	if (shadow == NULL || !shadow_registered(relid))
 		return;
 	l = local_slot(relid);
 	l->checked++;
@@ -418,6 +542,28 @@ tenancy_read_shadow_stats(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * tenancy.shadow_stats_dropped() -> (rows_dropped, divergences_dropped):
+ * counts not kept since the last reset of every table because the hash was
+ * full (tenancy.shadow_max_tables tables counted already), cluster-wide.
+ */
+PG_FUNCTION_INFO_V1(tenancy_shadow_stats_dropped);
+Datum
+tenancy_shadow_stats_dropped(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	tenancy_require_preload("tenancy.shadow_stats_dropped()");
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	shadow_flush();
+	values[0] = Int64GetDatum((int64) pg_atomic_read_u64(&shadow->dropped));
+	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&shadow->dropped_divergences));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
 PG_FUNCTION_INFO_V1(tenancy_reset_shadow_stats);
 Datum
 tenancy_reset_shadow_stats(PG_FUNCTION_ARGS)
@@ -437,6 +583,12 @@ tenancy_reset_shadow_stats(PG_FUNCTION_ARGS)
 		if (!PG_ARGISNULL(0) && e->key.relid != PG_GETARG_OID(0))
 			continue;
 		hash_search(shadow_hash, &e->key, HASH_REMOVE, NULL);
+	}
+	/* Every table of this database reset: what was dropped goes too. */
+	if (PG_ARGISNULL(0))
+	{
+		pg_atomic_write_u64(&shadow->dropped, 0);
+		pg_atomic_write_u64(&shadow->dropped_divergences, 0);
 	}
 	LWLockRelease(shadow->lock);
 	PG_RETURN_VOID();

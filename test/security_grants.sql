@@ -90,6 +90,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.shadow_read(regclass,text)', 'PUBLIC'),
     ('tenancy.shadow_read(regclass,uuid)', 'PUBLIC'),
     ('tenancy.shadow_require_preload()', 'PUBLIC'),
+    ('tenancy.shadow_stats_dropped()', 'pg_read_all_stats'),
     ('tenancy.shadow_write(regclass,bigint)', 'PUBLIC'),
     ('tenancy.shadow_write(regclass,text)', 'PUBLIC'),
     ('tenancy.shadow_write(regclass,uuid)', 'PUBLIC'),
