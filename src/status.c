@@ -23,7 +23,10 @@
  *				the last complete pass (method 'exact').
  *
  * A step is called inside a transaction (or subtransaction) with SPI
- * connected; it does one unit of work and upserts the status row.
+ * connected; it does one unit of work and upserts the status row.  The
+ * work on the table runs as its owner (as_owner.c): the relcache and the
+ * planner run code the owner controls, which must never get the rights of
+ * the worker's role or of a superuser calling refresh_status().
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
