@@ -3,7 +3,7 @@
 # As root: installs with apt-get.  As another user: prints the command and fails.
 set -euo pipefail
 
-PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
+PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap postgresql-15-plpgsql-check
           libtap-parser-sourcehandler-pgtap-perl pgbouncer)
 
 missing=()
