@@ -464,8 +464,16 @@ COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a co
 
 -- The readiness report.  One row per finding; a clean database gives one
 -- 'ok' row per check and table, so the report shows what was checked.
--- Counting runs with row_security off: a role that RLS would filter gets
--- an error instead of a wrong count.  max_rows caps each count.
+-- Counting runs through tenancy.table_query(): as the table's owner when the
+-- caller has its privileges (a superuser does), else as the caller, under
+-- SECURITY_RESTRICTED_OPERATION, so code the owner planted (index
+-- expressions and predicates, operators) never runs with more rights than
+-- the owner's; the owner sees every row, FORCE ROW LEVEL SECURITY or not.
+-- row_security is off: a role that RLS would filter gets an error instead
+-- of a wrong count.  A count that joins two tables runs as the first owner
+-- that can read both (the child's, then the parent's), else is a warning.
+-- The registry is passed as a parameter (table owners cannot read it).
+-- max_rows caps each count.
 CREATE FUNCTION tenancy.verify(tbl regclass DEFAULT NULL, max_rows bigint DEFAULT NULL)
 RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
                detail text, fix text)
@@ -490,6 +498,7 @@ DECLARE
     bad      integer;
     fix_rls  text;
     c        record;
+    keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
         RAISE EXCEPTION 'max_rows must be positive'
@@ -539,8 +548,8 @@ BEGIN
         RETURN NEXT;
 
         -- null_tenant: rows the backfill has not reached
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', r.rel, r.col, lim)
-            INTO n;
+        n := (tenancy.table_query(r.rel, NULL,
+                  format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', r.rel, r.col, lim)))[1]::bigint;
         atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
         check_name := 'null_tenant'; rows_affected := n;
         IF n > 0 THEN
@@ -557,10 +566,11 @@ BEGIN
         cond := CASE WHEN r.atttypid = tenancy.key_type()
                      THEN format('k.id = x.%I', r.col)
                      ELSE format('k.id::text = x.%I::text', r.col) END;
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s x WHERE x.%I IS NOT NULL'
-                       ' AND NOT EXISTS (SELECT 1 FROM tenancy.tenants k WHERE %s) LIMIT %s) s',
-                       r.rel, r.col, cond, lim)
-            INTO n;
+        n := (tenancy.table_query(r.rel, NULL,
+                  format('SELECT count(*) FROM (SELECT 1 FROM %s x WHERE x.%I IS NOT NULL'
+                         ' AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($1::%s[]) k(id) WHERE %s) LIMIT %s) s',
+                         r.rel, r.col, keytype, cond, lim),
+                  keys))[1]::bigint;
         atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
         check_name := 'unknown_tenant'; rows_affected := n;
         IF n > 0 THEN
@@ -598,11 +608,27 @@ BEGIN
             -- parent once per child row.  A hash join reads each table once.
             txt := current_setting('enable_nestloop');
             PERFORM set_config('enable_nestloop', 'off', true);
-            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
-                           r.rel, f.parent, f.joincond, cond, lim)
-                INTO n;
+            txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
+                           r.rel, f.parent, f.joincond, cond, lim);
+            BEGIN
+                n := (tenancy.table_query(r.rel, NULL, txt2))[1]::bigint;
+            EXCEPTION WHEN insufficient_privilege THEN
+                BEGIN
+                    n := (tenancy.table_query(f.parent, NULL, txt2))[1]::bigint;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    n := NULL; txt2 := SQLERRM;
+                END;
+            END;
             PERFORM set_config('enable_nestloop', txt, true);
-            IF n > 0 THEN
+            IF n IS NULL THEN
+                bad := bad + 1;
+                status := 'warning'; rows_affected := NULL;
+                detail := format('cannot count the references through %I: neither the owner of %s nor the owner of %s can read both tables (%s)',
+                                 f.conname, r.rel, f.parent, txt2);
+                fix := format('GRANT SELECT ON %s TO %I;', f.parent,
+                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = r.rel));
+                RETURN NEXT;
+            ELSIF n > 0 THEN
                 bad := bad + 1;
                 atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
                 status := 'failure'; rows_affected := n;
@@ -665,8 +691,8 @@ BEGIN
             cnt := cnt + 1;
             CONTINUE WHEN f.scoped;
             bad := bad + 1;
-            status := 'warning';
-            detail := format('foreign key %I (%s) references %s without the tenant column: nothing stops a new cross-tenant reference',
+            status := 'failure';
+            detail := format('foreign key %I (%s) references %s without the tenant column: a row can reference another tenant''s row, which shows that row exists and lets one tenant block the other''s deletes; enforce does not close this, the contract phase does',
                              f.conname, f.cols, f.parent);
             fix := format('SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec', r.rel::text);
             RETURN NEXT;
@@ -870,12 +896,22 @@ BEGIN
         ORDER BY s.users::text
     LOOP
         bad := bad + 1;
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE (%s) AND NOT EXISTS'
-                       ' (SELECT 1 FROM tenancy.memberships mb WHERE mb.user_key = u.%I::text) LIMIT %s) s',
-                       f.users, f.owns, f.key_column, lim)
-            INTO n;
+        -- As the owner of the users table, with the member keys as a parameter.
+        BEGIN
+            n := (tenancy.table_query(f.users, NULL,
+                      format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE (%s) AND NOT EXISTS'
+                             ' (SELECT 1 FROM pg_catalog.unnest($1::text[]) mb(user_key) WHERE mb.user_key = u.%I::text) LIMIT %s) s',
+                             f.users, f.owns, f.key_column, lim),
+                      ARRAY(SELECT DISTINCT mb.user_key FROM tenancy.memberships mb)))[1]::bigint;
+        EXCEPTION WHEN insufficient_privilege THEN
+            n := NULL; txt := SQLERRM;
+        END;
         relation := f.users; rows_affected := n;
-        IF n > 0 THEN
+        IF n IS NULL THEN
+            status := 'warning';
+            detail := format('cannot count the users: the owner of %s cannot read every resource table (%s)', f.users, txt);
+            fix := NULL;
+        ELSIF n > 0 THEN
             status := 'failure';
             detail := format('%s%s users own resources but belong to no tenant: they lose their data once policies are enforced',
                              CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n);
