@@ -70,6 +70,41 @@ SELECT tenancy.rollback_table_sql('sec_oc.parent') \gexec
 SELECT r.rolsuper AS owner_is_superuser FROM pg_roles r WHERE r.rolname = 'sec_oc_owner';
 SELECT count(*) FILTER (WHERE as_superuser) AS ran_as_superuser FROM sec_oc.ran;
 
+-- The owner runs the report on its own table under FORCE ROW LEVEL SECURITY:
+-- no superuser or BYPASSRLS needed.
+GRANT SELECT ON tenancy.tables, tenancy.tenants, tenancy.memberships, tenancy.identity_sources, tenancy.shadow_stats TO sec_oc_owner;
+GRANT EXECUTE ON FUNCTION tenancy.verify(regclass, bigint), tenancy.column_list(regclass, smallint[]),
+    tenancy.unscoped_unique_indexes(regclass, smallint) TO sec_oc_owner;
+GRANT pg_read_all_stats TO sec_oc_owner;
+SELECT tenancy.enable_rls('sec_oc.parent') IS NOT NULL AS enabled;
+SET ROLE sec_oc_owner;
+SELECT check_name, status, rows_affected FROM tenancy.verify('sec_oc.parent')
+ WHERE check_name IN ('null_tenant', 'unknown_tenant', 'rls_forced') ORDER BY check_name;
+RESET ROLE;
+SELECT tenancy.disable_rls('sec_oc.parent') IS NOT NULL AS disabled;
+
+-- A reference between tables of two owners is counted as the child's owner
+-- when it can read the parent, else as the parent's owner, else it is a
+-- warning.
+SELECT tenancy.create_tenant('globex', 'Globex', '22222222-2222-2222-2222-222222222222') IS NOT NULL AS created;
+CREATE ROLE sec_oc_other;
+GRANT USAGE ON SCHEMA sec_oc TO sec_oc_other;
+CREATE TABLE sec_oc.other_child (id int PRIMARY KEY, tenant_id uuid, parent_id int REFERENCES sec_oc.parent (id));
+INSERT INTO sec_oc.other_child VALUES (1, '22222222-2222-2222-2222-222222222222', 1);
+ALTER TABLE sec_oc.other_child OWNER TO sec_oc_other;
+INSERT INTO tenancy.tables (relation) VALUES ('sec_oc.other_child');
+SELECT status, rows_affected, detail, fix FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
+GRANT SELECT ON sec_oc.other_child TO sec_oc_owner;
+SELECT status, rows_affected FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
+REVOKE SELECT ON sec_oc.other_child FROM sec_oc_owner;
+GRANT SELECT ON sec_oc.parent TO sec_oc_other;
+SELECT status, rows_affected FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
+SELECT count(*) FILTER (WHERE as_superuser) AS ran_as_superuser FROM sec_oc.ran;
+
+REVOKE ALL ON tenancy.tables, tenancy.tenants, tenancy.memberships, tenancy.identity_sources, tenancy.shadow_stats FROM sec_oc_owner;
+REVOKE ALL ON FUNCTION tenancy.verify(regclass, bigint), tenancy.column_list(regclass, smallint[]),
+    tenancy.unscoped_unique_indexes(regclass, smallint) FROM sec_oc_owner;
 DROP SCHEMA sec_oc CASCADE;
 DROP ROLE sec_oc_owner;
+DROP ROLE sec_oc_other;
 DROP EXTENSION tenancy CASCADE;
