@@ -1788,6 +1788,11 @@ RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stmts text[] := tenancy.add_tenant_column_ddl(tbl, column_name, fill_existing);
+    -- From the catalog, as add_tenant_column_ddl() decides (not from the
+    -- statement's text, which quoted names can make say anything).
+    adds boolean := NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                 WHERE a.attrelid = tbl AND a.attname = add_tenant_column_sql.column_name
+                                   AND NOT a.attisdropped);
 BEGIN
     IF cardinality(stmts) = 0 THEN
         RETURN '';
@@ -1797,9 +1802,9 @@ BEGIN
     RETURN array_to_string(stmts, ';' || chr(10)) || ';' || chr(10)
         || '-- undo: '
         || regexp_replace(format('ALTER TABLE %s %s %I%s;', tbl,
-                                 CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
+                                 CASE WHEN adds THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
                                  column_name,
-                                 CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN '' ELSE ' DROP DEFAULT' END),
+                                 CASE WHEN adds THEN '' ELSE ' DROP DEFAULT' END),
                           '\r\n|[\r\n]', chr(10) || '-- ', 'g');
 END
 $$;

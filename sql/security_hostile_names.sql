@@ -131,6 +131,12 @@ UNION ALL
 ORDER BY 1, 2, 3;
 SELECT count(*) AS catalog_rows FROM hn_before;
 
+-- The undo of add_tenant_column_sql() depends on the catalog, not on the
+-- text of the statement: a table named like a clause does not turn
+-- "DROP DEFAULT" into "DROP COLUMN".
+CREATE TABLE "Sch $tenancy$ $$ \ ;x"."t ADD COLUMN x" (id int, tenant_id uuid);
+SELECT tenancy.add_tenant_column_sql('"Sch $tenancy$ $$ \ ;x"."t ADD COLUMN x"');
+
 DROP SCHEMA "';END IF;PERFORM hn_trap.x();IF 0=1 THEN RAISE'" CASCADE;
 DROP SCHEMA "Sch $tenancy$ $$ \ ;x" CASCADE;
 DROP SCHEMA hn_trap CASCADE;
