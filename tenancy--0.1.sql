@@ -1180,9 +1180,6 @@ BEGIN
                       FROM generate_series(1, i.indnkeyatts) k) AS keycols,
                    (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
                       FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
-                   (SELECT string_agg(coalesce(a.attname, 'expr'), '_' ORDER BY k.i)
-                      FROM unnest(u.keys) WITH ORDINALITY k(attnum, i)
-                      LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum) AS colnames,
                    pg_get_expr(i.indpred, i.indrelid, true) AS pred
             FROM tenancy.unscoped_unique_indexes(r.rel, r.attnum) u
             JOIN pg_index i ON i.indexrelid = u.indexrelid
@@ -1192,7 +1189,11 @@ BEGIN
         LOOP
             -- a generated surrogate primary key stays (verify() accepts it)
             CONTINUE WHEN f.surrogate_key;
-            newname := tenancy.object_name(r.relname || '_' || r.col || '_' || f.colnames, '_key');
+            -- Named after the index it replaces (unique in its schema, and
+            -- there until the swap): two unique indexes on the same columns
+            -- never get the same new name, and a plan made again after some
+            -- of its steps ran names the new index as the first one did.
+            newname := tenancy.object_name(f.idxname, '_tenant');
             acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
             IF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN

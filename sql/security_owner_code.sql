@@ -31,6 +31,7 @@ INSERT INTO sec_oc.child VALUES (1, '11111111-1111-1111-1111-111111111111', 1), 
 -- any query on the tables; a trigger and a default for any write.
 CREATE INDEX child_trap ON sec_oc.child (id) WHERE sec_oc.trap();
 CREATE INDEX parent_trap ON sec_oc.parent ((sec_oc.trap_int(id)));
+CREATE UNIQUE INDEX parent_trap_unique ON sec_oc.parent (code) WHERE sec_oc.trap();
 CREATE TRIGGER parent_trap BEFORE INSERT OR UPDATE ON sec_oc.parent FOR EACH ROW EXECUTE FUNCTION sec_oc.trap_trigger();
 CREATE TRIGGER child_trap BEFORE INSERT OR UPDATE ON sec_oc.child FOR EACH ROW EXECUTE FUNCTION sec_oc.trap_trigger();
 RESET ROLE;
