@@ -410,10 +410,73 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION tenancy.log_step(regclass, text, text, text) IS 'record a contract step and its undo SQL in tenancy.contract_log';
 
+-- The name of an object the contract phase creates: base || suffix when it
+-- fits in 63 bytes, else base cut on a character boundary, then '_', eight
+-- hex digits of md5(base || suffix) and suffix, so that long names that
+-- share a prefix stay distinct and PostgreSQL never truncates one (the step
+-- and its undo spell the same name).
+CREATE FUNCTION tenancy.object_name(base text, suffix text) RETURNS name
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tag text := '_' || left(md5(base || suffix), 8) || suffix;
+    cut text := left(base, 63 - octet_length(tag));
+BEGIN
+    IF octet_length(base || suffix) <= 63 THEN
+        RETURN base || suffix;
+    END IF;
+    WHILE octet_length(cut) > 63 - octet_length(tag) LOOP
+        cut := left(cut, -1);
+    END LOOP;
+    RETURN cut || tag;
+END
+$$;
+COMMENT ON FUNCTION tenancy.object_name(text, text) IS 'a name of at most 63 bytes for an object the contract phase creates: base || suffix, or a cut base with a hash';
+
+-- The guard of a contract step that replaces an object with the one an
+-- earlier step built: refuses while that one is missing or not valid, so the
+-- old one is never dropped first.  The generated SQL calls it with its
+-- arguments as literals, ahead of the DDL it guards in the same statement
+-- string (one implicit transaction under \gexec).
+CREATE FUNCTION tenancy.contract_guard(rel regclass, kind text, object_name name) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF kind = 'foreign_key' THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint c
+                        WHERE c.conrelid = rel AND c.conname = object_name AND c.contype = 'f' AND c.convalidated) THEN
+            RAISE EXCEPTION 'foreign key % of % is missing or not validated', quote_ident(object_name), rel
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The foreign key it replaces is left in place.',
+                      HINT = 'Run the add_scoped_foreign_key and validate_foreign_key steps first.';
+        END IF;
+    ELSIF kind = 'index' THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                        WHERE i.indrelid = rel AND ic.relname = object_name AND i.indisvalid) THEN
+            RAISE EXCEPTION 'index % of % is missing or not valid', quote_ident(object_name), rel
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The index it replaces is left in place.',
+                      HINT = 'Run the create_scoped_index step first (drop an invalid index an interrupted CREATE INDEX CONCURRENTLY left, then run it again).';
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'unknown object kind "%"', kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds are foreign_key and index.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid';
+
 -- The readiness report.  One row per finding; a clean database gives one
 -- 'ok' row per check and table, so the report shows what was checked.
--- Counting runs with row_security off: a role that RLS would filter gets
--- an error instead of a wrong count.  max_rows caps each count.
+-- Counting runs through tenancy.table_query(): as the table's owner when the
+-- caller has its privileges (a superuser does), else as the caller, under
+-- SECURITY_RESTRICTED_OPERATION, so code the owner planted (index
+-- expressions and predicates, operators) never runs with more rights than
+-- the owner's; the owner sees every row, FORCE ROW LEVEL SECURITY or not.
+-- row_security is off: a role that RLS would filter gets an error instead
+-- of a wrong count.  A count that joins two tables runs as the first owner
+-- that can read both (the child's, then the parent's), else is a warning.
+-- The registry is passed as a parameter (table owners cannot read it).
+-- max_rows caps each count.
 CREATE FUNCTION tenancy.verify(tbl regclass DEFAULT NULL, max_rows bigint DEFAULT NULL)
 RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
                detail text, fix text)
@@ -438,6 +501,7 @@ DECLARE
     bad      integer;
     fix_rls  text;
     c        record;
+    keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
         RAISE EXCEPTION 'max_rows must be positive'
@@ -487,8 +551,8 @@ BEGIN
         RETURN NEXT;
 
         -- null_tenant: rows the backfill has not reached
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', r.rel, r.col, lim)
-            INTO n;
+        n := (tenancy.table_query(r.rel, NULL,
+                  format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', r.rel, r.col, lim)))[1]::bigint;
         atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
         check_name := 'null_tenant'; rows_affected := n;
         IF n > 0 THEN
@@ -505,10 +569,11 @@ BEGIN
         cond := CASE WHEN r.atttypid = tenancy.key_type()
                      THEN format('k.id = x.%I', r.col)
                      ELSE format('k.id::text = x.%I::text', r.col) END;
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s x WHERE x.%I IS NOT NULL'
-                       ' AND NOT EXISTS (SELECT 1 FROM tenancy.tenants k WHERE %s) LIMIT %s) s',
-                       r.rel, r.col, cond, lim)
-            INTO n;
+        n := (tenancy.table_query(r.rel, NULL,
+                  format('SELECT count(*) FROM (SELECT 1 FROM %s x WHERE x.%I IS NOT NULL'
+                         ' AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($1::%s[]) k(id) WHERE %s) LIMIT %s) s',
+                         r.rel, r.col, keytype, cond, lim),
+                  keys))[1]::bigint;
         atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
         check_name := 'unknown_tenant'; rows_affected := n;
         IF n > 0 THEN
@@ -546,11 +611,27 @@ BEGIN
             -- parent once per child row.  A hash join reads each table once.
             txt := current_setting('enable_nestloop');
             PERFORM set_config('enable_nestloop', 'off', true);
-            EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
-                           r.rel, f.parent, f.joincond, cond, lim)
-                INTO n;
+            txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
+                           r.rel, f.parent, f.joincond, cond, lim);
+            BEGIN
+                n := (tenancy.table_query(r.rel, NULL, txt2))[1]::bigint;
+            EXCEPTION WHEN insufficient_privilege THEN
+                BEGIN
+                    n := (tenancy.table_query(f.parent, NULL, txt2))[1]::bigint;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    n := NULL; txt2 := SQLERRM;
+                END;
+            END;
             PERFORM set_config('enable_nestloop', txt, true);
-            IF n > 0 THEN
+            IF n IS NULL THEN
+                bad := bad + 1;
+                status := 'warning'; rows_affected := NULL;
+                detail := format('cannot count the references through %I: neither the owner of %s nor the owner of %s can read both tables (%s)',
+                                 f.conname, r.rel, f.parent, txt2);
+                fix := format('GRANT SELECT ON %s TO %I;', f.parent,
+                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = r.rel));
+                RETURN NEXT;
+            ELSIF n > 0 THEN
                 bad := bad + 1;
                 atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
                 status := 'failure'; rows_affected := n;
@@ -613,8 +694,8 @@ BEGIN
             cnt := cnt + 1;
             CONTINUE WHEN f.scoped;
             bad := bad + 1;
-            status := 'warning';
-            detail := format('foreign key %I (%s) references %s without the tenant column: nothing stops a new cross-tenant reference',
+            status := 'failure';
+            detail := format('foreign key %I (%s) references %s without the tenant column: a row can reference another tenant''s row, which shows that row exists and lets one tenant block the other''s deletes; enforce does not close this, the contract phase does',
                              f.conname, f.cols, f.parent);
             fix := format('SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec', r.rel::text);
             RETURN NEXT;
@@ -824,12 +905,22 @@ BEGIN
         ORDER BY s.users::text
     LOOP
         bad := bad + 1;
-        EXECUTE format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE (%s) AND NOT EXISTS'
-                       ' (SELECT 1 FROM tenancy.memberships mb WHERE mb.user_key = u.%I::text) LIMIT %s) s',
-                       f.users, f.owns, f.key_column, lim)
-            INTO n;
+        -- As the owner of the users table, with the member keys as a parameter.
+        BEGIN
+            n := (tenancy.table_query(f.users, NULL,
+                      format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE (%s) AND NOT EXISTS'
+                             ' (SELECT 1 FROM pg_catalog.unnest($1::text[]) mb(user_key) WHERE mb.user_key = u.%I::text) LIMIT %s) s',
+                             f.users, f.owns, f.key_column, lim),
+                      ARRAY(SELECT DISTINCT mb.user_key FROM tenancy.memberships mb)))[1]::bigint;
+        EXCEPTION WHEN insufficient_privilege THEN
+            n := NULL; txt := SQLERRM;
+        END;
         relation := f.users; rows_affected := n;
-        IF n > 0 THEN
+        IF n IS NULL THEN
+            status := 'warning';
+            detail := format('cannot count the users: the owner of %s cannot read every resource table (%s)', f.users, txt);
+            fix := NULL;
+        ELSIF n > 0 THEN
             status := 'failure';
             detail := format('%s%s users own resources but belong to no tenant: they lose their data once policies are enforced',
                              CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n);
@@ -905,7 +996,7 @@ BEGIN
         RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
             USING ERRCODE = 'undefined_column';
     END IF;
-    chk := left('tenancy_' || col || '_not_null', 63);
+    chk := tenancy.object_name('tenancy_' || col, '_not_null');
     SELECT c.oid, c.convalidated INTO con FROM pg_constraint c
      WHERE c.conrelid = tbl AND c.conname = chk AND c.contype = 'c';
     IF NOT is_notnull THEN
@@ -973,7 +1064,9 @@ BEGIN
       FROM tenancy.enforce_not_null_plan(tbl) p;
     SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
     IF 'set_not_null' = ANY (steps) THEN
-        EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, col) INTO nulls;
+        -- As the table owner: the planner evaluates the owner's index
+        -- expressions and predicates.
+        nulls := (tenancy.table_query(tbl, NULL, format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, col)))[1]::bigint;
         IF nulls > 0 THEN
             RAISE EXCEPTION 'table % has % rows with a NULL %', tbl, nulls, col
                 USING ERRCODE = 'not_null_violation',
@@ -1000,7 +1093,7 @@ BEGIN
             attempt := attempt + 1;
             BEGIN
                 PERFORM pg_catalog.set_config('lock_timeout', timeout, true);
-                EXECUTE sqls[i];
+                PERFORM tenancy.table_exec(tbl, NULL, sqls[i]);
                 PERFORM tenancy.log_step(tbl, steps[i], sqls[i], undos[i]);
                 EXIT;
             EXCEPTION
@@ -1020,7 +1113,7 @@ BEGIN
             END;
         END LOOP;
         IF raced THEN
-            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, left('tenancy_' || col || '_not_null', 63));
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, tenancy.object_name('tenancy_' || col, '_not_null'));
             UPDATE tenancy.contract_log l SET undone_at = now()
              WHERE l.relation = tbl AND l.step = 'add_check' AND l.undone_at IS NULL;
             COMMIT;
@@ -1045,9 +1138,13 @@ COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'm
 --      constraint or index without the tenant column, and a unique
 --      (tenant, key) on each parent a foreign key needs;
 --   2. add each foreign key again as (tenant, key) NOT VALID;
---   3. VALIDATE it (no lock that blocks writes);
+--   3. VALIDATE it (no lock that blocks writes), through table_exec(): the
+--      check's query is planned and run as the table's owner, so index
+--      expressions and predicates the owner wrote never run as the DBA;
 --   4. drop the old foreign key and give its name to the new one;
 --   5. swap each unique constraint (or index) for its scoped index.
+-- Steps 4 and 5 first call contract_guard(); names only ever appear quoted
+-- (%I, or %L for literals), and names the plan makes go through object_name().
 CREATE FUNCTION tenancy.scope_constraints_plan(tbl regclass DEFAULT NULL)
 RETURNS TABLE (step integer, relation regclass, action text, sql text, undo_sql text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1075,9 +1172,10 @@ BEGIN
 
     FOR r IN
         SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
-               c.relnamespace::regnamespace::name AS nsp
+               n.nspname AS nsp
         FROM tenancy.tables t
         JOIN pg_class c ON c.oid = t.relation
+        JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = t.relation AND a.attname = t.column_name
                            AND a.attnum > 0 AND NOT a.attisdropped
         WHERE tbl IS NULL OR t.relation = tbl
@@ -1091,9 +1189,6 @@ BEGIN
                       FROM generate_series(1, i.indnkeyatts) k) AS keycols,
                    (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
                       FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
-                   (SELECT string_agg(coalesce(a.attname, 'expr'), '_' ORDER BY k.i)
-                      FROM unnest(u.keys) WITH ORDINALITY k(attnum, i)
-                      LEFT JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum) AS colnames,
                    pg_get_expr(i.indpred, i.indrelid, true) AS pred
             FROM tenancy.unscoped_unique_indexes(r.rel, r.attnum) u
             JOIN pg_index i ON i.indexrelid = u.indexrelid
@@ -1103,7 +1198,11 @@ BEGIN
         LOOP
             -- a generated surrogate primary key stays (verify() accepts it)
             CONTINUE WHEN f.surrogate_key;
-            newname := left(r.relname || '_' || r.col || '_' || f.colnames, 59) || '_key';
+            -- Named after the index it replaces (unique in its schema, and
+            -- there until the swap): two unique indexes on the same columns
+            -- never get the same new name, and a plan made again after some
+            -- of its steps ran names the new index as the first one did.
+            newname := tenancy.object_name(f.idxname, '_tenant');
             acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
             IF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
@@ -1145,8 +1244,8 @@ BEGIN
             ELSE
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_index',
-                    'sql', format($f$DO $tenancy$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index WHERE indexrelid = %L::regclass AND indisvalid) THEN RAISE EXCEPTION 'index %s is not valid' USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I; END $tenancy$ $f$,
-                                  format('%I.%I', r.nsp, newname), format('%I.%I', r.nsp, newname),
+                    'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
+                                  r.rel::text, 'index', newname,
                                   r.nsp, f.idxname, r.nsp, newname, f.idxname),
                     'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
                                    r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
@@ -1156,7 +1255,7 @@ BEGIN
         -- 1 to 4: foreign keys to registered tables, as (tenant, key)
         FOR f IN
             SELECT c.oid, c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
-                   pc.relname AS prelname, pc.relkind AS prelkind, pc.relnamespace::regnamespace::name AS pnsp,
+                   pc.relname AS prelname, pc.relkind AS prelkind, pn.nspname AS pnsp,
                    c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
                    tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
                    tenancy.column_list(c.confrelid::regclass, c.confkey) AS refcols,
@@ -1167,6 +1266,7 @@ BEGIN
             FROM pg_constraint c
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
             JOIN pg_class pc ON pc.oid = c.confrelid
+            JOIN pg_namespace pn ON pn.oid = pc.relnamespace
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
                                 AND pa.attnum > 0 AND NOT pa.attisdropped
             WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
@@ -1184,7 +1284,7 @@ BEGIN
                        = (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x)
                  LIMIT 1;
                 IF idx IS NULL THEN
-                    idx := left(f.prelname || '_' || f.pcol || '_' || f.refnames, 59) || '_key';
+                    idx := tenancy.object_name(f.prelname || '_' || f.pcol || '_' || f.refnames, '_key');
                     phases[1] := phases[1] || jsonb_build_object(
                         'rel', f.parent::text, 'action', 'create_parent_index',
                         'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)',
@@ -1195,7 +1295,7 @@ BEGIN
                 planned := planned || jsonb_build_object(want, idx);
             END IF;
 
-            newcon := left(f.conname, 56) || '_tenant';
+            newcon := tenancy.object_name(f.conname, '_tenant');
             acts := CASE f.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END
                  || CASE f.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE'
                                        WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END
@@ -1212,7 +1312,8 @@ BEGIN
                 'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', r.rel, newcon));
             phases[3] := phases[3] || jsonb_build_object(
                 'rel', r.rel::text, 'action', 'validate_foreign_key',
-                'sql', format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, newcon),
+                'sql', format('SELECT tenancy.table_exec(%L, NULL, %L)',
+                              r.rel::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, newcon)),
                 'undo', NULL);
             def := pg_get_constraintdef(f.oid);
             IF def !~ ' NOT VALID$' THEN
@@ -1220,10 +1321,11 @@ BEGIN
             END IF;
             phases[4] := phases[4] || jsonb_build_object(
                 'rel', r.rel::text, 'action', 'replace_foreign_key',
-                'sql', format($f$DO $tenancy$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %L::regclass AND conname = %L AND convalidated) THEN RAISE EXCEPTION 'foreign key %s is missing or not validated' USING ERRCODE = 'object_not_in_prerequisite_state'; END IF; ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I; END $tenancy$ $f$,
-                              r.rel::text, newcon, quote_ident(newcon), r.rel, f.conname, r.rel, newcon, f.conname),
-                'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; ALTER TABLE %s VALIDATE CONSTRAINT %I',
-                               r.rel, f.conname, newcon, r.rel, f.conname, def, r.rel, f.conname));
+                'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                              r.rel::text, 'foreign_key', newcon, r.rel, f.conname, r.rel, newcon, f.conname),
+                'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; SELECT tenancy.table_exec(%L, NULL, %L)',
+                               r.rel, f.conname, newcon, r.rel, f.conname, def,
+                               r.rel::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, f.conname)));
         END LOOP;
     END LOOP;
 
@@ -1535,6 +1637,8 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
+-- contract_guard() and object_name() read the catalog and nothing else: they
+-- stay executable by PUBLIC, so that whoever runs the plan can run its guards.
 
 ------------------------------------------------------------------------------
 -- Backfill: additive tenant columns and batched, resumable backfills
@@ -1704,15 +1808,24 @@ RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stmts text[] := tenancy.add_tenant_column_ddl(tbl, column_name, fill_existing);
+    -- From the catalog, as add_tenant_column_ddl() decides (not from the
+    -- statement's text, which quoted names can make say anything).
+    adds boolean := NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                 WHERE a.attrelid = tbl AND a.attname = add_tenant_column_sql.column_name
+                                   AND NOT a.attisdropped);
 BEGIN
     IF cardinality(stmts) = 0 THEN
         RETURN '';
     END IF;
+    -- A line break in a quoted name would end the comment: each line of the
+    -- undo gets its own '-- '.
     RETURN array_to_string(stmts, ';' || chr(10)) || ';' || chr(10)
-        || format('-- undo: ALTER TABLE %s %s %I%s;', tbl,
-                  CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
-                  column_name,
-                  CASE WHEN stmts[1] LIKE '% ADD COLUMN %' THEN '' ELSE ' DROP DEFAULT' END);
+        || '-- undo: '
+        || regexp_replace(format('ALTER TABLE %s %s %I%s;', tbl,
+                                 CASE WHEN adds THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
+                                 column_name,
+                                 CASE WHEN adds THEN '' ELSE ' DROP DEFAULT' END),
+                          '\r\n|[\r\n]', chr(10) || '-- ', 'g');
 END
 $$;
 COMMENT ON FUNCTION tenancy.add_tenant_column_sql(regclass, name, boolean) IS 'the DDL add_tenant_column() would run, and how to undo it';
