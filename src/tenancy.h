@@ -111,5 +111,6 @@ extern void as_owner_end(AsOwnerState *state);
 /* shadow.c, rls_guard.c: row-level security */
 extern void tenancy_shadow_init(void);
 extern void tenancy_rls_guard_init(void);
+extern bool tenant_switch_refused(const char **reason, const char **detail);
 
 #endif							/* TENANCY_H */
