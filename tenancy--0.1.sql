@@ -76,6 +76,47 @@ END
 $do$;
 
 CREATE UNIQUE INDEX tenants_one_implicit ON tenancy.tenants (is_implicit) WHERE is_implicit;
+
+-- set_tenant() and lookup_tenant() take a key or a slug, the key first, so
+-- no name may mean two tenants.  A slug shaped like a key of the registry's
+-- key type would be read as a key (the rule of tenant_key_shaped() in C,
+-- spelled for slugs): refused.  With text keys every slug is also a valid
+-- key: a slug that is another tenant's key, or a key that is another
+-- tenant's slug, is refused.
+CREATE FUNCTION tenancy.tenants_check_names() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keytype text := pg_typeof(NEW.id)::text;
+BEGIN
+    IF (keytype = 'bigint' AND NEW.slug ~ '^[0-9]+$')
+       OR (keytype = 'uuid' AND NEW.slug ~ '^[0-9a-f-]{32,}$') THEN
+        RAISE EXCEPTION 'tenant slug "%" has the form of a % tenant key', NEW.slug, keytype
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'tenancy.set_tenant() would read it as a key, never as a slug.',
+                  HINT = CASE keytype WHEN 'bigint' THEN 'Use a slug with at least one letter or hyphen.'
+                                      ELSE 'Use a slug shorter than 32 characters, or with a letter beyond f.' END;
+    END IF;
+    IF keytype = 'text' THEN
+        IF EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.id::text = NEW.slug AND t.id::text <> NEW.id::text) THEN
+            RAISE EXCEPTION 'tenant slug "%" is the key of another tenant', NEW.slug
+                USING ERRCODE = 'unique_violation',
+                      DETAIL = 'Keys are looked up before slugs: the slug would name the other tenant.',
+                      HINT = 'Choose another slug.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = NEW.id::text AND t.slug <> NEW.slug) THEN
+            RAISE EXCEPTION 'tenant key "%" is the slug of another tenant', NEW.id
+                USING ERRCODE = 'unique_violation',
+                      DETAIL = 'Keys are looked up before slugs: the key would shadow the other tenant''s slug.',
+                      HINT = 'Choose another key.';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER tenants_check_names
+    BEFORE INSERT OR UPDATE OF id, slug ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenants_check_names();
+REVOKE ALL ON FUNCTION tenancy.tenants_check_names() FROM PUBLIC;
 COMMENT ON TABLE tenancy.tenants IS 'tenant registry: key, slug, name, status; at most one implicit tenant';
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenants', '');
 

@@ -383,6 +383,15 @@ resolve_tenant(const char *input, char *key_out)
 	bool		found = false;
 
 	parsed = tenant_key_parse(input, (TenantKeyType) tenancy_tenant_type, &key, &detail);
+	/* Key-shaped input names a key, never a slug (create_tenant() refuses those). */
+	if (!parsed && tenant_key_shaped(input, (TenantKeyType) tenancy_tenant_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid tenant key \"%s\" for key type %s",
+						input, tenant_key_type_name((TenantKeyType) tenancy_tenant_type)),
+				 errdetail("%s", detail),
+				 errhint("Pass a tenant key of type %s or a tenant slug.",
+						 tenant_key_type_name((TenantKeyType) tenancy_tenant_type))));
 	if (parsed && !tenancy_validate_tenant)
 	{
 		strlcpy(key_out, key.text, TENANT_KEY_MAXLEN + 1);

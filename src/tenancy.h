@@ -41,6 +41,7 @@ extern bool tenant_key_parse(const char *input, TenantKeyType type,
 							 TenantKey *key, const char **detail);
 extern const char *tenant_key_type_name(TenantKeyType type);
 extern Oid	tenant_key_type_oid(TenantKeyType type);
+extern bool tenant_key_shaped(const char *input, TenantKeyType type);
 
 /* context.c */
 extern bool tenancy_check_tenant_id(char **newval, void **extra, GucSource source);
