@@ -76,6 +76,47 @@ END
 $do$;
 
 CREATE UNIQUE INDEX tenants_one_implicit ON tenancy.tenants (is_implicit) WHERE is_implicit;
+
+-- set_tenant() and lookup_tenant() take a key or a slug, the key first, so
+-- no name may mean two tenants.  A slug shaped like a key of the registry's
+-- key type would be read as a key (the rule of tenant_key_shaped() in C,
+-- spelled for slugs): refused.  With text keys every slug is also a valid
+-- key: a slug that is another tenant's key, or a key that is another
+-- tenant's slug, is refused.
+CREATE FUNCTION tenancy.tenants_check_names() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keytype text := pg_typeof(NEW.id)::text;
+BEGIN
+    IF (keytype = 'bigint' AND NEW.slug ~ '^[0-9]+$')
+       OR (keytype = 'uuid' AND NEW.slug ~ '^[0-9a-f-]{32,}$') THEN
+        RAISE EXCEPTION 'tenant slug "%" has the form of a % tenant key', NEW.slug, keytype
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'tenancy.set_tenant() would read it as a key, never as a slug.',
+                  HINT = CASE keytype WHEN 'bigint' THEN 'Use a slug with at least one letter or hyphen.'
+                                      ELSE 'Use a slug shorter than 32 characters, or with a letter beyond f.' END;
+    END IF;
+    IF keytype = 'text' THEN
+        IF EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.id::text = NEW.slug AND t.id::text <> NEW.id::text) THEN
+            RAISE EXCEPTION 'tenant slug "%" is the key of another tenant', NEW.slug
+                USING ERRCODE = 'unique_violation',
+                      DETAIL = 'Keys are looked up before slugs: the slug would name the other tenant.',
+                      HINT = 'Choose another slug.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = NEW.id::text AND t.slug <> NEW.slug) THEN
+            RAISE EXCEPTION 'tenant key "%" is the slug of another tenant', NEW.id
+                USING ERRCODE = 'unique_violation',
+                      DETAIL = 'Keys are looked up before slugs: the key would shadow the other tenant''s slug.',
+                      HINT = 'Choose another key.';
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER tenants_check_names
+    BEFORE INSERT OR UPDATE OF id, slug ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenants_check_names();
+REVOKE ALL ON FUNCTION tenancy.tenants_check_names() FROM PUBLIC;
 COMMENT ON TABLE tenancy.tenants IS 'tenant registry: key, slug, name, status; at most one implicit tenant';
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenants', '');
 
@@ -168,6 +209,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT id::text FROM tenancy.tenants WHERE is_implicit;
 $$;
 COMMENT ON FUNCTION tenancy.implicit_tenant() IS 'key of the implicit tenant, or NULL';
+
+-- Is the current tenant the implicit one?  The migrating-mode policies let
+-- only the implicit tenant change rows whose tenant is still NULL; they call
+-- this once per statement (an uncorrelated sub-select), as any role the
+-- policy applies to.  It reads the registry through the backend's cache, as
+-- set_tenant() does (src/registry.c), so it stays executable by PUBLIC.
+CREATE FUNCTION tenancy.is_implicit_tenant() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_is_implicit_tenant'
+    LANGUAGE C STABLE;
+COMMENT ON FUNCTION tenancy.is_implicit_tenant() IS 'true when the current tenant is the implicit tenant';
 
 ------------------------------------------------------------------------------
 -- Registered tenant tables: the tables being migrated, their tenant column,
@@ -708,29 +759,43 @@ BEGIN
         END IF;
 
         -- rls_enabled, rls_forced, tenancy_policy: the table and each partition
+        -- and inheritance child
         FOR p IN
             SELECT c.oid::regclass AS prel, c.relrowsecurity, c.relforcerowsecurity,
                    EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = c.oid
-                           AND pol.polname = 'tenancy_policy') AS has_policy
+                           AND pol.polname = 'tenancy_policy') AS has_policy,
+                   -- migrating mode's policies: all of them in that stage, none in others
+                   (SELECT string_agg(quote_ident(l.name), ', ' ORDER BY l.name)
+                      FROM unnest(tenancy.rls_legacy_policies()) l(name)
+                     WHERE EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = c.oid AND pol.polname = l.name)
+                           IS DISTINCT FROM coalesce(r.stage = 'migrating', false)) AS legacy_wrong
             FROM (SELECT r.rel::oid AS relid, 0 AS level
                   UNION ALL
-                  SELECT pt.relid, pt.level FROM pg_partition_tree(r.rel) pt WHERE pt.level > 0) tree
+                  SELECT pt.relid, pt.level FROM tenancy.rls_tree(r.rel) pt WHERE pt.level > 0) tree
             JOIN pg_class c ON c.oid = tree.relid
             ORDER BY tree.level, c.oid::regclass::text
         LOOP
             relation := p.prel; rows_affected := NULL;
-            -- one fix for all three: enable_rls() enables, forces and creates the policy
-            fix_rls := format('SELECT tenancy.enable_rls(%L%s);', r.rel::text,
-                              CASE WHEN r.col <> 'tenant_id'
-                                   THEN format(', column_name => %L', r.col) ELSE '' END);
+            -- one fix for all three: enable_rls() enables, forces and creates the policy;
+            -- set_mode() covers what a covered table's tree misses
+            fix_rls := CASE WHEN EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = r.rel AND t.root = r.rel)
+                            THEN format('SELECT tenancy.set_mode(%L, %L);', r.rel::text,
+                                        (SELECT t.mode FROM tenancy.rls_tables t WHERE t.relation = r.rel))
+                            ELSE format('SELECT tenancy.enable_rls(%L%s);', r.rel::text,
+                                        CASE WHEN r.col <> 'tenant_id'
+                                             THEN format(', column_name => %L', r.col) ELSE '' END) END;
             FOR c IN
                 SELECT * FROM (VALUES
                     ('rls_enabled', p.relrowsecurity, 'row level security is enabled',
                      'row level security is disabled: every role with SELECT sees every tenant'),
                     ('rls_forced', p.relforcerowsecurity, 'row level security is forced for the owner too',
                      'row level security is not forced: the table owner (often the application role) bypasses the policy'),
-                    ('tenancy_policy', p.has_policy, 'policy tenancy_policy exists',
-                     'policy tenancy_policy is missing: nothing limits rows to the current tenant')
+                    ('tenancy_policy', p.has_policy AND p.legacy_wrong IS NULL, 'policy tenancy_policy exists',
+                     CASE WHEN NOT p.has_policy
+                          THEN 'policy tenancy_policy is missing: nothing limits rows to the current tenant'
+                          WHEN r.stage = 'migrating'
+                          THEN format('migrating-mode policies %s are missing: rows whose tenant is still NULL are hidden, or the implicit tenant cannot change them', p.legacy_wrong)
+                          ELSE format('migrating-mode policies %s are left in stage %s: rows whose tenant is NULL stay visible or changeable by every tenant', p.legacy_wrong, r.stage) END)
                 ) v(name, good, ok_detail, bad_detail)
             LOOP
                 check_name := c.name;
@@ -1366,6 +1431,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     l   record;
     st  text;
+    pn  name;
 BEGIN
     SELECT t.stage INTO st FROM tenancy.tables t WHERE t.relation = tbl;
     IF NOT FOUND THEN
@@ -1402,15 +1468,21 @@ BEGIN
             FOR l IN
                 SELECT c.oid::regclass AS rel,
                        NOT EXISTS (SELECT 1 FROM pg_policy p2 WHERE p2.polrelid = c.oid
-                                   AND p2.polname <> 'tenancy_policy') AS only_policy
+                                   AND p2.polname <> 'tenancy_policy'
+                                   AND p2.polname <> ALL (tenancy.rls_legacy_policies())) AS only_policy
                 FROM (SELECT tbl::oid AS relid, 0 AS level
                       UNION ALL
-                      SELECT pt.relid, pt.level FROM pg_partition_tree(tbl) pt WHERE pt.level > 0) tree
+                      SELECT pt.relid, pt.level FROM tenancy.rls_tree(tbl) pt WHERE pt.level > 0) tree
                 JOIN pg_class c ON c.oid = tree.relid
                 WHERE EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenancy_policy')
                 ORDER BY tree.level, c.oid::regclass::text
             LOOP
                 RETURN NEXT format('DROP POLICY tenancy_policy ON %s;', l.rel);
+                FOR pn IN SELECT p.polname FROM pg_policy p
+                            WHERE p.polrelid = l.rel AND p.polname = ANY (tenancy.rls_legacy_policies())
+                            ORDER BY p.polname LOOP
+                    RETURN NEXT format('DROP POLICY %I ON %s;', pn, l.rel);
+                END LOOP;
                 IF l.only_policy THEN
                     RETURN NEXT format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;', l.rel);
                 END IF;
@@ -2966,8 +3038,9 @@ BEGIN
         using_expr := format('%s OPERATOR(pg_catalog.=) %s', col, chk.accessor);
         check_expr := using_expr;
     ELSIF mode = 'migrating' THEN
-        using_expr := format('%s OPERATOR(pg_catalog.=) %s OR %s IS NULL', col, chk.accessor, col);
-        check_expr := format('%s OPERATOR(pg_catalog.=) %s', col, chk.accessor);
+        -- rows whose tenant is NULL: see tenancy.rls_legacy_stmts()
+        using_expr := format('%s OPERATOR(pg_catalog.=) %s', col, chk.accessor);
+        check_expr := using_expr;
     ELSE
         using_expr := format('tenancy.shadow_read(%L::regclass, %s)', chk.qualified, col);
         check_expr := format('tenancy.shadow_write(%L::regclass, %s)', chk.qualified, col);
@@ -2975,14 +3048,50 @@ BEGIN
 END
 $$;
 
--- The tables a policy goes on: the table and, for a partitioned table, every
--- partition below it that can carry row security (foreign tables cannot).
--- Partitions come first: see tenancy.rls_cover_partitions().
+-- Migrating mode adds, next to tenancy_policy (plain equality in every mode
+-- but shadow), one policy per command for rows whose tenant is still NULL:
+-- every tenant reads them, only the implicit tenant updates or deletes them
+-- (nobody while no implicit tenant is set).  tenancy.is_implicit_tenant()
+-- reads the registry when the statement runs, so set_implicit_tenant() needs
+-- no set_mode() after it.
+CREATE FUNCTION tenancy.rls_legacy_policies() RETURNS name[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY['tenancy_policy_legacy_delete', 'tenancy_policy_legacy_read',
+                 'tenancy_policy_legacy_update']::name[];
+$$;
+
+CREATE FUNCTION tenancy.rls_legacy_stmts(qualified text, column_name name, roles text, mode text)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN mode = 'migrating' THEN ARRAY[
+        format('CREATE POLICY tenancy_policy_legacy_read ON %s AS PERMISSIVE FOR SELECT TO %s USING (%I IS NULL)',
+               qualified, roles, column_name),
+        format('CREATE POLICY tenancy_policy_legacy_update ON %s AS PERMISSIVE FOR UPDATE TO %s USING (%I IS NULL AND (SELECT tenancy.is_implicit_tenant())) WITH CHECK (%I IS NULL AND (SELECT tenancy.is_implicit_tenant()))',
+               qualified, roles, column_name, column_name),
+        format('CREATE POLICY tenancy_policy_legacy_delete ON %s AS PERMISSIVE FOR DELETE TO %s USING (%I IS NULL AND (SELECT tenancy.is_implicit_tenant()))',
+               qualified, roles, column_name)]
+    ELSE '{}'::text[] END;
+$$;
+
+-- The table and everything below it, partitions and inheritance children
+-- alike (both are rows of pg_inherits), at any depth.
+CREATE FUNCTION tenancy.rls_tree(tbl regclass) RETURNS TABLE (relid regclass, level integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree(relid, level) AS (
+        SELECT tbl::oid, 0
+        UNION
+        SELECT i.inhrelid, tree.level + 1 FROM tree JOIN pg_inherits i ON i.inhparent = tree.relid
+    )
+    SELECT t.relid::regclass, min(t.level) FROM tree t GROUP BY t.relid;
+$$;
+
+-- The tables a policy goes on: the table and every partition and
+-- inheritance child below it that can carry row security (foreign tables
+-- cannot).  Children come first: see tenancy.rls_cover_partitions().
 CREATE FUNCTION tenancy.rls_members(tbl regclass) RETURNS SETOF regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.relid
-      FROM (SELECT t.relid, t.level FROM pg_partition_tree(tbl) t
-            UNION SELECT tbl, 0) m
+      FROM tenancy.rls_tree(tbl) m
       JOIN pg_class c ON c.oid = m.relid
      WHERE c.relkind IN ('r', 'p')
      ORDER BY m.level DESC, c.relname, m.relid;
@@ -3010,7 +3119,8 @@ BEGIN
         format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', chk.qualified),
         format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', chk.qualified),
         format('CREATE POLICY tenancy_policy ON %s AS PERMISSIVE FOR ALL TO %s USING (%s) WITH CHECK (%s)',
-               chk.qualified, roles, q.using_expr, q.check_expr)];
+               chk.qualified, roles, q.using_expr, q.check_expr)]
+        || tenancy.rls_legacy_stmts(chk.qualified, column_name, roles, mode);
 END
 $$;
 
@@ -3035,7 +3145,7 @@ BEGIN
                       HINT = 'Change its mode with tenancy.set_mode(), or call tenancy.disable_rls() first.';
         END IF;
     END LOOP;
-    IF chk.is_partitioned THEN
+    IF chk.is_partitioned OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = tbl) THEN
         stmts := stmts || format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', chk.qualified);
     END IF;
     FOR m IN SELECT tenancy.rls_members(tbl) LOOP
@@ -3078,12 +3188,11 @@ BEGIN
         RAISE EXCEPTION 'relation with OID % does not exist', tbl::oid USING ERRCODE = 'undefined_table';
     END IF;
 
-    -- Tables (the table and its partitions) with no index led by the tenant column.
+    -- Tables (the table, its partitions and children) with no index led by the tenant column.
     RETURN QUERY
     SELECT 'missing_index', m.relid::regclass::text,
            format('no index starts with column %I: tenant-scoped queries read the whole table', col)
-      FROM (SELECT t.relid, t.level FROM pg_partition_tree(tbl) t
-            UNION SELECT tbl, 0) m
+      FROM tenancy.rls_tree(tbl) m
       JOIN pg_class c ON c.oid = m.relid
      WHERE c.relkind IN ('r', 'p')
        AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a
@@ -3091,12 +3200,25 @@ BEGIN
                         WHERE i.indrelid = m.relid AND a.attname = col)
      ORDER BY m.level, c.relname;
 
-    -- Partitions that cannot carry row security.
+    -- Partitions and inheritance children that cannot carry row security.
     RETURN QUERY
     SELECT 'foreign_partition', m.relid::regclass::text,
            'a foreign table cannot have row level security: rows read through it are not filtered'
-      FROM pg_partition_tree(tbl) m JOIN pg_class c ON c.oid = m.relid
+      FROM tenancy.rls_tree(tbl) m JOIN pg_class c ON c.oid = m.relid
      WHERE c.relkind = 'f' ORDER BY c.relname;
+
+    -- Inheritance children without the policy: read directly, they show
+    -- every tenant's rows to roles with SELECT on them.
+    RETURN QUERY
+    SELECT 'uncovered_inheritance_child', m.relid::regclass::text,
+           format('inherits from %s but has no tenancy_policy: roles with SELECT on it read every tenant''s rows; %s covers it',
+                  tbl::text,
+                  CASE WHEN EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = tbl AND t.root = tbl)
+                       THEN 'tenancy.set_mode() on the table' ELSE 'tenancy.enable_rls() on the table' END)
+      FROM tenancy.rls_tree(tbl) m JOIN pg_class c ON c.oid = m.relid
+     WHERE m.level > 0 AND c.relkind = 'r' AND NOT c.relispartition
+       AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = m.relid AND p.polname = 'tenancy_policy')
+     ORDER BY c.relname;
 
     -- Views (and views of views) over the table.
     RETURN QUERY
@@ -3189,6 +3311,8 @@ BEGIN
            'permissive policies are combined with OR: rows it admits are visible whatever the tenant'
       FROM pg_policy p
      WHERE p.polrelid = tbl AND p.polpermissive AND p.polname <> 'tenancy_policy'
+       AND NOT (p.polname = ANY (tenancy.rls_legacy_policies())
+                AND EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = tbl AND t.mode = 'migrating'))
      ORDER BY p.polname;
 END
 $$;
@@ -3230,7 +3354,9 @@ BEGIN
                   HINT = 'Call tenancy.enable_rls() first.';
     END IF;
     IF r.root <> r.relation THEN
-        RAISE EXCEPTION 'table % is a partition of %, whose tenancy row level security covers it', tbl, r.root
+        RAISE EXCEPTION 'table % is % of %, whose tenancy row level security covers it', tbl,
+                CASE WHEN (SELECT c.relispartition FROM pg_class c WHERE c.oid = tbl) THEN 'a partition'
+                     ELSE 'an inheritance child' END, r.root
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = format('Call the function on %s.', r.root);
     END IF;
@@ -3255,8 +3381,9 @@ DECLARE
     stmts text[] := '{}';
     m record;
     q record;
+    qn text;
 BEGIN
-    IF chk.is_partitioned THEN
+    IF chk.is_partitioned OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = tbl) THEN
         stmts := stmts || format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', chk.qualified);
     END IF;
     FOR m IN SELECT t.relation FROM tenancy.rls_tables t JOIN pg_class c ON c.oid = t.relation
@@ -3265,12 +3392,33 @@ BEGIN
                                  (tenancy.rls_check(m.relation, r.column_name, mode)).qualified,
                                  chk.qualified, r.column_name, mode);
     END LOOP;
-    FOR m IN SELECT t.relation FROM tenancy.rls_tables t JOIN pg_class c ON c.oid = t.relation
+    FOR m IN SELECT t.relation,
+                    (SELECT CASE WHEN p.polroles = '{0}' THEN 'PUBLIC'
+                                 ELSE (SELECT string_agg(quote_ident(o.rolname), ', ' ORDER BY o.rolname)
+                                         FROM pg_roles o WHERE o.oid = ANY (p.polroles)) END
+                       FROM pg_policy p WHERE p.polrelid = t.relation AND p.polname = 'tenancy_policy') AS rolelist
+               FROM tenancy.rls_tables t JOIN pg_class c ON c.oid = t.relation
               WHERE t.root = tbl ORDER BY t.relation = tbl DESC, c.relname, t.relation LOOP
         q := tenancy.rls_quals(m.relation, r.column_name, mode);
-        stmts := stmts || format('ALTER POLICY tenancy_policy ON %s USING (%s) WITH CHECK (%s)',
-                                 (tenancy.rls_check(m.relation, r.column_name, mode)).qualified,
-                                 q.using_expr, q.check_expr);
+        qn := (tenancy.rls_check(m.relation, r.column_name, mode)).qualified;
+        -- migrating mode's own policies: dropped, then made again for that mode
+        stmts := stmts || (SELECT array_agg(format('DROP POLICY %I ON %s', l.name, qn) ORDER BY l.name)
+                             FROM unnest(tenancy.rls_legacy_policies()) l(name)
+                            WHERE EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = m.relation AND p.polname = l.name))
+                       || format('ALTER POLICY tenancy_policy ON %s USING (%s) WITH CHECK (%s)',
+                                 qn, q.using_expr, q.check_expr)
+                       || tenancy.rls_legacy_stmts(qn, r.column_name, coalesce(m.rolelist, 'PUBLIC'), mode);
+    END LOOP;
+    -- Members of the tree that miss the policy (a child created while the
+    -- event trigger was disabled): covered as the event trigger would.
+    FOR m IN SELECT tenancy.rls_members(tbl) AS relation LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = m.relation);
+        stmts := stmts || tenancy.rls_cover_stmts(m.relation, tbl, r.column_name,
+                                                  coalesce((SELECT CASE WHEN p.polroles = '{0}' THEN 'PUBLIC'
+                                                                   ELSE (SELECT string_agg(quote_ident(o.rolname), ', ' ORDER BY o.rolname)
+                                                                           FROM pg_roles o WHERE o.oid = ANY (p.polroles)) END
+                                                              FROM pg_policy p WHERE p.polrelid = tbl AND p.polname = 'tenancy_policy'),
+                                                           'PUBLIC'), mode);
     END LOOP;
     RETURN stmts;
 END
@@ -3292,7 +3440,7 @@ DECLARE
     r record;
     q text;
 BEGIN
-    IF chk.is_partitioned THEN
+    IF chk.is_partitioned OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = tbl) THEN
         stmts := stmts || format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', chk.qualified);
     END IF;
     -- The root first: once it is unregistered, new partitions are no longer covered.
@@ -3301,7 +3449,10 @@ BEGIN
                JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE t.root = tbl ORDER BY t.relation = tbl DESC, c.relname, t.relation LOOP
         stmts := stmts || format('SELECT tenancy.rls_record(''unregister'', %L::regclass)', r.qname)
-                       || format('DROP POLICY IF EXISTS tenancy_policy ON %s', r.qname);
+                       || format('DROP POLICY IF EXISTS tenancy_policy ON %s', r.qname)
+                       || (SELECT array_agg(format('DROP POLICY IF EXISTS %I ON %s', l.name, r.qname) ORDER BY l.name)
+                             FROM unnest(tenancy.rls_legacy_policies()) l(name)
+                            WHERE EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = r.relation AND p.polname = l.name));
         IF NOT r.prior_force THEN
             stmts := stmts || format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', r.qname);
         END IF;
@@ -3325,9 +3476,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS 'drop the tenant policy enable_rls() created and restore the earlier row security state; returns the DDL it ran';
 
--- New partitions of a covered table get the policy as they are created or
--- attached: this event trigger puts it on every partition of a covered tree
--- that does not carry it yet, in the mode and for the roles of the root.
+-- New partitions and inheritance children of a covered table get the policy
+-- as they are created or attached (PARTITION OF, ATTACH PARTITION, INHERITS,
+-- ALTER TABLE ... INHERIT, at any depth): this event trigger puts it on every
+-- member of a covered tree that does not carry it yet, in the mode and for
+-- the roles of the root.
 CREATE FUNCTION tenancy.rls_cover_partitions() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -3342,9 +3495,14 @@ BEGIN
     END IF;
     FOR obj IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
                 WHERE c.classid = 'pg_class'::regclass AND c.object_type = 'table' LOOP
+        WITH RECURSIVE up(relid, level) AS (
+            SELECT obj.objid, 0
+            UNION
+            SELECT i.inhparent, up.level + 1 FROM up JOIN pg_inherits i ON i.inhrelid = up.relid
+        )
         SELECT t.* INTO root
-          FROM pg_partition_ancestors(obj.objid) a
-          JOIN tenancy.rls_tables t ON t.relation = a.relid AND t.root = t.relation
+          FROM up JOIN tenancy.rls_tables t ON t.relation = up.relid AND t.root = t.relation
+         ORDER BY up.level
          LIMIT 1;
         CONTINUE WHEN NOT FOUND;
         SELECT CASE WHEN p.polroles = '{0}' THEN 'PUBLIC'

@@ -80,11 +80,11 @@ SET ROLE rls_owner;
 SELECT tenancy.set_mode('"Sales Dept"."Order ""Lines"""', 'migrating');
 RESET ROLE;
 SELECT pg_get_expr(polqual, polrelid) AS using_expr, pg_get_expr(polwithcheck, polrelid) AS check_expr
-  FROM pg_policy WHERE polrelid = '"Sales Dept"."Order ""Lines"""'::regclass;
+  FROM pg_policy WHERE polrelid = '"Sales Dept"."Order ""Lines"""'::regclass ORDER BY polname;
 SELECT stage FROM tenancy.tables WHERE relation = '"Sales Dept"."Order ""Lines"""'::regclass;
 SELECT tenancy.set_mode('"Sales Dept"."Order ""Lines"""', 'shadow') IS NOT NULL AS switched;
 SELECT pg_get_expr(polqual, polrelid) AS using_expr, pg_get_expr(polwithcheck, polrelid) AS check_expr
-  FROM pg_policy WHERE polrelid = '"Sales Dept"."Order ""Lines"""'::regclass;
+  FROM pg_policy WHERE polrelid = '"Sales Dept"."Order ""Lines"""'::regclass ORDER BY polname;
 SELECT tenancy.set_mode('"Sales Dept"."Order ""Lines"""', 'enforce') IS NOT NULL AS switched;
 SELECT stage FROM tenancy.tables WHERE relation = '"Sales Dept"."Order ""Lines"""'::regclass;
 -- set_mode errors change nothing.
@@ -129,7 +129,7 @@ SELECT tenancy.policy_sql('"Sales Dept"."Order ""Lines"""', 'Tenant Key', mode =
 SELECT relation, root, column_name, mode, prior_rls, prior_force, prior_stage FROM tenancy.rls_tables;
 SELECT stage FROM tenancy.tables WHERE relation = '"Sales Dept"."Order ""Lines"""'::regclass;
 SELECT pg_get_expr(polqual, polrelid) AS using_expr FROM pg_policy
- WHERE polrelid = '"Sales Dept"."Order ""Lines"""'::regclass;
+ WHERE polrelid = '"Sales Dept"."Order ""Lines"""'::regclass ORDER BY polname;
 SELECT tenancy.disable_rls_sql('"Sales Dept"."Order ""Lines"""') \gexec
 SELECT count(*) AS policies FROM pg_policy WHERE polname = 'tenancy_policy';
 SELECT count(*) AS recorded FROM tenancy.rls_tables;

@@ -47,6 +47,31 @@ tenancy_context_init(void)
 	RegisterXactCallback(session_guard_callback, NULL);
 }
 
+/*
+ * The tenant cannot change while a query over row-secured tables runs, or
+ * while one the executor guard cannot track is open (rls_guard.c).  Setting
+ * the key already current is no change; validation alone (ALTER ROLE ...
+ * SET) changes nothing.
+ */
+static bool
+tenant_switch_allowed(const TenantKey *key, GucSource source)
+{
+	const char *reason;
+	const char *detail;
+
+	if (likely(!tenant_switch_refused(&reason, &detail)) || source == PGC_S_TEST)
+		return true;
+	if (key == NULL ? current_key == NULL
+		: (current_key != NULL && current_key->type == key->type &&
+		   strcmp(current_key->text, key->text) == 0))
+		return true;
+	GUC_check_errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE);
+	GUC_check_errmsg("%s", reason);
+	GUC_check_errdetail("%s", detail);
+	GUC_check_errhint("Set the tenant before the statement (at the start of the transaction), and close cursors before switching.");
+	return false;
+}
+
 bool
 tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 {
@@ -57,7 +82,7 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 	if (source == PGC_S_SESSION)
 		tenant_set_in_xact = true;	/* for the session guard */
 	if (*newval == NULL || (*newval)[0] == '\0')
-		return true;			/* unset: no extra */
+		return tenant_switch_allowed(NULL, source);	/* unset: no extra */
 
 	if (!tenant_key_parse(*newval, (TenantKeyType) tenancy_tenant_type, &key, &detail))
 	{
@@ -67,6 +92,8 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("%s", detail);
 		return false;
 	}
+	if (!tenant_switch_allowed(&key, source))
+		return false;
 
 	copy = tenancy_guc_malloc(sizeof(TenantKey));
 	if (copy == NULL)
@@ -356,6 +383,15 @@ resolve_tenant(const char *input, char *key_out)
 	bool		found = false;
 
 	parsed = tenant_key_parse(input, (TenantKeyType) tenancy_tenant_type, &key, &detail);
+	/* Key-shaped input names a key, never a slug (create_tenant() refuses those). */
+	if (!parsed && tenant_key_shaped(input, (TenantKeyType) tenancy_tenant_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+				 errmsg("invalid tenant key \"%s\" for key type %s",
+						input, tenant_key_type_name((TenantKeyType) tenancy_tenant_type)),
+				 errdetail("%s", detail),
+				 errhint("Pass a tenant key of type %s or a tenant slug.",
+						 tenant_key_type_name((TenantKeyType) tenancy_tenant_type))));
 	if (parsed && !tenancy_validate_tenant)
 	{
 		strlcpy(key_out, key.text, TENANT_KEY_MAXLEN + 1);

@@ -53,6 +53,7 @@ static Oid	registry_owner = InvalidOid;
 static Oid	registry_key_type = InvalidOid;
 static SPIPlanPtr plan_by_key = NULL;
 static SPIPlanPtr plan_by_slug = NULL;
+static SPIPlanPtr plan_implicit = NULL;
 
 static void
 registry_relcache_callback(Datum arg, Oid relid)
@@ -85,7 +86,9 @@ registry_reset(void)
 		SPI_freeplan(plan_by_key);
 	if (plan_by_slug != NULL)
 		SPI_freeplan(plan_by_slug);
-	plan_by_key = plan_by_slug = NULL;
+	if (plan_implicit != NULL)
+		SPI_freeplan(plan_implicit);
+	plan_by_key = plan_by_slug = plan_implicit = NULL;
 
 	nsp = get_namespace_oid("tenancy", true);
 	registry_relid = OidIsValid(nsp) ? get_relname_relid("tenants", nsp) : InvalidOid;
@@ -110,23 +113,27 @@ registry_reset(void)
 	registry_valid = true;
 }
 
+/* kind: 'k' by key, 's' by slug, 'i' the implicit tenant. */
 static SPIPlanPtr
-registry_plan(bool by_slug)
+registry_plan(char kind)
 {
 	SPIPlanPtr	plan;
 	Oid			argtype = TEXTOID;
 	char	   *sql;
 
 	/* Every name qualified; search_path is pinned as well (registry_fetch). */
-	if (by_slug)
+	if (kind == 's')
 		sql = "SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
 			"WHERE slug OPERATOR(pg_catalog.=) $1";
+	else if (kind == 'i')
+		sql = "SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
+			"WHERE is_implicit";
 	else
 		sql = psprintf("SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
 					   "WHERE id OPERATOR(pg_catalog.=) CAST($1 AS %s)",
 					   format_type_extended(registry_key_type, -1,
 											FORMAT_TYPE_FORCE_QUALIFY));
-	plan = SPI_prepare(sql, 1, &argtype);
+	plan = SPI_prepare(sql, kind == 'i' ? 0 : 1, &argtype);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 	if (SPI_keepplan(plan) != 0)
@@ -139,13 +146,13 @@ registry_plan(bool by_slug)
  * search_path pinned to pg_catalog and a fresh snapshot.
  */
 static void
-registry_fetch(const char *tenant, bool by_slug, RegistryCacheEntry *entry)
+registry_fetch(const char *tenant, char kind, RegistryCacheEntry *entry)
 {
 	Oid			save_userid;
 	int			save_sec;
 	int			save_nestlevel;
 	Datum		arg = CStringGetTextDatum(tenant);
-	SPIPlanPtr *plan = by_slug ? &plan_by_slug : &plan_by_key;
+	SPIPlanPtr *plan = kind == 's' ? &plan_by_slug : kind == 'i' ? &plan_implicit : &plan_by_key;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(registry_owner,
@@ -157,7 +164,7 @@ registry_fetch(const char *tenant, bool by_slug, RegistryCacheEntry *entry)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (*plan == NULL)
-		*plan = registry_plan(by_slug);
+		*plan = registry_plan(kind);
 	if (SPI_execute_snapshot(*plan, &arg, NULL, GetLatestSnapshot(), InvalidSnapshot,
 							 true, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "tenant registry lookup failed");
@@ -177,6 +184,9 @@ registry_fetch(const char *tenant, bool by_slug, RegistryCacheEntry *entry)
 	SetUserIdAndSecContext(save_userid, save_sec);
 }
 
+static bool registry_lookup_kind(const char *tenant, char kind,
+								 char *key_out, char *slug_out, char *status_out);
+
 /*
  * Look a tenant up by canonical key or by slug.  Returns whether it exists;
  * if so, fills key_out, slug_out (TENANT_KEY_MAXLEN + 1 bytes each) and
@@ -186,6 +196,13 @@ bool
 registry_lookup(const char *tenant, bool by_slug,
 				char *key_out, char *slug_out, char *status_out)
 {
+	return registry_lookup_kind(tenant, by_slug ? 's' : 'k', key_out, slug_out, status_out);
+}
+
+static bool
+registry_lookup_kind(const char *tenant, char kind,
+					 char *key_out, char *slug_out, char *status_out)
+{
 	char		lookup[TENANT_KEY_MAXLEN + 2];
 	RegistryCacheEntry *entry;
 	RegistryCacheEntry fetched;
@@ -193,7 +210,7 @@ registry_lookup(const char *tenant, bool by_slug,
 
 	if (!registry_valid || hash_get_num_entries(registry_cache) >= REGISTRY_CACHE_MAX)
 		registry_reset();
-	if (!by_slug && registry_key_type != tenant_key_type_oid((TenantKeyType) tenancy_tenant_type))
+	if (kind == 'k' && registry_key_type != tenant_key_type_oid((TenantKeyType) tenancy_tenant_type))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
 				 errmsg("tenant registry keys are of type %s but tenancy.tenant_type is %s",
@@ -201,7 +218,7 @@ registry_lookup(const char *tenant, bool by_slug,
 						tenant_key_type_name((TenantKeyType) tenancy_tenant_type)),
 				 errhint("Set tenancy.tenant_type to the type of tenancy.tenants.id.")));
 
-	lookup[0] = by_slug ? 's' : 'k';
+	lookup[0] = kind;
 	strlcpy(lookup + 1, tenant, sizeof(lookup) - 1);
 	entry = hash_search(registry_cache, lookup, HASH_FIND, NULL);
 	if (entry == NULL)
@@ -209,7 +226,7 @@ registry_lookup(const char *tenant, bool by_slug,
 		uint64		invalidations = registry_invalidations;
 
 		memset(&fetched, 0, sizeof(fetched));
-		registry_fetch(tenant, by_slug, &fetched);
+		registry_fetch(tenant, kind, &fetched);
 		if (registry_invalidations != invalidations)
 		{
 			/*
@@ -234,6 +251,28 @@ registry_lookup(const char *tenant, bool by_slug,
 	strlcpy(slug_out, entry->slug, TENANT_KEY_MAXLEN + 1);
 	*status_out = entry->status;
 	return true;
+}
+
+/*
+ * Is the current tenant the implicit tenant?  The migrating-mode policies
+ * ask, once per statement, before an UPDATE or DELETE may reach a row whose
+ * tenant is still NULL.  Answered from the cache (as the registry's owner
+ * when it must read the registry), so no role needs a privilege on it.
+ */
+PG_FUNCTION_INFO_V1(tenancy_is_implicit_tenant);
+Datum
+tenancy_is_implicit_tenant(PG_FUNCTION_ARGS)
+{
+	const TenantKey *key = tenant_context_peek();
+	char		implicit[TENANT_KEY_MAXLEN + 1];
+	char		slug[TENANT_KEY_MAXLEN + 1];
+	char		status;
+
+	if (key == NULL)
+		PG_RETURN_BOOL(false);
+	if (!registry_lookup_kind("", 'i', implicit, slug, &status))
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(strcmp(implicit, key->text) == 0);
 }
 
 /* Statement trigger on tenancy.tenants: tell every backend to forget. */

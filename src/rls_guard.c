@@ -20,6 +20,17 @@
  * B.  The executor hooks remember the tenant each such query started with
  * and check it again each time the query is resumed (FETCH, or the next
  * batch of a PL/pgSQL FOR loop).
+ *
+ * 3. One tenant per statement.  Only the scan filters are fixed at the
+ * start: WITH CHECK expressions, column defaults and join quals call the
+ * accessor as they run.  So while a query over row-secured tables runs
+ * (ExecutorRun or ExecutorFinish), the tenant must not change at all: a
+ * function called from inside it (a CTE, a WHERE clause, a trigger) that
+ * sets the tenant is refused by the tenant GUC's check hook (context.c asks
+ * tenant_switch_refused()), and a change that bypasses the check hook (RESET)
+ * fails the query when it returns.  When more queries are open than the
+ * guard can track, none is forgotten: every tenant change is refused until
+ * the untracked ones end.
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
@@ -42,7 +53,7 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
-/* Queries open at once that we track; beyond this the oldest is forgotten. */
+/* Queries open at once that we track; beyond this no tenant change is allowed. */
 #define GUARD_SLOTS 64
 
 typedef struct GuardEntry
@@ -56,13 +67,20 @@ typedef struct GuardEntry
 static GuardEntry guard[GUARD_SLOTS];
 static int	guard_used = 0;
 
+/* Guarded queries now in ExecutorRun or ExecutorFinish, nested or not. */
+static int	guard_running = 0;
+
+/* Open queries over row-secured tables that found the table full. */
+static int	guard_untracked = 0;
+
 static bool tenancy_fold_tenant = true;
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorRun_hook_type prev_executor_run = NULL;
+static ExecutorFinish_hook_type prev_executor_finish = NULL;
 static ExecutorEnd_hook_type prev_executor_end = NULL;
 
-static void
+static bool
 guard_forget(const QueryDesc *query)
 {
 	for (int i = guard_used - 1; i >= 0; i--)
@@ -70,9 +88,41 @@ guard_forget(const QueryDesc *query)
 		if (guard[i].query == query)
 		{
 			guard[i] = guard[--guard_used];
-			return;
+			return true;
 		}
 	}
+	return false;
+}
+
+static GuardEntry *
+guard_find(const QueryDesc *query)
+{
+	for (int i = 0; i < guard_used; i++)
+		if (guard[i].query == query)
+			return &guard[i];
+	return NULL;
+}
+
+/*
+ * May the tenant change now?  Called by the tenant GUC's check hook for
+ * every change, so it is two comparisons.  *reason says why not.
+ */
+bool
+tenant_switch_refused(const char **reason, const char **detail)
+{
+	if (likely(guard_running == 0 && guard_untracked == 0))
+		return false;
+	if (guard_running > 0)
+	{
+		*reason = "cannot change the tenant while a query over row-secured tables is running";
+		*detail = "The tenant is fixed for a whole statement; a function called from inside it cannot switch.";
+	}
+	else
+	{
+		*reason = "cannot change the tenant while more than 64 queries over row-secured tables are open";
+		*detail = "The guard tracks 64 open queries; a tenant switch could reach the others.";
+	}
+	return true;
 }
 
 /* Does the plan read or write a table with row level security enabled? */
@@ -369,7 +419,7 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	TenantKey	keycopy;
 
 	/* A stale entry may carry the address of a query freed by an abort. */
-	guard_forget(queryDesc);
+	(void) guard_forget(queryDesc);
 	guarded = !(eflags & EXEC_FLAG_EXPLAIN_ONLY) && uses_row_security(queryDesc->plannedstmt);
 	if (!guarded)
 	{
@@ -410,8 +460,9 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 
 		if (guard_used == GUARD_SLOTS)
 		{
-			memmove(&guard[0], &guard[1], sizeof(GuardEntry) * (GUARD_SLOTS - 1));
-			guard_used--;
+			/* Untracked: no tenant may change until it ends. */
+			guard_untracked++;
+			return;
 		}
 		e = &guard[guard_used++];
 		e->query = queryDesc;
@@ -421,27 +472,34 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 	}
 }
 
+/* Raise if the current tenant is not the one the query started with. */
 static void
-guard_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+guard_check(const GuardEntry *e, bool resumed)
 {
-	for (int i = 0; i < guard_used; i++)
-	{
-		GuardEntry *e = &guard[i];
-		const TenantKey *key;
+	const TenantKey *key = tenant_context_peek();
 
-		if (e->query != queryDesc)
-			continue;
-		key = tenant_context_peek();
-		if ((key != NULL) != e->has_key ||
-			(key != NULL && (key->type != e->type || strcmp(key->text, e->key) != 0)))
+	if ((key != NULL) != e->has_key ||
+		(key != NULL && (key->type != e->type || strcmp(key->text, e->key) != 0)))
+	{
+		if (resumed)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the current tenant changed while a query over row-secured tables was open"),
 					 errdetail("The query started with tenant %s; the current tenant is %s.",
 							   e->has_key ? e->key : "none", key ? key->text : "none"),
 					 errhint("Close cursors before switching tenants, and open them again after.")));
-		break;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the current tenant changed while a query over row-secured tables was running"),
+				 errdetail("The query started with tenant %s; the current tenant is %s.",
+						   e->has_key ? e->key : "none", key ? key->text : "none"),
+				 errhint("Set the tenant before the statement, not from inside it.")));
 	}
+}
+
+static void
+run_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+{
 	if (prev_executor_run)
 		prev_executor_run(queryDesc, direction, count, execute_once);
 	else
@@ -449,9 +507,71 @@ guard_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count, 
 }
 
 static void
+guard_executor_run(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+{
+	GuardEntry *e = guard_find(queryDesc);
+
+	if (e == NULL)
+	{
+		run_executor_run(queryDesc, direction, count, execute_once);
+		return;
+	}
+	guard_check(e, true);
+	guard_running++;
+	PG_TRY();
+	{
+		run_executor_run(queryDesc, direction, count, execute_once);
+	}
+	PG_FINALLY();
+	{
+		guard_running--;
+	}
+	PG_END_TRY();
+	/* The entry may have moved: nested queries end and compact the table. */
+	e = guard_find(queryDesc);
+	if (e != NULL)
+		guard_check(e, false);
+}
+
+static void
+guard_executor_finish(QueryDesc *queryDesc)
+{
+	GuardEntry *e = guard_find(queryDesc);
+
+	if (e == NULL)
+	{
+		if (prev_executor_finish)
+			prev_executor_finish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+		return;
+	}
+	guard_running++;
+	PG_TRY();
+	{
+		if (prev_executor_finish)
+			prev_executor_finish(queryDesc);
+		else
+			standard_ExecutorFinish(queryDesc);
+	}
+	PG_FINALLY();
+	{
+		guard_running--;
+	}
+	PG_END_TRY();
+	e = guard_find(queryDesc);
+	if (e != NULL)
+		guard_check(e, false);
+}
+
+static void
 guard_executor_end(QueryDesc *queryDesc)
 {
-	guard_forget(queryDesc);
+	if (!guard_forget(queryDesc) && guard_untracked > 0 &&
+		queryDesc->estate != NULL &&
+		!(queryDesc->estate->es_top_eflags & EXEC_FLAG_EXPLAIN_ONLY) &&
+		uses_row_security(queryDesc->plannedstmt))
+		guard_untracked--;
 	if (prev_executor_end)
 		prev_executor_end(queryDesc);
 	else
@@ -464,7 +584,11 @@ guard_xact_callback(XactEvent event, void *arg)
 	/* Queries never outlive their top transaction in the executor. */
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PREPARE)
+	{
 		guard_used = 0;
+		guard_running = 0;
+		guard_untracked = 0;
+	}
 }
 
 void
@@ -484,6 +608,8 @@ tenancy_rls_guard_init(void)
 	ExecutorStart_hook = guard_executor_start;
 	prev_executor_run = ExecutorRun_hook;
 	ExecutorRun_hook = guard_executor_run;
+	prev_executor_finish = ExecutorFinish_hook;
+	ExecutorFinish_hook = guard_executor_finish;
 	prev_executor_end = ExecutorEnd_hook;
 	ExecutorEnd_hook = guard_executor_end;
 	RegisterXactCallback(guard_xact_callback, NULL);

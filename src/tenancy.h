@@ -41,6 +41,7 @@ extern bool tenant_key_parse(const char *input, TenantKeyType type,
 							 TenantKey *key, const char **detail);
 extern const char *tenant_key_type_name(TenantKeyType type);
 extern Oid	tenant_key_type_oid(TenantKeyType type);
+extern bool tenant_key_shaped(const char *input, TenantKeyType type);
 
 /* context.c */
 extern bool tenancy_check_tenant_id(char **newval, void **extra, GucSource source);
@@ -111,5 +112,6 @@ extern void as_owner_end(AsOwnerState *state);
 /* shadow.c, rls_guard.c: row-level security */
 extern void tenancy_shadow_init(void);
 extern void tenancy_rls_guard_init(void);
+extern bool tenant_switch_refused(const char **reason, const char **detail);
 
 #endif							/* TENANCY_H */

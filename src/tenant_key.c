@@ -177,6 +177,56 @@ parse_text(const char *s, TenantKey *key, const char **detail)
 }
 
 /*
+ * Does the input have the shape of a key of the given type, valid or not?
+ * Such input names a key, never a slug: set_tenant() reports it as
+ * malformed (22P02) when it does not parse, and create_tenant() refuses
+ * slugs of this shape (its SQL spells the same rule for slugs).
+ *   bigint: an optional minus sign and decimal digits;
+ *   uuid: hexadecimal digits and hyphens, optionally in braces, at least
+ *         32 characters (inside the braces);
+ *   text: never (any slug is also a valid text key; keys are looked up
+ *         first, and create_tenant() refuses a slug that is another
+ *         tenant's key).
+ */
+bool
+tenant_key_shaped(const char *input, TenantKeyType type)
+{
+	size_t		len = strlen(input);
+	const char *p = input;
+	const char *end = input + len;
+
+	if (len == 0)
+		return false;
+	switch (type)
+	{
+		case TENANT_KEY_BIGINT:
+			if (*p == '-')
+				p++;
+			if (p == end)
+				return false;
+			for (; p < end; p++)
+				if (!isdigit((unsigned char) *p))
+					return false;
+			return true;
+		case TENANT_KEY_UUID:
+			if (len >= 2 && p[0] == '{' && p[len - 1] == '}')
+			{
+				p++;
+				end--;
+			}
+			if (end - p < 32)
+				return false;
+			for (; p < end; p++)
+				if (hexval(*p) < 0 && *p != '-')
+					return false;
+			return true;
+		case TENANT_KEY_TEXT:
+			return false;
+	}
+	return false;
+}
+
+/*
  * Parse a non-empty tenant key of the given type into *key, filling its
  * canonical text.  On failure returns false and sets *detail.
  */
