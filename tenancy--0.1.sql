@@ -984,6 +984,7 @@ BEGIN
     END IF;
     -- Called where it cannot commit (from a function): fail here, before any change.
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     FOR i IN 1 .. cardinality(steps) LOOP
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         attempt := 0;
