@@ -109,6 +109,18 @@ SELECT name, kind FROM (VALUES ('unnest', 'function'), ('cardinality', 'function
                        AS v(name, kind)
  WHERE NOT EXISTS (SELECT FROM sp_trap.traps t WHERE t.name = v.name AND t.kind = v.kind AND t.created);
 
+-- Every SQL and PL/pgSQL routine is pinned, but the two procedures (a SET
+-- clause forbids COMMIT: they pin it themselves after each COMMIT) and
+-- queue_backfill() (it records the caller's search_path; fully qualified).
+SELECT p.proname AS not_pinned, p.prokind
+  FROM pg_proc p
+  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'tenancy'
+  JOIN pg_language l ON l.oid = p.prolang
+ WHERE l.lanname <> 'c'
+   AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)
+ ORDER BY p.proname;
+
 -- The fixture: a tenant column to add and backfill on tables with and
 -- without a primary key, partitioned, through a foreign key; identities.
 CREATE SCHEMA sp_fix;
