@@ -2224,6 +2224,9 @@ BEGIN
                       max_retries, compact_indexes),
                   caller_sp);
     SELECT * INTO job FROM tenancy.backfill_jobs j WHERE j.id = job_id;
+    -- The value is built again from the job's source (never taken from its
+    -- row), before anything changes: a foreign key dropped since is an error.
+    job.value_sql := tenancy.backfill_value_sql(tbl, job.source_kind, job.source);
     o := job.options;
     n := coalesce((o->>'batch_size')::integer, 1000);
     nmin := coalesce((o->>'min_batch_size')::integer, least(100, n));
@@ -2316,10 +2319,8 @@ BEGIN
     -- OF triggers and columns the caller may not update are never named.
     -- The value goes through tenancy.wal_flush_behind(), which keeps the
     -- batch's WAL flushed behind it (src/backfill_wal.c).
-    -- The value is built again from the job's source (never taken from its
-    -- row); the batches that write it run the job's search_path, for the
+    -- The batches that write the value run the job's search_path, for the
     -- user's expression (every other name in them is qualified).
-    job.value_sql := tenancy.backfill_value_sql(tbl, job.source_kind, job.source);
     sp_set := pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, true); ', 'search_path', job.search_path);
     setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
     IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
