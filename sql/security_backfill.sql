@@ -59,6 +59,8 @@ GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text),
     tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
     tenancy.backfill_job_update(bigint, jsonb) TO sbf_migrator, sbf_owner, sbf_other;
 GRANT EXECUTE ON PROCEDURE tenancy.backfill TO sbf_migrator, sbf_owner;
+GRANT EXECUTE ON FUNCTION tenancy.backfill_try_lock(regclass), tenancy.backfill_unlock(regclass),
+    tenancy.preallocate_wal(bigint) TO sbf_migrator, sbf_owner;
 GRANT EXECUTE ON FUNCTION tenancy.queue_backfill TO sbf_migrator;
 
 -- (a) No direct writes to the job table.

@@ -234,7 +234,9 @@ SELECT count(*) FILTER (WHERE tenant_id IS NULL) AS null_parted FROM sp_fix.part
 SELECT relation::text, state FROM tenancy.backfill_jobs ORDER BY id;
 SELECT last_value - :controls_fired AS traps_fired FROM sp_trap.fired_seq;
 
+SET client_min_messages = warning;   -- the trap count follows the install script
 DROP SCHEMA sp_fix CASCADE;
 DROP SCHEMA sp_trap CASCADE;
+RESET client_min_messages;
 DROP ROLE sp_role;
 DROP EXTENSION tenancy CASCADE;
