@@ -169,7 +169,7 @@ BEGIN
     ELSIF keytype = 'uuid' THEN
         k := gen_random_uuid()::text;
     ELSIF keytype = 'bigint' THEN
-        k := nextval('tenancy.tenant_key_seq')::text;
+        k := pg_catalog.nextval(pg_catalog.to_regclass('tenancy.tenant_key_seq'))::text;   -- bigint keys only
     ELSE
         k := slug;
     END IF;
@@ -315,6 +315,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stmt text := tenancy.bind_role_sql(role, tenant);
 BEGIN
+    -- plpgsql_check: VOLATILE: ALTER ROLE.
+    -- plpgsql_check: from bind_role_sql(): names through %I, values through %L.
     EXECUTE stmt;
     RETURN stmt;
 END
@@ -327,6 +329,7 @@ DECLARE
     stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
                         (SELECT r.rolname FROM pg_roles r WHERE r.oid = role), current_database());
 BEGIN
+    -- plpgsql_check: VOLATILE: ALTER ROLE.
     EXECUTE stmt;
     RETURN stmt;
 END
@@ -466,7 +469,7 @@ COMMENT ON FUNCTION tenancy.log_step(regclass, text, text, text) IS 'record a co
 -- hex digits of md5(base || suffix) and suffix, so that long names that
 -- share a prefix stay distinct and PostgreSQL never truncates one (the step
 -- and its undo spell the same name).
-CREATE FUNCTION tenancy.object_name(base text, suffix text) RETURNS name
+CREATE FUNCTION tenancy.object_name(base text, suffix text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tag text := '_' || left(md5(base || suffix), 8) || suffix;
@@ -1046,7 +1049,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col     name;
     is_notnull boolean;
-    chk     name;
+    chk     text;
     con     record;
 BEGIN
     SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
@@ -1110,7 +1113,6 @@ DECLARE
     undos   text[];
     col     name;
     nulls   bigint;
-    i       integer;
     attempt integer;
     timeout text;
     raced   boolean := false;
@@ -1219,15 +1221,13 @@ DECLARE
     r       record;
     f       record;
     phases  jsonb[] := ARRAY['[]', '[]', '[]', '[]', '[]']::jsonb[];
-    planned jsonb := '{}';
+    planned jsonb := '{}'::jsonb;
     want    text;
     idx     text;
-    nsp     name;
     newname text;
     newcon  text;
     def     text;
     acts    text;
-    i       integer;
     e       jsonb;
 BEGIN
     IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
@@ -1343,7 +1343,7 @@ BEGIN
             -- the parent needs a unique (tenant, key)
             want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
             IF NOT planned ? want THEN
-                SELECT ic.relname INTO idx
+                SELECT ic.relname::text INTO idx
                   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                  WHERE i.indrelid = f.parent AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
                    AND (SELECT array_agg(x ORDER BY x) FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) x)
@@ -1504,7 +1504,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stmt text;
 BEGIN
+    -- plpgsql_check: VOLATILE: the statements are DDL.
     FOR stmt IN SELECT s FROM tenancy.rollback_table_sql(tbl) s LOOP
+        -- plpgsql_check: from rollback_table_sql(): names through %I, literals through %L.
         EXECUTE stmt;
         RETURN NEXT stmt;
     END LOOP;
@@ -1531,6 +1533,7 @@ BEGIN
                   HINT = 'A role is one of owner, admin, member, viewer.';
     END IF;
     k := tenancy.tenant_key(tenant);
+    -- plpgsql_check: VOLATILE: it writes tenancy.memberships.
     EXECUTE format('INSERT INTO tenancy.memberships AS m (tenant, user_key, role) VALUES (CAST($1 AS %s), $2, $3)'
                    ' ON CONFLICT (tenant, user_key) DO UPDATE SET role = excluded.role',
                    format_type(tenancy.key_type(), NULL))
@@ -1568,7 +1571,6 @@ DECLARE
     owns    text;
     keygen  text;
     slugx   text;
-    i       integer;
 BEGIN
     IF users IS NULL OR key_column IS NULL OR name_column IS NULL OR resource_tables IS NULL
        OR owner_columns IS NULL OR slug_prefix IS NULL THEN
@@ -1619,6 +1621,7 @@ BEGIN
                                || left(md5(u.%1$I::text), 8) END$x$,
                     key_column, slug_prefix);
 
+    -- plpgsql_check: tables through %s of regclass (quoted by its output), columns through %I, the prefix through %L.
     EXECUTE format($q$
         WITH c AS (
             SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
@@ -1768,6 +1771,8 @@ FROM PUBLIC;
 CREATE FUNCTION tenancy.backfill_null_source(anyelement) RETURNS anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- plpgsql_check: the argument only gives the result its type; VOLATILE so
+    -- that the planner never evaluates (and raises) it while planning a batch.
     RAISE EXCEPTION 'tenant source gave NULL'
         USING ERRCODE = 'not_null_violation',
               HINT = 'Backfill the parent table first, or pass source => an expression with a fallback, e.g. COALESCE(..., tenancy.implicit_tenant()::uuid).';
@@ -1838,7 +1843,7 @@ DECLARE
     coltype regtype;
     curdflt text;
     registered name;
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
 BEGIN
     IF tbl IS NULL OR column_name IS NULL OR fill_existing IS NULL THEN
         RAISE EXCEPTION 'tbl, column_name and fill_existing must not be null'
@@ -2202,7 +2207,7 @@ BEGIN
 
     IF via IS NOT NULL THEN
         kind := 'foreign_key';
-        src := via;
+        src := via::text;
         val := tenancy.backfill_value_sql(tbl, kind, src);
     ELSIF source IS NOT NULL THEN
         kind := 'expression';
@@ -2376,8 +2381,8 @@ DECLARE
     t0          timestamptz;
     ms          numeric;
     per_row     numeric;
-    run_rows    bigint := 0;
-    run_scanned bigint := 0;
+    run_rows    bigint := 0::bigint;
+    run_scanned bigint := 0::bigint;
     v_rate      numeric;
     v_eta       interval;
     next_notice timestamptz;
@@ -2392,7 +2397,7 @@ DECLARE
     appname     text;
     orig_appname text := pg_catalog.current_setting('application_name');
     sweeps      integer := 0;
-    sweep_rows  bigint := 0;
+    sweep_rows  bigint := 0::bigint;
     quiet_sweeps integer := 0;
     wal_per_row numeric;                -- WAL bytes per row of the last batch
     lsn0        pg_lsn;
@@ -2589,7 +2594,7 @@ BEGIN
         'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
         'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
         qtbl, job.column_name, qtbl, setv, job.column_name);
-    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
+    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
       INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
     PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object('value_sql', job.value_sql,
         'batch_sql', CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END));
@@ -2707,7 +2712,7 @@ BEGIN
                 n := greatest(n / 2, nmin);
             ELSE
                 n := least(pg_catalog.ceil(n * 1.2)::bigint,
-                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2));
+                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2))::integer;
                 n := least(greatest(n, nmin),
                                       CASE WHEN job.phase = 'sweep' THEN 10 * nmax ELSE nmax END);
             END IF;
@@ -2729,7 +2734,7 @@ BEGIN
                     per_row := NULL;
                     lo := ARRAY['0'];
                     ub := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
-                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
+                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
                       INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
                 END IF;
             END IF;
@@ -3233,7 +3238,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     chk record := tenancy.rls_check(tbl, column_name, mode);
     rolelist text := tenancy.rls_role_list(roles);
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
     m regclass;
 BEGIN
     IF roles IS NOT NULL AND array_position(roles, NULL) IS NOT NULL THEN
@@ -3268,7 +3273,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s text;
 BEGIN
+    -- plpgsql_check: VOLATILE: the statements are DDL.
     FOREACH s IN ARRAY stmts LOOP
+        -- plpgsql_check: built by rls_*_stmts(), every name through %I/%L.
         EXECUTE s;
     END LOOP;
     RETURN tenancy.rls_script(stmts);
@@ -3469,9 +3476,8 @@ $$;
 
 CREATE FUNCTION tenancy.set_mode_sql(tbl regclass, mode text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r tenancy.rls_tables := tenancy.rls_root_row(tbl);
 BEGIN
+    PERFORM tenancy.rls_root_row(tbl);     -- 55000 unless registered
     RETURN tenancy.rls_script(tenancy.rls_mode_stmts(tbl, mode));
 END
 $$;
@@ -3481,7 +3487,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r tenancy.rls_tables := tenancy.rls_root_row(tbl);
     chk record := tenancy.rls_check(tbl, r.column_name, mode);
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
     m record;
     q record;
     qn text;
@@ -3539,9 +3545,8 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     root tenancy.rls_tables := tenancy.rls_root_row(tbl);
     chk record := tenancy.rls_check(tbl, root.column_name, root.mode);
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
     r record;
-    q text;
 BEGIN
     IF chk.is_partitioned OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = tbl) THEN
         stmts := stmts || format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', chk.qualified);
