@@ -102,6 +102,34 @@ DROP TABLE sp_pay;
 SELECT count(*) FROM tenancy.refresh_status();
 SELECT count(*) AS partition_rows FROM tenancy.migration_status_partitions;
 
+-- The store-rental fixture: payment, range-partitioned by month, its keys
+-- on the partitions.  The tenant column is added with add_tenant_column()
+-- (NULL in every row): the parent's figure is the number of payments, each
+-- month a partition row; then the first month is filled.
+\set ECHO none
+\o /dev/null
+SET client_min_messages = warning;
+\ir ../test/fixtures/store_rental.sql
+SELECT tenancy.create_tenant('store-1', 'Store 1', '00000000-0000-0000-0000-000000000001');
+SELECT tenancy.set_implicit_tenant('store-1');
+SELECT tenancy.add_tenant_column('rental.payment');
+RESET client_min_messages;
+\o
+\set ECHO all
+SELECT (SELECT count(*) FROM rental.payment) AS payments, unmigrated, method
+  FROM tenancy.refresh_status('rental.payment');
+SELECT count(*) AS partitions, bool_and(method = 'exact') AS all_exact, sum(unmigrated) AS unmigrated
+  FROM tenancy.migration_status_partitions WHERE parent = 'rental.payment'::regclass;
+UPDATE rental.payment SET tenant_id = '00000000-0000-0000-0000-000000000001'
+ WHERE payment_date < '2022-02-01';
+SELECT (SELECT count(*) FROM rental.payment WHERE tenant_id IS NULL) AS really_unmigrated, unmigrated, method
+  FROM tenancy.refresh_status('rental.payment');
+SELECT relation, unmigrated = 0 AS filled, method
+  FROM tenancy.migration_status_partitions WHERE parent = 'rental.payment'::regclass ORDER BY relation::text;
+SET client_min_messages = warning;
+DROP SCHEMA rental CASCADE;
+RESET client_min_messages;
+
 -- switch the worker back on
 ALTER SYSTEM RESET tenancy.worker_enabled;
 SELECT pg_reload_conf();
