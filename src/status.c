@@ -711,6 +711,7 @@ partitions_sum(Oid parent, List *leaves, const char *column, StatusRow *row)
 {
 	static const char *const methods[] = {"proof", "exact", "estimate"};
 	Oid			argtypes[2] = {OIDOID, OIDARRAYOID};
+	Oid			readtypes[2] = {OIDOID, TEXTOID};
 	Datum		values[2];
 	Datum	   *oids = palloc(sizeof(Datum) * Max(list_length(leaves), 1));
 	int			n = 0;
@@ -732,13 +733,12 @@ partitions_sum(Oid parent, List *leaves, const char *column, StatusRow *row)
 							  "AND relation::pg_catalog.oid OPERATOR(pg_catalog.<>) ALL ($2)",
 							  2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune tenancy.migration_status_partitions");
+	values[1] = CStringGetTextDatum(column);
 	if (SPI_execute_with_args("SELECT relation::pg_catalog.oid, unmigrated, total_rows, method "
 							  "FROM tenancy.migration_status_partitions "
 							  "WHERE parent OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
 							  "AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
-							  2, (Oid[]) {OIDOID, TEXTOID},
-							  (Datum[]) {ObjectIdGetDatum(parent), CStringGetTextDatum(column)},
-							  NULL, false, 0) != SPI_OK_SELECT)
+							  2, readtypes, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read tenancy.migration_status_partitions");
 	tuptable = SPI_tuptable;
 	nrows = SPI_processed;
