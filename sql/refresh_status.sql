@@ -82,7 +82,7 @@ ALTER TABLE rs_notvalid VALIDATE CONSTRAINT rs_notvalid_check;
 SELECT unmigrated, method, eta FROM tenancy.refresh_status('rs_notvalid');
 RESET tenancy.worker_chunk_pages;
 
--- partitioned tables: the statistics' estimate
+-- partitioned tables: counted partition by partition, the parent is the sum
 CREATE TABLE rs_part (id int, tenant_id uuid) PARTITION BY RANGE (id);
 CREATE TABLE rs_part_1 PARTITION OF rs_part FOR VALUES FROM (0) TO (1000);
 CREATE TABLE rs_part_2 PARTITION OF rs_part FOR VALUES FROM (1000) TO (2000);

@@ -30,6 +30,18 @@ static uint64 tenant_generation = 1;
 /* Set when the tenant GUC was assigned from SQL in this transaction. */
 static bool tenant_set_in_xact = false;
 
+/*
+ * A parallel worker restores the leader's settings in name order, so
+ * tenancy.tenant_id arrives before tenancy.tenant_type, while the worker
+ * still has the default key type.  The leader has already checked the key
+ * under its own type: the worker takes the value as it comes and parses it
+ * again when the key type is restored (tenancy_assign_tenant_type), into
+ * this backend-local key.
+ */
+static TenantKey worker_key;
+
+static void worker_reparse_key(TenantKeyType type);
+
 static void session_guard_callback(XactEvent event, void *arg);
 
 /* Per-call-site cache of the accessor's result, in the query's memory. */
@@ -86,6 +98,12 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 
 	if (!tenant_key_parse(*newval, (TenantKeyType) tenancy_tenant_type, &key, &detail))
 	{
+		/*
+		 * The leader's value, valid under the leader's key type, which is
+		 * restored after it: no key until then (see worker_key).
+		 */
+		if (InitializingParallelWorker)
+			return true;
 		GUC_check_errcode(ERRCODE_INVALID_TEXT_REPRESENTATION);
 		GUC_check_errmsg("invalid tenant key \"%s\" for key type %s",
 						 *newval, tenant_key_type_name((TenantKeyType) tenancy_tenant_type));
@@ -100,8 +118,12 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 		return false;
 	memcpy(copy, &key, sizeof(TenantKey));
 
-	/* Store the canonical spelling, so SHOW and GUC_REPORT agree with it. */
-	if (strcmp(key.text, *newval) != 0)
+	/*
+	 * Store the canonical spelling, so SHOW and GUC_REPORT agree with it;
+	 * not in a parallel worker, which keeps the leader's spelling to parse
+	 * it again under the leader's key type.
+	 */
+	if (strcmp(key.text, *newval) != 0 && !InitializingParallelWorker)
 	{
 		char	   *canon = tenancy_guc_strdup(key.text);
 
@@ -128,6 +150,29 @@ void
 tenancy_assign_tenant_type(int newval, void *extra)
 {
 	tenant_generation++;
+	if (InitializingParallelWorker)
+		worker_reparse_key((TenantKeyType) newval);
+}
+
+/*
+ * In a parallel worker being set up, parse the leader's key again under the
+ * key type just restored (the variable still holds the previous type).  A
+ * key that does not parse under it stays unset: fail closed.
+ */
+static void
+worker_reparse_key(TenantKeyType type)
+{
+	const char *detail;
+
+	if (tenancy_tenant_id == NULL || tenancy_tenant_id[0] == '\0')
+		return;
+	if (current_key != NULL && current_key->type == type &&
+		strcmp(current_key->text, tenancy_tenant_id) == 0)
+		return;
+	if (tenant_key_parse(tenancy_tenant_id, type, &worker_key, &detail))
+		current_key = &worker_key;
+	else
+		current_key = NULL;
 }
 
 /*

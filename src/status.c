@@ -22,6 +22,16 @@
  *				(null_frac * rows, method 'estimate'); afterwards the total of
  *				the last complete pass (method 'exact').
  *
+ * A partitioned table is counted partition by partition: each leaf is
+ * counted like a plain table, with its own row (and scan position) in
+ * tenancy.migration_status_partitions, one leaf per step, in OID order; the
+ * parent's row holds the sum over its current leaves, with the weakest of
+ * their methods (proof < exact < estimate; a leaf not counted yet, or a
+ * foreign table, is the statistics' estimate), and as scan_position the OID
+ * from which the leaves are still to be visited in the pass under way.
+ * Autovacuum never analyzes a partitioned parent, so its own statistics are
+ * no answer.
+ *
  * A step is called inside a transaction (or subtransaction) with SPI
  * connected; it does one unit of work and upserts the status row.  The
  * work on the table runs as its owner (as_owner.c): the relcache and the
@@ -40,6 +50,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_statistic.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -72,8 +83,7 @@ typedef enum CountMethod
 {
 	COUNT_PROOF,
 	COUNT_INDEX,
-	COUNT_SCAN,
-	COUNT_ESTIMATE_ONLY			/* partitioned tables: statistics only */
+	COUNT_SCAN
 } CountMethod;
 
 /* The previous status row of a table, if any. */
@@ -218,9 +228,19 @@ spi_int8(int row, int col, bool *isnull)
 	return *isnull ? 0 : DatumGetInt64(d);
 }
 
-/* Read (and row-lock) the previous status row of relid. */
+/* The table holding the status row: a registered table's or a partition's. */
+static const char *
+status_table(Oid parent)
+{
+	return OidIsValid(parent) ? "migration_status_partitions" : "migration_status";
+}
+
+/*
+ * Read (and row-lock) the previous status row of relid; parent is the
+ * registered partitioned table when relid is one of its leaf partitions.
+ */
 static void
-status_read(Oid relid, StatusRow *row)
+status_read(Oid relid, Oid parent, StatusRow *row)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(relid)};
@@ -228,14 +248,15 @@ status_read(Oid relid, StatusRow *row)
 	char	   *s;
 
 	memset(row, 0, sizeof(StatusRow));
-	if (SPI_execute_with_args(
-							  "SELECT column_name::text, unmigrated, method, measured_at, "
-							  "prev_unmigrated, prev_measured_at, scan_position, "
-							  "scan_unmigrated, scan_rows, total_rows "
-							  "FROM tenancy.migration_status "
-							  "WHERE relation OPERATOR(pg_catalog.=) $1::pg_catalog.regclass FOR UPDATE",
+	if (SPI_execute_with_args(psprintf(
+									   "SELECT column_name::text, unmigrated, method, measured_at, "
+									   "prev_unmigrated, prev_measured_at, scan_position, "
+									   "scan_unmigrated, scan_rows, total_rows "
+									   "FROM tenancy.%s "
+									   "WHERE relation OPERATOR(pg_catalog.=) $1::pg_catalog.regclass FOR UPDATE",
+									   status_table(parent)),
 							  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read tenancy.migration_status");
+		elog(ERROR, "could not read tenancy.%s", status_table(parent));
 	if (SPI_processed == 0)
 		return;
 	row->found = true;
@@ -259,15 +280,16 @@ status_read(Oid relid, StatusRow *row)
 	row->total_rows = spi_int8(0, 10, &row->total_null);
 }
 
-/* Upsert the status row. */
+/* Upsert the status row (of a leaf partition of parent, if valid). */
 static void
-status_write(Oid relid, const char *column, const StatusRow *row, TimestampTz now)
+status_write(Oid relid, Oid parent, const char *column, const StatusRow *row, TimestampTz now)
 {
-	Oid			argtypes[15] = {OIDOID, TEXTOID, INT8OID, INT8OID, FLOAT8OID, TEXTOID,
+	Oid			argtypes[16] = {OIDOID, TEXTOID, INT8OID, INT8OID, FLOAT8OID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT8OID, INT8OID, INT8OID,
-	INT8OID, TIMESTAMPTZOID};
-	Datum		values[15];
-	char		nulls[15];
+	INT8OID, TIMESTAMPTZOID, OIDOID};
+	Datum		values[16];
+	char		nulls[16];
+	bool		part = OidIsValid(parent);
 	double		percent = 0;
 	bool		percent_null = true;
 
@@ -302,25 +324,30 @@ status_write(Oid relid, const char *column, const StatusRow *row, TimestampTz no
 	values[13] = Int64GetDatum(row->base_unmigrated);
 	values[14] = TimestampTzGetDatum(row->base_measured_at);
 	nulls[13] = nulls[14] = row->base_null ? 'n' : ' ';
+	values[15] = ObjectIdGetDatum(parent);
 
-	if (SPI_execute_with_args(
-							  "INSERT INTO tenancy.migration_status AS s (relation, column_name, "
-							  "unmigrated, total_rows, percent_migrated, method, checked_at, measured_at, "
-							  "rate_per_s, eta, scan_position, scan_unmigrated, scan_rows, prev_unmigrated, prev_measured_at) "
-							  "VALUES ($1::pg_catalog.regclass, $2::pg_catalog.name, $3, $4, "
-							  "pg_catalog.round($5::pg_catalog.numeric, 2), $6, $7, $8, "
-							  "pg_catalog.round($9::pg_catalog.numeric, 3), "
-							  "pg_catalog.make_interval(secs => pg_catalog.round($10)), $11, $12, $13, $14, $15) "
-							  "ON CONFLICT (relation) DO UPDATE SET column_name = EXCLUDED.column_name, "
-							  "unmigrated = EXCLUDED.unmigrated, total_rows = EXCLUDED.total_rows, "
-							  "percent_migrated = EXCLUDED.percent_migrated, method = EXCLUDED.method, "
-							  "checked_at = EXCLUDED.checked_at, measured_at = EXCLUDED.measured_at, "
-							  "rate_per_s = EXCLUDED.rate_per_s, eta = EXCLUDED.eta, "
-							  "scan_position = EXCLUDED.scan_position, "
-							  "scan_unmigrated = EXCLUDED.scan_unmigrated, scan_rows = EXCLUDED.scan_rows, "
-							  "prev_unmigrated = EXCLUDED.prev_unmigrated, prev_measured_at = EXCLUDED.prev_measured_at",
-							  15, argtypes, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write tenancy.migration_status");
+	if (SPI_execute_with_args(psprintf(
+									   "INSERT INTO tenancy.%s AS s (relation, column_name, "
+									   "unmigrated, total_rows, percent_migrated, method, checked_at, measured_at, "
+									   "rate_per_s, eta, scan_position, scan_unmigrated, scan_rows, prev_unmigrated, prev_measured_at%s) "
+									   "VALUES ($1::pg_catalog.regclass, $2::pg_catalog.name, $3, $4, "
+									   "pg_catalog.round($5::pg_catalog.numeric, 2), $6, $7, $8, "
+									   "pg_catalog.round($9::pg_catalog.numeric, 3), "
+									   "pg_catalog.make_interval(secs => pg_catalog.round($10)), $11, $12, $13, $14, $15%s) "
+									   "ON CONFLICT (relation) DO UPDATE SET column_name = EXCLUDED.column_name, %s"
+									   "unmigrated = EXCLUDED.unmigrated, total_rows = EXCLUDED.total_rows, "
+									   "percent_migrated = EXCLUDED.percent_migrated, method = EXCLUDED.method, "
+									   "checked_at = EXCLUDED.checked_at, measured_at = EXCLUDED.measured_at, "
+									   "rate_per_s = EXCLUDED.rate_per_s, eta = EXCLUDED.eta, "
+									   "scan_position = EXCLUDED.scan_position, "
+									   "scan_unmigrated = EXCLUDED.scan_unmigrated, scan_rows = EXCLUDED.scan_rows, "
+									   "prev_unmigrated = EXCLUDED.prev_unmigrated, prev_measured_at = EXCLUDED.prev_measured_at",
+									   status_table(parent),
+									   part ? ", parent" : "",
+									   part ? ", $16::pg_catalog.regclass" : "",
+									   part ? "parent = EXCLUDED.parent, " : ""),
+							  part ? 16 : 15, argtypes, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write tenancy.%s", status_table(parent));
 }
 
 /*
@@ -372,19 +399,112 @@ status_lock_timeout_begin(void)
 }
 
 /*
- * One step of counting for relid: see the file header.  Returns true when
- * an incremental pass is still under way (another step would advance it).
- * With in_worker, the step reports what it does in pg_stat_activity.
+ * The row a step starts from: the previous status row of relid, or a blank
+ * one when there is none or it was for another column (start over).
  */
-bool
-status_step(Oid relid, const char *column, bool in_worker)
+static void
+status_start(Oid relid, Oid parent, const char *column, StatusRow *prev, StatusRow *row)
 {
-	Relation	rel;
+	status_read(relid, parent, prev);
+	*row = *prev;
+	row->found = true;
+	if (prev->found && strcmp(prev->column_name, column) != 0)
+	{
+		memset(row, 0, sizeof(StatusRow));
+		prev->found = false;
+	}
+	if (!prev->found)
+	{
+		row->unmigrated_null = row->measured_null = row->base_null = true;
+		row->scan_null = row->total_null = true;
+	}
+}
+
+/*
+ * The end of a step: the figure before the last change, the rate, the ETA,
+ * a LOG line when a measured figure changed (with do_log), and the upsert.
+ * measured says the figure is a new exact count or proof (how says which).
+ */
+static void
+status_finish(Oid relid, Oid parent, const char *column, const char *qualname,
+			  const char *qcol, const StatusRow *prev, StatusRow *row,
+			  bool measured, bool do_log, const char *how)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (strcmp(row->method, "estimate") == 0)
+		row->base_null = true;
+	if (measured)
+	{
+		bool		comparable = prev->found && !prev->unmigrated_null && !prev->measured_null &&
+			strcmp(prev->method, "estimate") != 0;
+
+		/* Remember the figure before a change, and when it was last seen. */
+		if (comparable && prev->unmigrated != row->unmigrated)
+		{
+			row->base_null = false;
+			row->base_unmigrated = prev->unmigrated;
+			row->base_measured_at = prev->measured_at;
+		}
+		else if (!comparable)
+			row->base_null = true;
+		row->measured_at = now;
+		row->measured_null = false;
+
+		if (do_log && (!comparable || prev->unmigrated != row->unmigrated))
+		{
+			if (row->unmigrated == 0)
+				ereport(LOG,
+						(errmsg("tenancy: every row of %s has %s set", qualname, qcol),
+						 errdetail("Counted by %s.", how)));
+			else
+				ereport(LOG,
+						(errmsg("tenancy: %s has " INT64_FORMAT " rows with %s NULL",
+								qualname, row->unmigrated, qcol),
+						 comparable ?
+						 errdetail("Previously " INT64_FORMAT ".", prev->unmigrated) : 0));
+		}
+	}
+
+	/*
+	 * Rate: rows migrated since the figure before the last change was last
+	 * seen, per second.  It is recomputed at every check, so it decays
+	 * while nothing moves; the ETA assumes it holds.
+	 */
+	row->rate_null = row->eta_null = true;
+	if (!row->base_null && !row->unmigrated_null && now > row->base_measured_at)
+	{
+		row->rate = (double) (row->base_unmigrated - row->unmigrated) /
+			((double) (now - row->base_measured_at) / USECS_PER_SEC);
+		row->rate_null = false;
+	}
+	if (!row->unmigrated_null && row->unmigrated == 0 && strcmp(row->method, "estimate") != 0)
+	{
+		row->eta_s = 0;
+		row->eta_null = false;
+	}
+	else if (!row->rate_null && row->rate > 0 && !row->unmigrated_null)
+	{
+		row->eta_s = Min((double) row->unmigrated / row->rate, 1e9);
+		row->eta_null = false;
+	}
+
+	status_write(relid, parent, column, row, now);
+}
+
+/*
+ * One step of counting a table (a plain table, or a leaf partition of the
+ * registered partitioned table parent): see the file header.  Returns true
+ * when an incremental pass is still under way.
+ */
+static bool
+count_table(Relation rel, const char *column, Oid parent, bool in_worker)
+{
+	Oid			relid = RelationGetRelid(rel);
 	AttrNumber	attnum;
 	CountMethod how;
 	StatusRow	prev;
 	StatusRow	row;
-	TimestampTz now;
 	bool		measured = false;
 	bool		more = false;
 	char	   *relname;
@@ -395,20 +515,8 @@ status_step(Oid relid, const char *column, bool in_worker)
 	StringInfoData sql;
 	AsOwnerState as_owner;
 
-	rel = try_relation_open(relid, AccessShareLock);
-	if (rel == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u does not exist", relid),
-				 errhint("Remove it from tenancy.tables.")));
 	relname = RelationGetRelationName(rel);
 	qualname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)), relname);
-	if (rel->rd_rel->relkind != RELKIND_RELATION &&
-		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a table", relname),
-				 errdetail("Only tables and partitioned tables can be counted.")));
 	attnum = get_attnum(relid, column);
 	if (attnum == InvalidAttrNumber || attnum < 0)
 		ereport(ERROR,
@@ -417,22 +525,7 @@ status_step(Oid relid, const char *column, bool in_worker)
 				 errhint("Add the tenant column with tenancy.add_tenant_column(), or correct tenancy.tables.")));
 	qcol = quote_identifier(column);
 
-	status_read(relid, &prev);
-	row = prev;
-	row.found = true;
-	/* A different column than last time: start over. */
-	if (prev.found && strcmp(prev.column_name, column) != 0)
-	{
-		memset(&row, 0, sizeof(row));
-		prev.found = false;
-		row.unmigrated_null = row.measured_null = row.base_null = true;
-		row.scan_null = row.total_null = true;
-	}
-	if (!prev.found)
-	{
-		row.unmigrated_null = row.measured_null = row.base_null = true;
-		row.scan_null = row.total_null = true;
-	}
+	status_start(relid, parent, column, &prev, &row);
 
 	/*
 	 * From here on the table's own code can run: the planner and the
@@ -448,8 +541,6 @@ status_step(Oid relid, const char *column, bool in_worker)
 	if (TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attnotnull ||
 		has_notnull_check(rel, attnum))
 		how = COUNT_PROOF;
-	else if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
-		how = COUNT_ESTIMATE_ONLY;
 	else if (OidIsValid(index = find_null_index(rel, attnum)))
 		how = COUNT_INDEX;
 	else
@@ -462,8 +553,7 @@ status_step(Oid relid, const char *column, bool in_worker)
 		snprintf(activity, sizeof(activity), "tenancy: counting %s.%s (%s)",
 				 qualname, qcol,
 				 how == COUNT_PROOF ? "catalog proof" :
-				 how == COUNT_INDEX ? "partial index" :
-				 how == COUNT_SCAN ? "incremental scan" : "statistics");
+				 how == COUNT_INDEX ? "partial index" : "incremental scan");
 		pgstat_report_activity(STATE_RUNNING, activity);
 	}
 
@@ -497,12 +587,6 @@ status_step(Oid relid, const char *column, bool in_worker)
 				measured = true;
 				break;
 			}
-
-		case COUNT_ESTIMATE_ONLY:
-			row.unmigrated_null = !estimate_nulls(rel, attnum, rows, &row.unmigrated);
-			strlcpy(row.method, "estimate", sizeof(row.method));
-			row.scan_null = true;
-			break;
 
 		case COUNT_SCAN:
 			{
@@ -587,67 +671,261 @@ status_step(Oid relid, const char *column, bool in_worker)
 	}
 	as_owner_end(&as_owner);
 
-	now = GetCurrentTimestamp();
-	if (strcmp(row.method, "estimate") == 0)
-		row.base_null = true;
-	if (measured)
-	{
-		bool		comparable = prev.found && !prev.unmigrated_null && !prev.measured_null &&
-			strcmp(prev.method, "estimate") != 0;
-
-		/* Remember the figure before a change, and when it was last seen. */
-		if (comparable && prev.unmigrated != row.unmigrated)
-		{
-			row.base_null = false;
-			row.base_unmigrated = prev.unmigrated;
-			row.base_measured_at = prev.measured_at;
-		}
-		else if (!comparable)
-			row.base_null = true;
-		row.measured_at = now;
-		row.measured_null = false;
-
-		if (!comparable || prev.unmigrated != row.unmigrated)
-		{
-			if (row.unmigrated == 0)
-				ereport(LOG,
-						(errmsg("tenancy: every row of %s has %s set", qualname, qcol),
-						 errdetail("Counted by %s.", how == COUNT_PROOF ? "catalog proof" : "exact count")));
-			else
-				ereport(LOG,
-						(errmsg("tenancy: %s has " INT64_FORMAT " rows with %s NULL",
-								qualname, row.unmigrated, qcol),
-						 comparable ?
-						 errdetail("Previously " INT64_FORMAT ".", prev.unmigrated) : 0));
-		}
-	}
-
-	/*
-	 * Rate: rows migrated since the figure before the last change was last
-	 * seen, per second.  It is recomputed at every check, so it decays
-	 * while nothing moves; the ETA assumes it holds.
-	 */
-	row.rate_null = row.eta_null = true;
-	if (!row.base_null && !row.unmigrated_null && now > row.base_measured_at)
-	{
-		row.rate = (double) (row.base_unmigrated - row.unmigrated) /
-			((double) (now - row.base_measured_at) / USECS_PER_SEC);
-		row.rate_null = false;
-	}
-	if (!row.unmigrated_null && row.unmigrated == 0 && strcmp(row.method, "estimate") != 0)
-	{
-		row.eta_s = 0;
-		row.eta_null = false;
-	}
-	else if (!row.rate_null && row.rate > 0 && !row.unmigrated_null)
-	{
-		row.eta_s = Min((double) row.unmigrated / row.rate, 1e9);
-		row.eta_null = false;
-	}
-
-	status_write(relid, column, &row, now);
-	relation_close(rel, AccessShareLock);
+	/* A partition's figures are logged as its parent's sum. */
+	status_finish(relid, parent, column, qualname, qcol, &prev, &row, measured,
+				  !OidIsValid(parent),
+				  how == COUNT_PROOF ? "catalog proof" : "exact count");
 	pfree(sql.data);
+	return more;
+}
+
+/* The leaf partitions of a partitioned table, in OID order. */
+static List *
+leaf_partitions(Oid relid)
+{
+	List	   *all = find_all_inheritors(relid, NoLock, NULL);
+	List	   *leaves = NIL;
+	ListCell   *lc;
+
+	foreach(lc, all)
+	{
+		char		relkind = get_rel_relkind(lfirst_oid(lc));
+
+		if (relkind == RELKIND_RELATION || relkind == RELKIND_FOREIGN_TABLE)
+			leaves = lappend_oid(leaves, lfirst_oid(lc));
+	}
+	list_free(all);
+	list_sort(leaves, list_oid_cmp);
+	return leaves;
+}
+
+/*
+ * The parent's figures: the sum over its current leaves of their status
+ * rows, with the weakest method; a leaf without a row of this column (not
+ * counted yet, or a foreign table) is the statistics' estimate, and one
+ * without statistics makes the sum unknown.  Also drops the rows of
+ * partitions that are no longer leaves of parent.
+ */
+static void
+partitions_sum(Oid parent, List *leaves, const char *column, StatusRow *row)
+{
+	static const char *const methods[] = {"proof", "exact", "estimate"};
+	Oid			argtypes[2] = {OIDOID, OIDARRAYOID};
+	Oid			readtypes[2] = {OIDOID, TEXTOID};
+	Datum		values[2];
+	Datum	   *oids = palloc(sizeof(Datum) * Max(list_length(leaves), 1));
+	int			n = 0;
+	int			weakest = 0;
+	int64		unmigrated = 0;
+	int64		total = 0;
+	bool		unmigrated_null = false;
+	bool		total_null = false;
+	ListCell   *lc;
+	SPITupleTable *tuptable;
+	uint64		nrows;
+
+	foreach(lc, leaves)
+		oids[n++] = ObjectIdGetDatum(lfirst_oid(lc));
+	values[0] = ObjectIdGetDatum(parent);
+	values[1] = PointerGetDatum(construct_array(oids, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+	if (SPI_execute_with_args("DELETE FROM tenancy.migration_status_partitions "
+							  "WHERE parent OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+							  "AND relation::pg_catalog.oid OPERATOR(pg_catalog.<>) ALL ($2)",
+							  2, argtypes, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune tenancy.migration_status_partitions");
+	values[1] = CStringGetTextDatum(column);
+	if (SPI_execute_with_args("SELECT relation::pg_catalog.oid, unmigrated, total_rows, method "
+							  "FROM tenancy.migration_status_partitions "
+							  "WHERE parent OPERATOR(pg_catalog.=) $1::pg_catalog.regclass "
+							  "AND column_name OPERATOR(pg_catalog.=) $2::pg_catalog.name",
+							  2, readtypes, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read tenancy.migration_status_partitions");
+	tuptable = SPI_tuptable;
+	nrows = SPI_processed;
+
+	foreach(lc, leaves)
+	{
+		Oid			leaf = lfirst_oid(lc);
+		bool		found = false;
+
+		CHECK_FOR_INTERRUPTS();
+		for (uint64 i = 0; i < nrows && !found; i++)
+		{
+			HeapTuple	tup = tuptable->vals[i];
+			bool		isnull;
+			char	   *method;
+			int64		v;
+
+			if (DatumGetObjectId(SPI_getbinval(tup, tuptable->tupdesc, 1, &isnull)) != leaf)
+				continue;
+			found = true;
+			v = DatumGetInt64(SPI_getbinval(tup, tuptable->tupdesc, 2, &isnull));
+			if (isnull)
+				unmigrated_null = true;
+			else
+				unmigrated += v;
+			v = DatumGetInt64(SPI_getbinval(tup, tuptable->tupdesc, 3, &isnull));
+			if (isnull)
+				total_null = true;
+			else
+				total += v;
+			method = SPI_getvalue(tup, tuptable->tupdesc, 4);
+			for (int m = 0; m < (int) lengthof(methods); m++)
+				if (strcmp(method, methods[m]) == 0)
+					weakest = Max(weakest, m);
+		}
+		if (!found)
+		{
+			/* Not counted yet: the statistics' estimate, as for a plain table. */
+			Relation	lrel = try_relation_open(leaf, AccessShareLock);
+			AttrNumber	attnum;
+			AsOwnerState as_owner;
+			double		rows;
+			int64		nulls;
+
+			if (lrel == NULL)
+				continue;		/* dropped meanwhile */
+			weakest = (int) lengthof(methods) - 1;
+			attnum = get_attnum(leaf, column);
+			as_owner_begin(leaf, GetUserId(), &as_owner);
+			rows = estimate_rows(lrel);
+			if (attnum > 0 && estimate_nulls(lrel, attnum, rows, &nulls))
+				unmigrated += nulls;
+			else
+				unmigrated_null = true;
+			as_owner_end(&as_owner);
+			if (rows < 0)
+				total_null = true;
+			else
+				total += (int64) rint(rows);
+			relation_close(lrel, AccessShareLock);
+		}
+	}
+	row->unmigrated = unmigrated_null ? 0 : unmigrated;
+	row->unmigrated_null = unmigrated_null;
+	row->total_rows = total_null ? 0 : total;
+	row->total_null = total_null;
+	strlcpy(row->method, methods[weakest], sizeof(row->method));
+	pfree(oids);
+}
+
+/*
+ * One step of counting a partitioned table: one leaf partition, the next
+ * of the pass under way (or the first of a new pass), counted with
+ * count_table(); then the parent's row is the sum.  Returns true while the
+ * pass is under way.  Until the pass ends, the parent's scan_unmigrated
+ * keeps the figure of the last complete pass, which the rate is based on.
+ */
+static bool
+partitioned_step(Relation rel, const char *column, bool in_worker)
+{
+	Oid			relid = RelationGetRelid(rel);
+	List	   *leaves = leaf_partitions(relid);
+	StatusRow	prev;
+	StatusRow	row;
+	StatusRow	last;
+	int64		cursor;
+	int64		next;
+	bool		pass_done = true;
+	bool		visited = false;
+	ListCell   *lc;
+	char	   *qualname;
+
+	qualname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										  RelationGetRelationName(rel));
+	status_start(relid, InvalidOid, column, &prev, &row);
+	cursor = row.scan_null ? 0 : row.scan_position;
+	next = cursor;
+
+	/* The first table leaf from the cursor on: count it one step. */
+	foreach(lc, leaves)
+	{
+		Oid			leaf = lfirst_oid(lc);
+		Relation	lrel;
+		bool		leaf_more;
+
+		if ((int64) leaf < cursor || get_rel_relkind(leaf) != RELKIND_RELATION)
+			continue;
+		lrel = try_relation_open(leaf, AccessShareLock);
+		if (lrel == NULL)
+			continue;			/* dropped meanwhile */
+		leaf_more = count_table(lrel, column, relid, in_worker);
+		relation_close(lrel, AccessShareLock);
+		next = leaf_more ? (int64) leaf : (int64) leaf + 1;
+		visited = true;
+		break;
+	}
+	if (!visited)
+		next = PG_INT64_MAX;	/* no leaf left from the cursor on */
+	foreach(lc, leaves)
+	{
+		if ((int64) lfirst_oid(lc) >= next && get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
+		{
+			pass_done = false;
+			break;
+		}
+	}
+
+	/* The figure of the last complete pass, to compare with at its end. */
+	last = prev;
+	if (prev.found && !prev.scan_null)
+	{
+		last.unmigrated_null = prev.scan_unmigrated < 0;
+		last.unmigrated = prev.scan_unmigrated;
+	}
+
+	partitions_sum(relid, leaves, column, &row);
+	if (pass_done)
+		row.scan_null = true;
+	else
+	{
+		row.scan_null = false;
+		row.scan_position = next;
+		row.scan_unmigrated = last.unmigrated_null || strcmp(last.method, "estimate") == 0
+			? -1 : last.unmigrated;
+		row.scan_rows = 0;
+	}
+	status_finish(relid, InvalidOid, column, qualname, quote_identifier(column),
+				  &last, &row, pass_done && strcmp(row.method, "estimate") != 0, true,
+				  "the sum of its partitions");
+	list_free(leaves);
+	return !pass_done;
+}
+
+/*
+ * One step of counting for relid: see the file header.  Returns true when
+ * a pass is still under way (another step would advance it).  With
+ * in_worker, the step reports what it does in pg_stat_activity.
+ */
+bool
+status_step(Oid relid, const char *column, bool in_worker)
+{
+	Relation	rel;
+	bool		more;
+
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid),
+				 errhint("Remove it from tenancy.tables.")));
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("Only tables and partitioned tables can be counted.")));
+	if (get_attnum(relid, column) == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of relation \"%s\" does not exist", column,
+						RelationGetRelationName(rel)),
+				 errhint("Add the tenant column with tenancy.add_tenant_column(), or correct tenancy.tables.")));
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+		more = partitioned_step(rel, column, in_worker);
+	else
+		more = count_table(rel, column, InvalidOid, in_worker);
+	relation_close(rel, AccessShareLock);
 	return more;
 }
 
@@ -669,6 +947,14 @@ status_prune(void)
 				(errmsg("tenancy: no longer reporting on relation %s",
 						SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1)),
 				 errdetail("The table was dropped or removed from tenancy.tables.")));
+	/* Partitions: with their parent, or when dropped themselves. */
+	if (SPI_execute("DELETE FROM tenancy.migration_status_partitions p "
+					"WHERE NOT EXISTS (SELECT 1 FROM tenancy.migration_status s "
+					"WHERE s.relation::pg_catalog.oid OPERATOR(pg_catalog.=) p.parent::pg_catalog.oid) "
+					"OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+					"WHERE c.oid OPERATOR(pg_catalog.=) p.relation::pg_catalog.oid)",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune tenancy.migration_status_partitions");
 }
 
 /*

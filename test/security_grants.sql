@@ -128,6 +128,7 @@ INSERT INTO expected_relations VALUES
     ('tenancy.identity_sources', ''),
     ('tenancy.memberships', ''),
     ('tenancy.migration_status', ''),
+    ('tenancy.migration_status_partitions', ''),
     ('tenancy.rls_tables', 'PUBLIC=SELECT'),
     ('tenancy.shadow_stats', 'pg_read_all_stats=SELECT'),
     ('tenancy.tables', ''),
