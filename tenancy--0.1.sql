@@ -551,7 +551,7 @@ DECLARE
     atleast  text;
     bad      integer;
     fix_rls  text;
-    c        record;
+    c        record;  relname_re text;
     keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
@@ -903,6 +903,111 @@ BEGIN
             status := 'ok'; rows_affected := NULL; fix := NULL;
             detail := CASE WHEN cnt = 0 THEN 'no view reads this table'
                            ELSE format('%s views read this table, all with security_invoker', cnt) END;
+            RETURN NEXT;
+        END IF;
+
+        -- materialized_view: materialized views over the table (directly or
+        -- through views) that a role row security applies to can read: they
+        -- hold the rows their owner saw at refresh, every tenant's.
+        check_name := 'materialized_view'; bad := 0; cnt := 0;
+        FOR f IN
+            WITH RECURSIVE deps(view) AS (
+                SELECT rw.ev_class
+                FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = r.rel AND rw.ev_class <> r.rel
+                UNION
+                SELECT rw.ev_class
+                FROM deps JOIN pg_depend d ON d.refobjid = deps.view
+                JOIN pg_rewrite rw ON rw.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND rw.ev_class <> deps.view
+            )
+            SELECT v.oid::regclass AS view, v.relowner,
+                   EXISTS (SELECT 1 FROM aclexplode(coalesce(v.relacl, acldefault('r', v.relowner))) a
+                           WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+                   OR EXISTS (SELECT 1 FROM pg_attribute at, aclexplode(at.attacl) a
+                              WHERE at.attrelid = v.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS public_reads,
+                   (SELECT string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname)
+                      FROM pg_roles ro
+                     WHERE ro.oid >= 16384 AND ro.oid <> v.relowner AND NOT ro.rolsuper AND NOT ro.rolbypassrls
+                       AND has_any_column_privilege(ro.oid, v.oid, 'SELECT')) AS readers,
+                   (SELECT string_agg(format('REVOKE SELECT ON %s FROM %s;', v.oid::regclass,
+                                             CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END),
+                                      E'\n' ORDER BY g.grantee <> 0, pg_get_userbyid(g.grantee))
+                      FROM (SELECT DISTINCT a.grantee
+                              FROM (SELECT (aclexplode(coalesce(v.relacl, acldefault('r', v.relowner)))).*
+                                    UNION ALL
+                                    SELECT (aclexplode(at.attacl)).* FROM pg_attribute at WHERE at.attrelid = v.oid) a
+                             WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
+                               AND NOT EXISTS (SELECT 1 FROM pg_roles ro WHERE ro.oid = a.grantee
+                                                AND (ro.rolsuper OR ro.rolbypassrls))) g) AS revokes
+            FROM deps JOIN pg_class v ON v.oid = deps.view
+            WHERE v.relkind = 'm'
+            ORDER BY v.oid::regclass::text
+        LOOP
+            cnt := cnt + 1;
+            CONTINUE WHEN NOT f.public_reads AND f.readers IS NULL;
+            bad := bad + 1;
+            relation := f.view; status := 'failure'; rows_affected := NULL;
+            detail := format('materialized view %s holds the rows of %s its owner %I saw at refresh, every tenant''s, and row security does not apply to reading it; %s can read it: revoke SELECT, or replace it with a view with security_invoker (or a table with the tenant column and the policy)',
+                             f.view, r.rel, pg_get_userbyid(f.relowner),
+                             CASE WHEN f.public_reads THEN 'every role (PUBLIC)' ELSE f.readers END);
+            fix := coalesce(f.revokes, format('-- %s reads it through a role it is a member of: revoke that membership', f.readers));
+            RETURN NEXT;
+        END LOOP;
+        relation := r.rel;
+        IF bad = 0 THEN
+            status := 'ok'; rows_affected := NULL; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no materialized view reads this table'
+                           ELSE format('%s materialized views read this table, none readable by a role row security applies to', cnt) END;
+            RETURN NEXT;
+        END IF;
+
+        -- security_definer_function: SECURITY DEFINER functions owned by a
+        -- superuser or a BYPASSRLS role that read the table (pg_depend for
+        -- SQL-standard bodies, else a word match of the table's name in the
+        -- source, as the advisories) and that an application role may run:
+        -- they return every tenant's rows.
+        check_name := 'security_definer_function'; bad := 0; cnt := 0;
+        relname_re := '\m' || regexp_replace(lower((SELECT cl.relname FROM pg_class cl WHERE cl.oid = r.rel)),
+                                             '([^a-z0-9_])', '\\\1', 'g') || '\M';
+        FOR f IN
+            SELECT p.oid::regprocedure AS fn, o.rolname AS owner, o.rolsuper,
+                   EXISTS (SELECT 1 FROM pg_depend d
+                           WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjid = r.rel) AS depends,
+                   EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                           WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS public_runs,
+                   (SELECT string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname)
+                      FROM pg_roles ro
+                     WHERE ro.oid >= 16384 AND ro.oid <> p.proowner AND NOT ro.rolsuper AND NOT ro.rolbypassrls
+                       AND has_function_privilege(ro.oid, p.oid, 'EXECUTE')) AS runners
+            FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+            WHERE p.prosecdef AND (o.rolsuper OR o.rolbypassrls)
+              AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                              WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
+              AND (EXISTS (SELECT 1 FROM pg_depend d
+                           WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjid = r.rel)
+                   OR lower(p.prosrc) ~ relname_re)
+            ORDER BY p.oid::regprocedure::text
+        LOOP
+            cnt := cnt + 1;
+            CONTINUE WHEN NOT f.public_runs AND f.runners IS NULL;
+            bad := bad + 1;
+            relation := r.rel; status := 'failure'; rows_affected := NULL;
+            detail := format('SECURITY DEFINER function %s runs as %I, %s, and %s %s: %s can call it and get every tenant''s rows; make it SECURITY INVOKER, or REVOKE EXECUTE from PUBLIC and grant it only to roles that may see every tenant, or give it an owner row security applies to',
+                             f.fn, f.owner, CASE WHEN f.rolsuper THEN 'a superuser' ELSE 'a role with BYPASSRLS' END,
+                             CASE WHEN f.depends THEN 'depends on' ELSE 'its source mentions' END, r.rel,
+                             CASE WHEN f.public_runs THEN 'every role (PUBLIC)' ELSE f.runners END);
+            fix := format('ALTER FUNCTION %s SECURITY INVOKER;', f.fn);
+            RETURN NEXT;
+        END LOOP;
+        IF bad = 0 THEN
+            status := 'ok'; rows_affected := NULL; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no SECURITY DEFINER function of a superuser or BYPASSRLS role reads this table'
+                           ELSE format('%s SECURITY DEFINER functions of a superuser or BYPASSRLS role read this table, none callable by a role row security applies to', cnt) END;
             RETURN NEXT;
         END IF;
 
