@@ -516,6 +516,79 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid';
 
+------------------------------------------------------------------------------
+-- Shared tables: reference data every tenant reads (films, countries, ...).
+-- Marked so that the advisories stop asking for the tenant in foreign keys
+-- that point at them, and verify() checks that only their owner writes them.
+-- A table is either a tenant table (tenancy.tables) or shared, not both.
+------------------------------------------------------------------------------
+
+CREATE TABLE tenancy.shared_tables (
+    relation  regclass PRIMARY KEY,
+    marked_by name NOT NULL DEFAULT session_user,
+    marked_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE tenancy.shared_tables IS 'tables shared by every tenant (reference data): no tenant column, written only by their owner';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.shared_tables', '');
+REVOKE ALL ON TABLE tenancy.shared_tables FROM PUBLIC;
+GRANT SELECT ON TABLE tenancy.shared_tables TO PUBLIC;   -- the advisories read it as the table owner
+
+CREATE FUNCTION tenancy.mark_shared(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM tenancy.check_tenant_table(tbl);
+    IF EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl)
+       OR EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = tbl) THEN
+        RAISE EXCEPTION 'table % is registered as a tenant table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A table is either a tenant table, with a tenant column and a policy, or shared by every tenant.',
+                  HINT = format('Undo its migration first: SELECT * FROM tenancy.rollback_table_sql(%L);', tbl::text);
+    END IF;
+    INSERT INTO tenancy.shared_tables (relation) VALUES (tbl) ON CONFLICT (relation) DO NOTHING;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.mark_shared(regclass) IS 'mark a table shared by every tenant (reference data); false when it already is';
+REVOKE ALL ON FUNCTION tenancy.mark_shared(regclass) FROM PUBLIC;
+
+CREATE FUNCTION tenancy.unmark_shared(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM tenancy.shared_tables s WHERE s.relation = tbl;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.unmark_shared(regclass) IS 'undo mark_shared(); false when the table was not marked';
+REVOKE ALL ON FUNCTION tenancy.unmark_shared(regclass) FROM PUBLIC;
+
+-- A shared table (or a partition of one) cannot be registered.
+CREATE FUNCTION tenancy.tables_not_shared() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shared regclass;
+BEGIN
+    SELECT s.relation INTO shared FROM tenancy.shared_tables s
+     WHERE s.relation = NEW.relation
+        OR s.relation IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(NEW.relation) a)
+     LIMIT 1;
+    IF shared IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is marked shared', NEW.relation
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('%s holds data every tenant reads: it has no tenant column.', shared),
+                  HINT = format('If it is tenant data after all: SELECT tenancy.unmark_shared(%L);', shared::text);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER tables_not_shared BEFORE INSERT OR UPDATE OF relation ON tenancy.tables
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tables_not_shared();
+
 -- The readiness report.  One row per finding; a clean database gives one
 -- 'ok' row per check and table, so the report shows what was checked.
 -- Counting runs through tenancy.table_query(): as the table's owner when the
@@ -1060,6 +1133,66 @@ BEGIN
 
     IF tbl IS NOT NULL THEN
         RETURN;
+    END IF;
+
+    -- shared_table: tables marked shared (tenancy.mark_shared()); a failure
+    -- when a role other than the owner (and superusers) may write one of
+    -- them or a partition: one tenant's write changes every tenant's data.
+    check_name := 'shared_table'; cnt := 0; rows_affected := NULL;
+    FOR f IN
+        SELECT s.relation AS rel, c.oid IS NOT NULL AS present, c.relowner
+          FROM tenancy.shared_tables s LEFT JOIN pg_class c ON c.oid = s.relation
+         ORDER BY s.relation::text
+    LOOP
+        cnt := cnt + 1; relation := f.rel;
+        IF NOT f.present THEN
+            status := 'failure';
+            detail := format('relation %s marked shared no longer exists', f.rel::oid);
+            fix := format('SELECT tenancy.unmark_shared(%s);', f.rel::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- direct grants of a write privilege (PUBLIC included), on the
+        -- table, its partitions and their columns
+        SELECT string_agg(DISTINCT w.who, ', '),
+               string_agg(DISTINCT format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s;', w.member, w.who), E'\n')
+          INTO txt, txt2
+          FROM (SELECT m.relid::regclass AS member,
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS who
+                  FROM (SELECT f.rel AS relid UNION SELECT t.relid FROM pg_partition_tree(f.rel) t) m
+                  JOIN pg_class c ON c.oid = m.relid,
+                       LATERAL (SELECT (aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))).*
+                                UNION ALL
+                                SELECT (aclexplode(at.attacl)).* FROM pg_attribute at WHERE at.attrelid = c.oid) a
+                 WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+                   AND a.grantee <> c.relowner
+                   AND NOT EXISTS (SELECT 1 FROM pg_roles ro WHERE ro.oid = a.grantee AND ro.rolsuper)) w;
+        IF txt IS NULL THEN
+            -- roles that write through a membership (of the owner, of
+            -- pg_write_all_data)
+            SELECT string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname) INTO txt
+              FROM pg_roles ro
+             WHERE ro.oid >= 16384 AND ro.oid <> f.relowner AND NOT ro.rolsuper
+               AND (has_table_privilege(ro.oid, f.rel, 'INSERT, UPDATE, DELETE, TRUNCATE')
+                    OR has_any_column_privilege(ro.oid, f.rel, 'INSERT, UPDATE'));
+            txt2 := CASE WHEN txt IS NOT NULL
+                         THEN format('-- %s: write access through a membership (of the owner, of pg_write_all_data): revoke that membership', txt) END;
+        END IF;
+        IF txt IS NULL THEN
+            status := 'ok'; fix := NULL;
+            detail := format('shared by every tenant; only its owner %I (and superusers) can write it',
+                             pg_get_userbyid(f.relowner));
+        ELSE
+            status := 'failure'; fix := txt2;
+            detail := format('shared by every tenant, but %s can write it: one tenant''s write changes every tenant''s data; let only its owner write it',
+                             CASE WHEN txt = 'PUBLIC' THEN 'every role (PUBLIC)' ELSE txt END);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF cnt = 0 THEN
+        relation := NULL; status := 'ok'; fix := NULL;
+        detail := 'no table is marked shared (tenancy.mark_shared())';
+        RETURN NEXT;
     END IF;
 
     -- user_without_tenant: users owning resources without any membership
@@ -3406,7 +3539,11 @@ BEGIN
            format('referential checks bypass row security: a row can reference another tenant''s row; include %I in the key', col)
       FROM pg_constraint con
      WHERE con.contype = 'f'
-       AND ((con.conrelid = tbl AND (attno IS NULL OR attno <> ALL (con.conkey)))
+       AND ((con.conrelid = tbl AND (attno IS NULL OR attno <> ALL (con.conkey))
+             -- a key to a shared table (reference data) needs no tenant
+             AND NOT EXISTS (SELECT 1 FROM tenancy.shared_tables s
+                              WHERE s.relation = con.confrelid
+                                 OR s.relation IN (SELECT a.relid FROM pg_partition_ancestors(con.confrelid) a)))
             OR (con.confrelid = tbl AND (attno IS NULL OR attno <> ALL (con.confkey))))
      ORDER BY con.conname;
 

@@ -107,7 +107,7 @@ SELECT set_eq($$SELECT DISTINCT check_name FROM tenancy.verify()$$,
               ARRAY['tenant_column', 'null_tenant', 'unknown_tenant', 'cross_tenant_reference', 'unique_scope',
                     'foreign_key_scope', 'rls_enabled', 'rls_forced', 'tenancy_policy', 'policy_mode',
                     'shadow_divergence', 'tenant_index', 'view_security_invoker', 'materialized_view',
-                    'security_definer_function', 'bypassrls_role', 'unregistered_reference',
+                    'security_definer_function', 'bypassrls_role', 'unregistered_reference', 'shared_table',
                     'user_without_tenant', 'tenant_without_owner'],
               'the report covers every check');
 

@@ -51,6 +51,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.key_type()', 'PUBLIC'),
     ('tenancy.log_step(regclass,text,text,text)', ''),
     ('tenancy.lookup_tenant(text)', ''),
+    ('tenancy.mark_shared(regclass)', ''),
     ('tenancy.normalize_key(text)', 'PUBLIC'),
     ('tenancy.policy_sql(regclass,name,regrole[],text)', 'PUBLIC'),
     ('tenancy.preallocate_wal(bigint)', ''),
@@ -99,10 +100,12 @@ INSERT INTO expected_routines VALUES
     ('tenancy.table_exec(regclass,regrole,text,"any")', 'PUBLIC'),
     ('tenancy.table_query(regclass,regrole,text)', 'PUBLIC'),
     ('tenancy.table_query(regclass,regrole,text,"any")', 'PUBLIC'),
+    ('tenancy.tables_not_shared()', 'PUBLIC'),
     ('tenancy.tenant_accessor()', ''),
     ('tenancy.tenant_default_sql()', 'PUBLIC'),
     ('tenancy.tenant_key(text)', ''),
     ('tenancy.unbind_role(regrole)', ''),
+    ('tenancy.unmark_shared(regclass)', ''),
     ('tenancy.unscoped_unique_indexes(regclass,smallint)', ''),
     ('tenancy.verify(regclass,bigint)', ''),
     ('tenancy.wal_flush_behind(anyelement)', 'PUBLIC');
@@ -119,6 +122,7 @@ INSERT INTO expected_relations VALUES
     ('tenancy.migration_status', ''),
     ('tenancy.rls_tables', 'PUBLIC=SELECT'),
     ('tenancy.shadow_stats', 'pg_read_all_stats=SELECT'),
+    ('tenancy.shared_tables', 'PUBLIC=SELECT'),
     ('tenancy.tables', ''),
     ('tenancy.tenants', '');
 
