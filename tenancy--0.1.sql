@@ -589,6 +589,184 @@ $$;
 CREATE TRIGGER tables_not_shared BEFORE INSERT OR UPDATE OF relation ON tenancy.tables
     FOR EACH ROW EXECUTE FUNCTION tenancy.tables_not_shared();
 
+------------------------------------------------------------------------------
+-- Acknowledged findings: a DBA accepts a verify() finding about a role or
+-- an object (an intended BYPASSRLS reporting role, say).  The
+-- acknowledgement keeps a fingerprint of the facts it accepted and lapses
+-- when they change.
+------------------------------------------------------------------------------
+
+CREATE TABLE tenancy.acknowledgements (
+    check_name      text NOT NULL,
+    object          text NOT NULL,
+    reason          text NOT NULL CONSTRAINT acknowledgements_reason_check CHECK (btrim(reason) OPERATOR(pg_catalog.<>) ''),
+    acknowledged_by name NOT NULL DEFAULT session_user,
+    acknowledged_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    fingerprint     text NOT NULL,
+    PRIMARY KEY (check_name, object)
+);
+COMMENT ON TABLE tenancy.acknowledgements IS 'verify() findings a DBA accepted, with the fingerprint of the facts accepted';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.acknowledgements', '');
+REVOKE ALL ON TABLE tenancy.acknowledgements FROM PUBLIC;
+
+-- What kind of object a check's findings are about (NULL: the check's
+-- findings cannot be acknowledged).
+CREATE FUNCTION tenancy.ack_kind(check_name text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE check_name
+               WHEN 'bypassrls_role' THEN 'role'
+               WHEN 'security_definer_function' THEN 'function'
+               WHEN 'materialized_view' THEN 'relation'
+               WHEN 'view_security_invoker' THEN 'relation'
+               WHEN 'shared_table' THEN 'relation'
+           END;
+$$;
+
+-- The facts an acknowledgement accepts: for a role, its attributes, the
+-- roles it is a member of and its privileges on every registered and
+-- shared table; for a function, its owner, SECURITY DEFINER, body, ACL and
+-- settings; for a relation, its owner, kind, ACLs (column ACLs too),
+-- options and definition.  NULL when the object does not exist.
+CREATE FUNCTION tenancy.ack_fingerprint(check_name text, object text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text := tenancy.ack_kind(check_name);
+    obj  oid;
+BEGIN
+    IF kind = 'role' THEN
+        obj := to_regrole(object);
+        RETURN (SELECT md5(format('role|%s|%s|%s|%s|%s|%s|%s|member of %s|privileges %s',
+                    r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
+                    r.rolreplication, r.rolbypassrls,
+                    (SELECT string_agg(m.roleid::regrole::text || CASE WHEN m.admin_option THEN '+admin' ELSE '' END,
+                                       ',' ORDER BY m.roleid::regrole::text)
+                       FROM pg_auth_members m WHERE m.member = r.oid),
+                    (SELECT string_agg(t.rel::text || ':' || p.privs, ';' ORDER BY t.rel::text)
+                       FROM (SELECT x.relation AS rel FROM tenancy.tables x
+                             UNION SELECT s.relation FROM tenancy.shared_tables s) t
+                       JOIN pg_class c ON c.oid = t.rel,
+                       LATERAL (SELECT string_agg(v.priv, ',' ORDER BY v.priv) AS privs
+                                  FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) v(priv)
+                                 WHERE has_table_privilege(r.oid, t.rel, v.priv)
+                                    OR (v.priv IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                                        AND has_any_column_privilege(r.oid, t.rel, v.priv))) p
+                      WHERE p.privs IS NOT NULL)))
+                  FROM pg_roles r WHERE r.oid = obj);
+    ELSIF kind = 'function' THEN
+        obj := to_regprocedure(object);
+        RETURN (SELECT md5(format('function|%s|%s|%s|%s|%s|%s',
+                    p.proowner::regrole, p.prosecdef, md5(p.prosrc), md5(coalesce(p.prosqlbody::text, '')),
+                    coalesce(p.proacl::text, 'default'), coalesce(p.proconfig::text, '')))
+                  FROM pg_proc p WHERE p.oid = obj);
+    ELSIF kind = 'relation' THEN
+        obj := to_regclass(object);
+        RETURN (SELECT md5(format('relation|%s|%s|%s|%s|%s|%s',
+                    c.relowner::regrole, c.relkind, coalesce(c.relacl::text, 'default'),
+                    coalesce(c.reloptions::text, ''),
+                    (SELECT string_agg(a.attname || '=' || a.attacl::text, ',' ORDER BY a.attnum)
+                       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL AND NOT a.attisdropped),
+                    CASE WHEN c.relkind IN ('v', 'm') THEN md5(pg_get_viewdef(c.oid)) END))
+                  FROM pg_class c WHERE c.oid = obj);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION tenancy.ack_fingerprint(text, text) IS 'fingerprint of the facts an acknowledgement of a verify() finding accepts';
+
+-- For verify(): whether a finding is acknowledged ('acknowledged'), was
+-- and lapsed ('lapsed'), or neither (NULL), and the note to add to its
+-- detail.  A caller who cannot read tenancy.acknowledgements sees every
+-- finding as it is.
+CREATE FUNCTION tenancy.ack_state(check_name text, object text, OUT state text, OUT note text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+BEGIN
+    IF NOT has_table_privilege('tenancy.acknowledgements', 'SELECT') THEN
+        RETURN;
+    END IF;
+    SELECT k.reason, k.acknowledged_by, k.acknowledged_at, k.fingerprint INTO a
+      FROM tenancy.acknowledgements k
+     WHERE k.check_name = ack_state.check_name AND k.object = ack_state.object;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF a.fingerprint = tenancy.ack_fingerprint(ack_state.check_name, ack_state.object) THEN
+        state := 'acknowledged';
+        note := format('acknowledged by %I at %s: %s', a.acknowledged_by,
+                       to_char(a.acknowledged_at, 'YYYY-MM-DD HH24:MI:SSOF'), a.reason);
+    ELSE
+        state := 'lapsed';
+        note := format('the acknowledgement by %I at %s (%s) lapsed: %s changed since; acknowledge it again if it is still intended',
+                       a.acknowledged_by, to_char(a.acknowledged_at, 'YYYY-MM-DD HH24:MI:SSOF'), a.reason,
+                       ack_state.object);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.ack_state(text, text) IS 'for verify(): whether a finding is acknowledged, lapsed or neither';
+
+CREATE FUNCTION tenancy.acknowledge(check_name text, object text, reason text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+    name text;
+BEGIN
+    IF check_name IS NULL OR object IS NULL OR reason IS NULL THEN
+        RAISE EXCEPTION 'check_name, object and reason must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    kind := tenancy.ack_kind(check_name);
+    IF kind IS NULL THEN
+        RAISE EXCEPTION 'findings of check "%" cannot be acknowledged', check_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The checks whose findings can be acknowledged are bypassrls_role (a role), security_definer_function (a function), materialized_view, view_security_invoker and shared_table (a relation).';
+    END IF;
+    IF btrim(reason) = '' THEN
+        RAISE EXCEPTION 'reason must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say why the finding is intended: the report shows it.';
+    END IF;
+    name := CASE kind WHEN 'role' THEN to_regrole(object)::text
+                      WHEN 'function' THEN to_regprocedure(object)::regprocedure::text
+                      ELSE to_regclass(object)::regclass::text END;
+    IF name IS NULL THEN
+        RAISE EXCEPTION '% "%" does not exist', kind, object
+            USING ERRCODE = CASE kind WHEN 'role' THEN 'undefined_object'
+                                      WHEN 'function' THEN 'undefined_function' ELSE 'undefined_table' END,
+                  HINT = CASE kind WHEN 'role' THEN 'Name the role as verify() shows it.'
+                                   WHEN 'function' THEN 'Name the function with its schema and argument types, as in rental.report(numeric).'
+                                   ELSE 'Name the relation with its schema, as verify() shows it.' END;
+    END IF;
+    INSERT INTO tenancy.acknowledgements AS k (check_name, object, reason, fingerprint)
+    VALUES (check_name, name, reason, tenancy.ack_fingerprint(check_name, name))
+    ON CONFLICT ON CONSTRAINT acknowledgements_pkey DO UPDATE
+       SET reason = EXCLUDED.reason, fingerprint = EXCLUDED.fingerprint,
+           acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_at = EXCLUDED.acknowledged_at;
+    RETURN name;
+END
+$$;
+COMMENT ON FUNCTION tenancy.acknowledge(text, text, text) IS 'accept a verify() finding about a role or object, until the facts it accepted change; returns the object''s name';
+REVOKE ALL ON FUNCTION tenancy.acknowledge(text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION tenancy.unacknowledge(check_name text, object text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+BEGIN
+    IF check_name IS NULL OR object IS NULL THEN
+        RAISE EXCEPTION 'check_name and object must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    kind := tenancy.ack_kind(check_name);
+    DELETE FROM tenancy.acknowledgements k
+     WHERE k.check_name = unacknowledge.check_name
+       AND k.object IN (unacknowledge.object,
+                        CASE kind WHEN 'role' THEN to_regrole(unacknowledge.object)::text
+                                  WHEN 'function' THEN to_regprocedure(unacknowledge.object)::regprocedure::text
+                                  ELSE to_regclass(unacknowledge.object)::regclass::text END);
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.unacknowledge(text, text) IS 'withdraw an acknowledgement; false when there was none';
+REVOKE ALL ON FUNCTION tenancy.unacknowledge(text, text) FROM PUBLIC;
+
 -- The readiness report.  One row per finding; a clean database gives one
 -- 'ok' row per check and table, so the report shows what was checked.
 -- Counting runs through tenancy.table_query(): as the table's owner when the
@@ -624,7 +802,7 @@ DECLARE
     atleast  text;
     bad      integer;
     fix_rls  text;
-    c        record;  relname_re text;
+    c        record;  ak record;  relname_re text;
     keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
@@ -969,6 +1147,11 @@ BEGIN
             detail := format('view %s reads %s with the rights of its owner %I, not of the caller: row level security is checked against the owner',
                              f.view, r.rel, f.owner);
             fix := format('ALTER VIEW %s SET (security_invoker = true);', f.view);
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.view::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
             RETURN NEXT;
         END LOOP;
         relation := r.rel;
@@ -1027,6 +1210,11 @@ BEGIN
                              f.view, r.rel, pg_get_userbyid(f.relowner),
                              CASE WHEN f.public_reads THEN 'every role (PUBLIC)' ELSE f.readers END);
             fix := coalesce(f.revokes, format('-- %s reads it through a role it is a member of: revoke that membership', f.readers));
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.view::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
             RETURN NEXT;
         END LOOP;
         relation := r.rel;
@@ -1075,6 +1263,11 @@ BEGIN
                              CASE WHEN f.depends THEN 'depends on' ELSE 'its source mentions' END, r.rel,
                              CASE WHEN f.public_runs THEN 'every role (PUBLIC)' ELSE f.runners END);
             fix := format('ALTER FUNCTION %s SECURITY INVOKER;', f.fn);
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.fn::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
             RETURN NEXT;
         END LOOP;
         IF bad = 0 THEN
@@ -1085,23 +1278,41 @@ BEGIN
         END IF;
 
         -- bypassrls_role: roles that skip the policy and can read the table.
-        -- Superusers are left out: they bypass every check by design.
-        check_name := 'bypassrls_role';
-        SELECT count(*), string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname),
-               string_agg(format('ALTER ROLE %I NOBYPASSRLS;', ro.rolname), E'\n' ORDER BY ro.rolname)
-          INTO n, txt, txt2
-          FROM pg_roles ro
-         WHERE ro.rolbypassrls AND NOT ro.rolsuper
-           AND has_any_column_privilege(ro.oid, r.rel, 'SELECT');
+        -- Superusers are left out: they bypass every check by design.  An
+        -- acknowledged role gets its own row.
+        check_name := 'bypassrls_role'; n := 0; cnt := 0; txt := NULL; txt2 := NULL; cond := NULL;
+        FOR f IN
+            SELECT ro.oid::regrole::text AS role
+              FROM pg_roles ro
+             WHERE ro.rolbypassrls AND NOT ro.rolsuper
+               AND has_any_column_privilege(ro.oid, r.rel, 'SELECT')
+             ORDER BY ro.rolname
+        LOOP
+            cnt := cnt + 1;
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.role);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged'; rows_affected := 1; fix := NULL;
+                detail := format('role %s has BYPASSRLS and can read every tenant''s rows; %s', f.role, ak.note);
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            n := n + 1;
+            txt := concat_ws(', ', txt, f.role);
+            txt2 := concat_ws(E'\n', txt2, format('ALTER ROLE %s NOBYPASSRLS;', f.role));
+            IF ak.note IS NOT NULL THEN
+                cond := concat_ws('; ', cond, ak.note);
+            END IF;
+        END LOOP;
         rows_affected := n;
         IF n > 0 THEN
             status := 'warning';
-            detail := format('roles with BYPASSRLS can read every tenant''s rows: %s', txt);
+            detail := format('roles with BYPASSRLS can read every tenant''s rows: %s', txt) || coalesce('; ' || cond, '');
             fix := txt2;
-        ELSE
+            RETURN NEXT;
+        ELSIF cnt = 0 THEN
             status := 'ok'; detail := 'no non-superuser role with BYPASSRLS can read this table'; fix := NULL;
+            RETURN NEXT;
         END IF;
-        RETURN NEXT;
 
         -- unregistered_reference: tables whose foreign keys point here but
         -- that are not registered (nor partitions of a registered table)
@@ -1186,6 +1397,11 @@ BEGIN
             status := 'failure'; fix := txt2;
             detail := format('shared by every tenant, but %s can write it: one tenant''s write changes every tenant''s data; let only its owner write it',
                              CASE WHEN txt = 'PUBLIC' THEN 'every role (PUBLIC)' ELSE txt END);
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.rel::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
         END IF;
         RETURN NEXT;
     END LOOP;

@@ -17,6 +17,10 @@ SELECT plan(13);
 
 CREATE TEMP TABLE expected_routines (routine text, grantees text);
 INSERT INTO expected_routines VALUES
+    ('tenancy.ack_fingerprint(text,text)', 'PUBLIC'),
+    ('tenancy.ack_kind(text)', 'PUBLIC'),
+    ('tenancy.ack_state(text,text)', 'PUBLIC'),
+    ('tenancy.acknowledge(text,text,text)', ''),
     ('tenancy.activate_tenant(text)', ''),
     ('tenancy.add_member(text,text,text)', ''),
     ('tenancy.add_tenant_column(regclass,name,boolean,interval,integer)', ''),
@@ -105,6 +109,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.tenant_default_sql()', 'PUBLIC'),
     ('tenancy.tenant_key(text)', ''),
     ('tenancy.unbind_role(regrole)', ''),
+    ('tenancy.unacknowledge(text,text)', ''),
     ('tenancy.unmark_shared(regclass)', ''),
     ('tenancy.unscoped_unique_indexes(regclass,smallint)', ''),
     ('tenancy.verify(regclass,bigint)', ''),
@@ -112,6 +117,7 @@ INSERT INTO expected_routines VALUES
 
 CREATE TEMP TABLE expected_relations (relation text, grants text);
 INSERT INTO expected_relations VALUES
+    ('tenancy.acknowledgements', ''),
     ('tenancy.backfill_jobs', ''),
     ('tenancy.backfill_jobs_id_seq', ''),
     ('tenancy.backfill_progress', ''),
