@@ -802,7 +802,7 @@ DECLARE
     atleast  text;
     bad      integer;
     fix_rls  text;
-    c        record;  ak record;  relname_re text;
+    c        record;  conflicted text[];  ak record;  keyexpr text;  keynames text;  relname_re text;  qrel regclass;
     keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
@@ -889,6 +889,95 @@ BEGIN
         END IF;
         RETURN NEXT;
 
+        -- conflicting_parents: rows whose foreign keys to registered tables
+        -- lead to parents of different tenants.  No tenant is right for
+        -- them: cross_tenant_reference's one-line fix through one key would
+        -- break the other, so it gives none for the keys involved.  One row
+        -- per pair of keys; no row for a table with fewer than two keys.
+        check_name := 'conflicting_parents'; bad := 0; cnt := 0; conflicted := '{}';
+        SELECT string_agg(format('x.%I', a.attname), ', ' ORDER BY k.i),
+               '(' || string_agg(quote_ident(a.attname), ', ' ORDER BY k.i) || ')'
+          INTO keyexpr, keynames
+          FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, i)
+          JOIN pg_attribute a ON a.attnum = k.attnum
+         WHERE i.indrelid = r.rel AND i.indisprimary AND a.attrelid = r.rel;
+        FOR f IN
+            WITH fk AS (
+                SELECT c.conname, c.conkey, c.confkey, c.confrelid::regclass AS parent,
+                       pt.column_name AS pcol, pa.atttypid AS ptype
+                FROM pg_constraint c
+                JOIN tenancy.tables pt ON pt.relation = c.confrelid
+                JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                                    AND pa.attnum > 0 AND NOT pa.attisdropped
+                WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
+            )
+            SELECT a.conname AS con1, b.conname AS con2, a.parent AS parent1, b.parent AS parent2,
+                   CASE WHEN a.ptype = b.ptype THEN format('p1.%I <> p2.%I', a.pcol, b.pcol)
+                        ELSE format('p1.%I::text <> p2.%I::text', a.pcol, b.pcol) END AS cond,
+                   (SELECT string_agg(format('x.%I = p1.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
+                    FROM unnest(a.conkey, a.confkey) WITH ORDINALITY AS k(ck, pk, i)
+                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
+                    JOIN pg_attribute ra ON ra.attrelid = a.parent AND ra.attnum = k.pk) AS join1,
+                   (SELECT string_agg(format('x.%I = p2.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
+                    FROM unnest(b.conkey, b.confkey) WITH ORDINALITY AS k(ck, pk, i)
+                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
+                    JOIN pg_attribute ra ON ra.attrelid = b.parent AND ra.attnum = k.pk) AS join2
+            FROM fk a JOIN fk b ON a.conname < b.conname
+            ORDER BY a.conname, b.conname
+        LOOP
+            cnt := cnt + 1;
+            txt := current_setting('enable_nestloop');
+            PERFORM set_config('enable_nestloop', 'off', true);
+            txt2 := format(' FROM %s x JOIN %s p1 ON %s JOIN %s p2 ON %s WHERE %s',
+                           r.rel, f.parent1, f.join1, f.parent2, f.join2, f.cond);
+            qrel := r.rel;
+            BEGIN
+                n := (tenancy.table_query(qrel, NULL,
+                          format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
+            EXCEPTION WHEN insufficient_privilege THEN
+                qrel := f.parent1;
+                BEGIN
+                    n := (tenancy.table_query(qrel, NULL,
+                              format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    n := NULL; txt2 := SQLERRM;
+                END;
+            END;
+            IF n > 0 THEN
+                -- up to 5 sample keys: the primary key (else the ctid), lowest first
+                txt2 := (tenancy.table_query(qrel, NULL,
+                             format('SELECT pg_catalog.array_to_string(ARRAY(SELECT %s%s ORDER BY %s LIMIT 5), ''; '')',
+                                    CASE WHEN keyexpr IS NULL THEN 'x.ctid::text'
+                                         ELSE format('pg_catalog.concat_ws('', '', %s)', keyexpr) END,
+                                    txt2, coalesce(keyexpr, 'x.ctid'))))[1];
+            END IF;
+            PERFORM set_config('enable_nestloop', txt, true);
+            relation := r.rel;
+            IF n IS NULL THEN
+                bad := bad + 1;
+                status := 'warning'; rows_affected := NULL;
+                detail := format('cannot compare the parents through %I and %I: neither the owner of %s nor the owner of %s can read %s, %s and %s (%s)',
+                                 f.con1, f.con2, r.rel, f.parent1, r.rel, f.parent1, f.parent2, txt2);
+                fix := format('GRANT SELECT ON %s, %s TO %I;', f.parent1, f.parent2,
+                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = r.rel));
+                RETURN NEXT;
+            ELSIF n > 0 THEN
+                bad := bad + 1;
+                conflicted := conflicted || ARRAY[f.con1::text, f.con2::text];
+                status := 'failure'; rows_affected := n; fix := NULL;
+                detail := format('%s%s rows reference through %I a row of %s and through %I a row of %s whose tenants differ (%s %s %s): no tenant is right for both, so a person must decide, row by row, which parent the row keeps and change the other reference; no fix is suggested',
+                                 CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n, f.con1, f.parent1, f.con2, f.parent2,
+                                 CASE WHEN n > 5 THEN 'for example' ELSE 'namely' END,
+                                 coalesce(keynames, 'ctid'), txt2);
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+        IF cnt > 0 AND bad = 0 THEN
+            status := 'ok'; rows_affected := 0; fix := NULL;
+            detail := format('%s pairs of foreign keys to registered tables, their parents agree on the tenant of every row', cnt);
+            RETURN NEXT;
+        END IF;
+
         -- cross_tenant_reference, per foreign key to a registered table
         check_name := 'cross_tenant_reference'; bad := 0; cnt := 0;
         FOR f IN
@@ -941,6 +1030,12 @@ BEGIN
                                  atleast, n, f.conname, f.parent);
                 fix := format('UPDATE %s x SET %I = p.%I FROM %s p WHERE %s AND %s;',
                               r.rel, r.col, f.pcol, f.parent, f.joincond, cond);
+                IF f.conname = ANY (conflicted) THEN
+                    -- the parents disagree for some rows (conflicting_parents)
+                    detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
+                                     atleast, n, f.conname, f.parent);
+                    fix := NULL;
+                END IF;
                 RETURN NEXT;
             END IF;
         END LOOP;
