@@ -519,6 +519,257 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid';
 
+------------------------------------------------------------------------------
+-- Shared tables: reference data every tenant reads (films, countries, ...).
+-- Marked so that the advisories stop asking for the tenant in foreign keys
+-- that point at them, and verify() checks that only their owner writes them.
+-- A table is either a tenant table (tenancy.tables) or shared, not both.
+------------------------------------------------------------------------------
+
+CREATE TABLE tenancy.shared_tables (
+    relation  regclass PRIMARY KEY,
+    marked_by name NOT NULL DEFAULT session_user,
+    marked_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE tenancy.shared_tables IS 'tables shared by every tenant (reference data): no tenant column, written only by their owner';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.shared_tables', '');
+REVOKE ALL ON TABLE tenancy.shared_tables FROM PUBLIC;
+GRANT SELECT ON TABLE tenancy.shared_tables TO PUBLIC;   -- the advisories read it as the table owner
+
+CREATE FUNCTION tenancy.mark_shared(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM tenancy.check_tenant_table(tbl);
+    IF EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl)
+       OR EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = tbl) THEN
+        RAISE EXCEPTION 'table % is registered as a tenant table', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'A table is either a tenant table, with a tenant column and a policy, or shared by every tenant.',
+                  HINT = format('Undo its migration first: SELECT * FROM tenancy.rollback_table_sql(%L);', tbl::text);
+    END IF;
+    INSERT INTO tenancy.shared_tables (relation) VALUES (tbl) ON CONFLICT (relation) DO NOTHING;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.mark_shared(regclass) IS 'mark a table shared by every tenant (reference data); false when it already is';
+REVOKE ALL ON FUNCTION tenancy.mark_shared(regclass) FROM PUBLIC;
+
+CREATE FUNCTION tenancy.unmark_shared(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM tenancy.shared_tables s WHERE s.relation = tbl;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.unmark_shared(regclass) IS 'undo mark_shared(); false when the table was not marked';
+REVOKE ALL ON FUNCTION tenancy.unmark_shared(regclass) FROM PUBLIC;
+
+-- A shared table (or a partition of one) cannot be registered.
+CREATE FUNCTION tenancy.tables_not_shared() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shared regclass;
+BEGIN
+    SELECT s.relation INTO shared FROM tenancy.shared_tables s
+     WHERE s.relation = NEW.relation
+        OR s.relation IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(NEW.relation) a)
+     LIMIT 1;
+    IF shared IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is marked shared', NEW.relation
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('%s holds data every tenant reads: it has no tenant column.', shared),
+                  HINT = format('If it is tenant data after all: SELECT tenancy.unmark_shared(%L);', shared::text);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER tables_not_shared BEFORE INSERT OR UPDATE OF relation ON tenancy.tables
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tables_not_shared();
+
+------------------------------------------------------------------------------
+-- Acknowledged findings: a DBA accepts a verify() finding about a role or
+-- an object (an intended BYPASSRLS reporting role, say).  The
+-- acknowledgement keeps a fingerprint of the facts it accepted and lapses
+-- when they change.
+------------------------------------------------------------------------------
+
+CREATE TABLE tenancy.acknowledgements (
+    check_name      text NOT NULL,
+    object          text NOT NULL,
+    reason          text NOT NULL CONSTRAINT acknowledgements_reason_check CHECK (btrim(reason) OPERATOR(pg_catalog.<>) ''),
+    acknowledged_by name NOT NULL DEFAULT session_user,
+    acknowledged_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    fingerprint     text NOT NULL,
+    PRIMARY KEY (check_name, object)
+);
+COMMENT ON TABLE tenancy.acknowledgements IS 'verify() findings a DBA accepted, with the fingerprint of the facts accepted';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.acknowledgements', '');
+REVOKE ALL ON TABLE tenancy.acknowledgements FROM PUBLIC;
+
+-- What kind of object a check's findings are about (NULL: the check's
+-- findings cannot be acknowledged).
+CREATE FUNCTION tenancy.ack_kind(check_name text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE check_name
+               WHEN 'bypassrls_role' THEN 'role'
+               WHEN 'security_definer_function' THEN 'function'
+               WHEN 'materialized_view' THEN 'relation'
+               WHEN 'view_security_invoker' THEN 'relation'
+               WHEN 'shared_table' THEN 'relation'
+           END;
+$$;
+
+-- The facts an acknowledgement accepts: for a role, its attributes, the
+-- roles it is a member of and its privileges on every registered and
+-- shared table; for a function, its owner, SECURITY DEFINER, body, ACL and
+-- settings; for a relation, its owner, kind, ACLs (column ACLs too),
+-- options and definition.  NULL when the object does not exist.
+CREATE FUNCTION tenancy.ack_fingerprint(check_name text, object text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text := tenancy.ack_kind(check_name);
+    obj  oid;
+BEGIN
+    IF kind = 'role' THEN
+        obj := to_regrole(object);
+        RETURN (SELECT md5(format('role|%s|%s|%s|%s|%s|%s|%s|member of %s|privileges %s',
+                    r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
+                    r.rolreplication, r.rolbypassrls,
+                    (SELECT string_agg(m.roleid::regrole::text || CASE WHEN m.admin_option THEN '+admin' ELSE '' END,
+                                       ',' ORDER BY m.roleid::regrole::text)
+                       FROM pg_auth_members m WHERE m.member = r.oid),
+                    (SELECT string_agg(t.rel::text || ':' || p.privs, ';' ORDER BY t.rel::text)
+                       FROM (SELECT x.relation AS rel FROM tenancy.tables x
+                             UNION SELECT s.relation FROM tenancy.shared_tables s) t
+                       JOIN pg_class c ON c.oid = t.rel,
+                       LATERAL (SELECT string_agg(v.priv, ',' ORDER BY v.priv) AS privs
+                                  FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) v(priv)
+                                 WHERE has_table_privilege(r.oid, t.rel, v.priv)
+                                    OR (v.priv IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                                        AND has_any_column_privilege(r.oid, t.rel, v.priv))) p
+                      WHERE p.privs IS NOT NULL)))
+                  FROM pg_roles r WHERE r.oid = obj);
+    ELSIF kind = 'function' THEN
+        obj := to_regprocedure(object);
+        RETURN (SELECT md5(format('function|%s|%s|%s|%s|%s|%s',
+                    p.proowner::regrole, p.prosecdef, md5(p.prosrc), md5(coalesce(p.prosqlbody::text, '')),
+                    coalesce(p.proacl::text, 'default'), coalesce(p.proconfig::text, '')))
+                  FROM pg_proc p WHERE p.oid = obj);
+    ELSIF kind = 'relation' THEN
+        obj := to_regclass(object);
+        RETURN (SELECT md5(format('relation|%s|%s|%s|%s|%s|%s',
+                    c.relowner::regrole, c.relkind, coalesce(c.relacl::text, 'default'),
+                    coalesce(c.reloptions::text, ''),
+                    (SELECT string_agg(a.attname || '=' || a.attacl::text, ',' ORDER BY a.attnum)
+                       FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL AND NOT a.attisdropped),
+                    CASE WHEN c.relkind IN ('v', 'm') THEN md5(pg_get_viewdef(c.oid)) END))
+                  FROM pg_class c WHERE c.oid = obj);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION tenancy.ack_fingerprint(text, text) IS 'fingerprint of the facts an acknowledgement of a verify() finding accepts';
+
+-- For verify(): whether a finding is acknowledged ('acknowledged'), was
+-- and lapsed ('lapsed'), or neither (NULL), and the note to add to its
+-- detail.  A caller who cannot read tenancy.acknowledgements sees every
+-- finding as it is.
+CREATE FUNCTION tenancy.ack_state(check_name text, object text, OUT state text, OUT note text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a record;
+BEGIN
+    IF NOT has_table_privilege('tenancy.acknowledgements', 'SELECT') THEN
+        RETURN;
+    END IF;
+    SELECT k.reason, k.acknowledged_by, k.acknowledged_at, k.fingerprint INTO a
+      FROM tenancy.acknowledgements k
+     WHERE k.check_name = ack_state.check_name AND k.object = ack_state.object;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF a.fingerprint = tenancy.ack_fingerprint(ack_state.check_name, ack_state.object) THEN
+        state := 'acknowledged';
+        note := format('acknowledged by %I at %s: %s', a.acknowledged_by,
+                       to_char(a.acknowledged_at, 'YYYY-MM-DD HH24:MI:SSOF'), a.reason);
+    ELSE
+        state := 'lapsed';
+        note := format('the acknowledgement by %I at %s (%s) lapsed: %s changed since; acknowledge it again if it is still intended',
+                       a.acknowledged_by, to_char(a.acknowledged_at, 'YYYY-MM-DD HH24:MI:SSOF'), a.reason,
+                       ack_state.object);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.ack_state(text, text) IS 'for verify(): whether a finding is acknowledged, lapsed or neither';
+
+CREATE FUNCTION tenancy.acknowledge(check_name text, object text, reason text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+    name text;
+BEGIN
+    IF check_name IS NULL OR object IS NULL OR reason IS NULL THEN
+        RAISE EXCEPTION 'check_name, object and reason must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    kind := tenancy.ack_kind(check_name);
+    IF kind IS NULL THEN
+        RAISE EXCEPTION 'findings of check "%" cannot be acknowledged', check_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The checks whose findings can be acknowledged are bypassrls_role (a role), security_definer_function (a function), materialized_view, view_security_invoker and shared_table (a relation).';
+    END IF;
+    IF btrim(reason) = '' THEN
+        RAISE EXCEPTION 'reason must not be empty' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Say why the finding is intended: the report shows it.';
+    END IF;
+    name := CASE kind WHEN 'role' THEN to_regrole(object)::text
+                      WHEN 'function' THEN to_regprocedure(object)::regprocedure::text
+                      ELSE to_regclass(object)::regclass::text END;
+    IF name IS NULL THEN
+        RAISE EXCEPTION '% "%" does not exist', kind, object
+            USING ERRCODE = CASE kind WHEN 'role' THEN 'undefined_object'
+                                      WHEN 'function' THEN 'undefined_function' ELSE 'undefined_table' END,
+                  HINT = CASE kind WHEN 'role' THEN 'Name the role as verify() shows it.'
+                                   WHEN 'function' THEN 'Name the function with its schema and argument types, as in rental.report(numeric).'
+                                   ELSE 'Name the relation with its schema, as verify() shows it.' END;
+    END IF;
+    INSERT INTO tenancy.acknowledgements AS k (check_name, object, reason, fingerprint)
+    VALUES (check_name, name, reason, tenancy.ack_fingerprint(check_name, name))
+    ON CONFLICT ON CONSTRAINT acknowledgements_pkey DO UPDATE
+       SET reason = EXCLUDED.reason, fingerprint = EXCLUDED.fingerprint,
+           acknowledged_by = EXCLUDED.acknowledged_by, acknowledged_at = EXCLUDED.acknowledged_at;
+    RETURN name;
+END
+$$;
+COMMENT ON FUNCTION tenancy.acknowledge(text, text, text) IS 'accept a verify() finding about a role or object, until the facts it accepted change; returns the object''s name';
+REVOKE ALL ON FUNCTION tenancy.acknowledge(text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION tenancy.unacknowledge(check_name text, object text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kind text;
+BEGIN
+    IF check_name IS NULL OR object IS NULL THEN
+        RAISE EXCEPTION 'check_name and object must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    kind := tenancy.ack_kind(check_name);
+    DELETE FROM tenancy.acknowledgements k
+     WHERE k.check_name = unacknowledge.check_name
+       AND k.object IN (unacknowledge.object,
+                        CASE kind WHEN 'role' THEN to_regrole(unacknowledge.object)::text
+                                  WHEN 'function' THEN to_regprocedure(unacknowledge.object)::regprocedure::text
+                                  ELSE to_regclass(unacknowledge.object)::regclass::text END);
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.unacknowledge(text, text) IS 'withdraw an acknowledgement; false when there was none';
+REVOKE ALL ON FUNCTION tenancy.unacknowledge(text, text) FROM PUBLIC;
+
 -- The readiness report.  One row per finding; a clean database gives one
 -- 'ok' row per check and table, so the report shows what was checked.
 -- Counting runs through tenancy.table_query(): as the table's owner when the
@@ -554,7 +805,7 @@ DECLARE
     atleast  text;
     bad      integer;
     fix_rls  text;
-    c        record;
+    c        record;  conflicted text[];  ak record;  keyexpr text;  keynames text;  relname_re text;  qrel regclass;
     keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
     IF max_rows IS NOT NULL AND max_rows < 1 THEN
@@ -641,6 +892,95 @@ BEGIN
         END IF;
         RETURN NEXT;
 
+        -- conflicting_parents: rows whose foreign keys to registered tables
+        -- lead to parents of different tenants.  No tenant is right for
+        -- them: cross_tenant_reference's one-line fix through one key would
+        -- break the other, so it gives none for the keys involved.  One row
+        -- per pair of keys; no row for a table with fewer than two keys.
+        check_name := 'conflicting_parents'; bad := 0; cnt := 0; conflicted := '{}';
+        SELECT string_agg(format('x.%I', a.attname), ', ' ORDER BY k.i),
+               '(' || string_agg(quote_ident(a.attname), ', ' ORDER BY k.i) || ')'
+          INTO keyexpr, keynames
+          FROM pg_index i, unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, i)
+          JOIN pg_attribute a ON a.attnum = k.attnum
+         WHERE i.indrelid = r.rel AND i.indisprimary AND a.attrelid = r.rel;
+        FOR f IN
+            WITH fk AS (
+                SELECT c.conname, c.conkey, c.confkey, c.confrelid::regclass AS parent,
+                       pt.column_name AS pcol, pa.atttypid AS ptype
+                FROM pg_constraint c
+                JOIN tenancy.tables pt ON pt.relation = c.confrelid
+                JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                                    AND pa.attnum > 0 AND NOT pa.attisdropped
+                WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
+            )
+            SELECT a.conname AS con1, b.conname AS con2, a.parent AS parent1, b.parent AS parent2,
+                   CASE WHEN a.ptype = b.ptype THEN format('p1.%I <> p2.%I', a.pcol, b.pcol)
+                        ELSE format('p1.%I::text <> p2.%I::text', a.pcol, b.pcol) END AS cond,
+                   (SELECT string_agg(format('x.%I = p1.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
+                    FROM unnest(a.conkey, a.confkey) WITH ORDINALITY AS k(ck, pk, i)
+                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
+                    JOIN pg_attribute ra ON ra.attrelid = a.parent AND ra.attnum = k.pk) AS join1,
+                   (SELECT string_agg(format('x.%I = p2.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
+                    FROM unnest(b.conkey, b.confkey) WITH ORDINALITY AS k(ck, pk, i)
+                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
+                    JOIN pg_attribute ra ON ra.attrelid = b.parent AND ra.attnum = k.pk) AS join2
+            FROM fk a JOIN fk b ON a.conname < b.conname
+            ORDER BY a.conname, b.conname
+        LOOP
+            cnt := cnt + 1;
+            txt := current_setting('enable_nestloop');
+            PERFORM set_config('enable_nestloop', 'off', true);
+            txt2 := format(' FROM %s x JOIN %s p1 ON %s JOIN %s p2 ON %s WHERE %s',
+                           r.rel, f.parent1, f.join1, f.parent2, f.join2, f.cond);
+            qrel := r.rel;
+            BEGIN
+                n := (tenancy.table_query(qrel, NULL,
+                          format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
+            EXCEPTION WHEN insufficient_privilege THEN
+                qrel := f.parent1;
+                BEGIN
+                    n := (tenancy.table_query(qrel, NULL,
+                              format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
+                EXCEPTION WHEN insufficient_privilege THEN
+                    n := NULL; txt2 := SQLERRM;
+                END;
+            END;
+            IF n > 0 THEN
+                -- up to 5 sample keys: the primary key (else the ctid), lowest first
+                txt2 := (tenancy.table_query(qrel, NULL,
+                             format('SELECT pg_catalog.array_to_string(ARRAY(SELECT %s%s ORDER BY %s LIMIT 5), ''; '')',
+                                    CASE WHEN keyexpr IS NULL THEN 'x.ctid::text'
+                                         ELSE format('pg_catalog.concat_ws('', '', %s)', keyexpr) END,
+                                    txt2, coalesce(keyexpr, 'x.ctid'))))[1];
+            END IF;
+            PERFORM set_config('enable_nestloop', txt, true);
+            relation := r.rel;
+            IF n IS NULL THEN
+                bad := bad + 1;
+                status := 'warning'; rows_affected := NULL;
+                detail := format('cannot compare the parents through %I and %I: neither the owner of %s nor the owner of %s can read %s, %s and %s (%s)',
+                                 f.con1, f.con2, r.rel, f.parent1, r.rel, f.parent1, f.parent2, txt2);
+                fix := format('GRANT SELECT ON %s, %s TO %I;', f.parent1, f.parent2,
+                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = r.rel));
+                RETURN NEXT;
+            ELSIF n > 0 THEN
+                bad := bad + 1;
+                conflicted := conflicted || ARRAY[f.con1::text, f.con2::text];
+                status := 'failure'; rows_affected := n; fix := NULL;
+                detail := format('%s%s rows reference through %I a row of %s and through %I a row of %s whose tenants differ (%s %s %s): no tenant is right for both, so a person must decide, row by row, which parent the row keeps and change the other reference; no fix is suggested',
+                                 CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n, f.con1, f.parent1, f.con2, f.parent2,
+                                 CASE WHEN n > 5 THEN 'for example' ELSE 'namely' END,
+                                 coalesce(keynames, 'ctid'), txt2);
+                RETURN NEXT;
+            END IF;
+        END LOOP;
+        IF cnt > 0 AND bad = 0 THEN
+            status := 'ok'; rows_affected := 0; fix := NULL;
+            detail := format('%s pairs of foreign keys to registered tables, their parents agree on the tenant of every row', cnt);
+            RETURN NEXT;
+        END IF;
+
         -- cross_tenant_reference, per foreign key to a registered table
         check_name := 'cross_tenant_reference'; bad := 0; cnt := 0;
         FOR f IN
@@ -693,6 +1033,12 @@ BEGIN
                                  atleast, n, f.conname, f.parent);
                 fix := format('UPDATE %s x SET %I = p.%I FROM %s p WHERE %s AND %s;',
                               r.rel, r.col, f.pcol, f.parent, f.joincond, cond);
+                IF f.conname = ANY (conflicted) THEN
+                    -- the parents disagree for some rows (conflicting_parents)
+                    detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
+                                     atleast, n, f.conname, f.parent);
+                    fix := NULL;
+                END IF;
                 RETURN NEXT;
             END IF;
         END LOOP;
@@ -899,6 +1245,11 @@ BEGIN
             detail := format('view %s reads %s with the rights of its owner %I, not of the caller: row level security is checked against the owner',
                              f.view, r.rel, f.owner);
             fix := format('ALTER VIEW %s SET (security_invoker = true);', f.view);
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.view::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
             RETURN NEXT;
         END LOOP;
         relation := r.rel;
@@ -909,24 +1260,157 @@ BEGIN
             RETURN NEXT;
         END IF;
 
+        -- materialized_view: materialized views over the table (directly or
+        -- through views) that a role row security applies to can read: they
+        -- hold the rows their owner saw at refresh, every tenant's.
+        check_name := 'materialized_view'; bad := 0; cnt := 0;
+        FOR f IN
+            WITH RECURSIVE deps(view) AS (
+                SELECT rw.ev_class
+                FROM pg_depend d JOIN pg_rewrite rw ON rw.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = r.rel AND rw.ev_class <> r.rel
+                UNION
+                SELECT rw.ev_class
+                FROM deps JOIN pg_depend d ON d.refobjid = deps.view
+                JOIN pg_rewrite rw ON rw.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND rw.ev_class <> deps.view
+            )
+            SELECT v.oid::regclass AS view, v.relowner,
+                   EXISTS (SELECT 1 FROM aclexplode(coalesce(v.relacl, acldefault('r', v.relowner))) a
+                           WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+                   OR EXISTS (SELECT 1 FROM pg_attribute at, aclexplode(at.attacl) a
+                              WHERE at.attrelid = v.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS public_reads,
+                   (SELECT string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname)
+                      FROM pg_roles ro
+                     WHERE ro.oid >= 16384 AND ro.oid <> v.relowner AND NOT ro.rolsuper AND NOT ro.rolbypassrls
+                       AND has_any_column_privilege(ro.oid, v.oid, 'SELECT')) AS readers,
+                   (SELECT string_agg(format('REVOKE SELECT ON %s FROM %s;', v.oid::regclass,
+                                             CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END),
+                                      E'\n' ORDER BY g.grantee <> 0, pg_get_userbyid(g.grantee))
+                      FROM (SELECT DISTINCT a.grantee
+                              FROM (SELECT (aclexplode(coalesce(v.relacl, acldefault('r', v.relowner)))).*
+                                    UNION ALL
+                                    SELECT (aclexplode(at.attacl)).* FROM pg_attribute at WHERE at.attrelid = v.oid) a
+                             WHERE a.privilege_type = 'SELECT' AND a.grantee <> v.relowner
+                               AND NOT EXISTS (SELECT 1 FROM pg_roles ro WHERE ro.oid = a.grantee
+                                                AND (ro.rolsuper OR ro.rolbypassrls))) g) AS revokes
+            FROM deps JOIN pg_class v ON v.oid = deps.view
+            WHERE v.relkind = 'm'
+            ORDER BY v.oid::regclass::text
+        LOOP
+            cnt := cnt + 1;
+            CONTINUE WHEN NOT f.public_reads AND f.readers IS NULL;
+            bad := bad + 1;
+            relation := f.view; status := 'failure'; rows_affected := NULL;
+            detail := format('materialized view %s holds the rows of %s its owner %I saw at refresh, every tenant''s, and row security does not apply to reading it; %s can read it: revoke SELECT, or replace it with a view with security_invoker (or a table with the tenant column and the policy)',
+                             f.view, r.rel, pg_get_userbyid(f.relowner),
+                             CASE WHEN f.public_reads THEN 'every role (PUBLIC)' ELSE f.readers END);
+            fix := coalesce(f.revokes, format('-- %s reads it through a role it is a member of: revoke that membership', f.readers));
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.view::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
+            RETURN NEXT;
+        END LOOP;
+        relation := r.rel;
+        IF bad = 0 THEN
+            status := 'ok'; rows_affected := NULL; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no materialized view reads this table'
+                           ELSE format('%s materialized views read this table, none readable by a role row security applies to', cnt) END;
+            RETURN NEXT;
+        END IF;
+
+        -- security_definer_function: SECURITY DEFINER functions owned by a
+        -- superuser or a BYPASSRLS role that read the table (pg_depend for
+        -- SQL-standard bodies, else a word match of the table's name in the
+        -- source, as the advisories) and that an application role may run:
+        -- they return every tenant's rows.
+        check_name := 'security_definer_function'; bad := 0; cnt := 0;
+        relname_re := '\m' || regexp_replace(lower((SELECT cl.relname FROM pg_class cl WHERE cl.oid = r.rel)),
+                                             '([^a-z0-9_])', '\\\1', 'g') || '\M';
+        FOR f IN
+            SELECT p.oid::regprocedure AS fn, o.rolname AS owner, o.rolsuper,
+                   EXISTS (SELECT 1 FROM pg_depend d
+                           WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjid = r.rel) AS depends,
+                   EXISTS (SELECT 1 FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+                           WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS public_runs,
+                   (SELECT string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname)
+                      FROM pg_roles ro
+                     WHERE ro.oid >= 16384 AND ro.oid <> p.proowner AND NOT ro.rolsuper AND NOT ro.rolbypassrls
+                       AND has_function_privilege(ro.oid, p.oid, 'EXECUTE')) AS runners
+            FROM pg_proc p JOIN pg_roles o ON o.oid = p.proowner
+            WHERE p.prosecdef AND (o.rolsuper OR o.rolbypassrls)
+              AND NOT EXISTS (SELECT 1 FROM pg_depend e
+                              WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')
+              AND (EXISTS (SELECT 1 FROM pg_depend d
+                           WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                             AND d.refclassid = 'pg_class'::regclass AND d.refobjid = r.rel)
+                   OR lower(p.prosrc) ~ relname_re)
+            ORDER BY p.oid::regprocedure::text
+        LOOP
+            cnt := cnt + 1;
+            CONTINUE WHEN NOT f.public_runs AND f.runners IS NULL;
+            bad := bad + 1;
+            relation := r.rel; status := 'failure'; rows_affected := NULL;
+            detail := format('SECURITY DEFINER function %s runs as %I, %s, and %s %s: %s can call it and get every tenant''s rows; make it SECURITY INVOKER, or REVOKE EXECUTE from PUBLIC and grant it only to roles that may see every tenant, or give it an owner row security applies to',
+                             f.fn, f.owner, CASE WHEN f.rolsuper THEN 'a superuser' ELSE 'a role with BYPASSRLS' END,
+                             CASE WHEN f.depends THEN 'depends on' ELSE 'its source mentions' END, r.rel,
+                             CASE WHEN f.public_runs THEN 'every role (PUBLIC)' ELSE f.runners END);
+            fix := format('ALTER FUNCTION %s SECURITY INVOKER;', f.fn);
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.fn::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
+            RETURN NEXT;
+        END LOOP;
+        IF bad = 0 THEN
+            status := 'ok'; rows_affected := NULL; fix := NULL;
+            detail := CASE WHEN cnt = 0 THEN 'no SECURITY DEFINER function of a superuser or BYPASSRLS role reads this table'
+                           ELSE format('%s SECURITY DEFINER functions of a superuser or BYPASSRLS role read this table, none callable by a role row security applies to', cnt) END;
+            RETURN NEXT;
+        END IF;
+
         -- bypassrls_role: roles that skip the policy and can read the table.
-        -- Superusers are left out: they bypass every check by design.
-        check_name := 'bypassrls_role';
-        SELECT count(*), string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname),
-               string_agg(format('ALTER ROLE %I NOBYPASSRLS;', ro.rolname), E'\n' ORDER BY ro.rolname)
-          INTO n, txt, txt2
-          FROM pg_roles ro
-         WHERE ro.rolbypassrls AND NOT ro.rolsuper
-           AND has_any_column_privilege(ro.oid, r.rel, 'SELECT');
+        -- Superusers are left out: they bypass every check by design.  An
+        -- acknowledged role gets its own row.
+        check_name := 'bypassrls_role'; n := 0; cnt := 0; txt := NULL; txt2 := NULL; cond := NULL;
+        FOR f IN
+            SELECT ro.oid::regrole::text AS role
+              FROM pg_roles ro
+             WHERE ro.rolbypassrls AND NOT ro.rolsuper
+               AND has_any_column_privilege(ro.oid, r.rel, 'SELECT')
+             ORDER BY ro.rolname
+        LOOP
+            cnt := cnt + 1;
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.role);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged'; rows_affected := 1; fix := NULL;
+                detail := format('role %s has BYPASSRLS and can read every tenant''s rows; %s', f.role, ak.note);
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            n := n + 1;
+            txt := concat_ws(', ', txt, f.role);
+            txt2 := concat_ws(E'\n', txt2, format('ALTER ROLE %s NOBYPASSRLS;', f.role));
+            IF ak.note IS NOT NULL THEN
+                cond := concat_ws('; ', cond, ak.note);
+            END IF;
+        END LOOP;
         rows_affected := n;
         IF n > 0 THEN
             status := 'warning';
-            detail := format('roles with BYPASSRLS can read every tenant''s rows: %s', txt);
+            detail := format('roles with BYPASSRLS can read every tenant''s rows: %s', txt) || coalesce('; ' || cond, '');
             fix := txt2;
-        ELSE
+            RETURN NEXT;
+        ELSIF cnt = 0 THEN
             status := 'ok'; detail := 'no non-superuser role with BYPASSRLS can read this table'; fix := NULL;
+            RETURN NEXT;
         END IF;
-        RETURN NEXT;
 
         -- unregistered_reference: tables whose foreign keys point here but
         -- that are not registered (nor partitions of a registered table)
@@ -958,6 +1442,71 @@ BEGIN
 
     IF tbl IS NOT NULL THEN
         RETURN;
+    END IF;
+
+    -- shared_table: tables marked shared (tenancy.mark_shared()); a failure
+    -- when a role other than the owner (and superusers) may write one of
+    -- them or a partition: one tenant's write changes every tenant's data.
+    check_name := 'shared_table'; cnt := 0; rows_affected := NULL;
+    FOR f IN
+        SELECT s.relation AS rel, c.oid IS NOT NULL AS present, c.relowner
+          FROM tenancy.shared_tables s LEFT JOIN pg_class c ON c.oid = s.relation
+         ORDER BY s.relation::text
+    LOOP
+        cnt := cnt + 1; relation := f.rel;
+        IF NOT f.present THEN
+            status := 'failure';
+            detail := format('relation %s marked shared no longer exists', f.rel::oid);
+            fix := format('SELECT tenancy.unmark_shared(%s);', f.rel::oid);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        -- direct grants of a write privilege (PUBLIC included), on the
+        -- table, its partitions and their columns
+        SELECT string_agg(DISTINCT w.who, ', '),
+               string_agg(DISTINCT format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON %s FROM %s;', w.member, w.who), E'\n')
+          INTO txt, txt2
+          FROM (SELECT m.relid::regclass AS member,
+                       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS who
+                  FROM (SELECT f.rel AS relid UNION SELECT t.relid FROM pg_partition_tree(f.rel) t) m
+                  JOIN pg_class c ON c.oid = m.relid,
+                       LATERAL (SELECT (aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))).*
+                                UNION ALL
+                                SELECT (aclexplode(at.attacl)).* FROM pg_attribute at WHERE at.attrelid = c.oid) a
+                 WHERE a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+                   AND a.grantee <> c.relowner
+                   AND NOT EXISTS (SELECT 1 FROM pg_roles ro WHERE ro.oid = a.grantee AND ro.rolsuper)) w;
+        IF txt IS NULL THEN
+            -- roles that write through a membership (of the owner, of
+            -- pg_write_all_data)
+            SELECT string_agg(quote_ident(ro.rolname), ', ' ORDER BY ro.rolname) INTO txt
+              FROM pg_roles ro
+             WHERE ro.oid >= 16384 AND ro.oid <> f.relowner AND NOT ro.rolsuper
+               AND (has_table_privilege(ro.oid, f.rel, 'INSERT, UPDATE, DELETE, TRUNCATE')
+                    OR has_any_column_privilege(ro.oid, f.rel, 'INSERT, UPDATE'));
+            txt2 := CASE WHEN txt IS NOT NULL
+                         THEN format('-- %s: write access through a membership (of the owner, of pg_write_all_data): revoke that membership', txt) END;
+        END IF;
+        IF txt IS NULL THEN
+            status := 'ok'; fix := NULL;
+            detail := format('shared by every tenant; only its owner %I (and superusers) can write it',
+                             pg_get_userbyid(f.relowner));
+        ELSE
+            status := 'failure'; fix := txt2;
+            detail := format('shared by every tenant, but %s can write it: one tenant''s write changes every tenant''s data; let only its owner write it',
+                             CASE WHEN txt = 'PUBLIC' THEN 'every role (PUBLIC)' ELSE txt END);
+            SELECT * INTO ak FROM tenancy.ack_state(check_name, f.rel::text);
+            IF ak.state = 'acknowledged' THEN
+                status := 'acknowledged';
+            END IF;
+            detail := detail || coalesce('; ' || ak.note, '');
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF cnt = 0 THEN
+        relation := NULL; status := 'ok'; fix := NULL;
+        detail := 'no table is marked shared (tenancy.mark_shared())';
+        RETURN NEXT;
     END IF;
 
     -- user_without_tenant: users owning resources without any membership
@@ -3438,7 +3987,11 @@ BEGIN
            format('referential checks bypass row security: a row can reference another tenant''s row; include %I in the key', col)
       FROM pg_constraint con
      WHERE con.contype = 'f'
-       AND ((con.conrelid = tbl AND (attno IS NULL OR attno <> ALL (con.conkey)))
+       AND ((con.conrelid = tbl AND (attno IS NULL OR attno <> ALL (con.conkey))
+             -- a key to a shared table (reference data) needs no tenant
+             AND NOT EXISTS (SELECT 1 FROM tenancy.shared_tables s
+                              WHERE s.relation = con.confrelid
+                                 OR s.relation IN (SELECT a.relid FROM pg_partition_ancestors(con.confrelid) a)))
             OR (con.confrelid = tbl AND (attno IS NULL OR attno <> ALL (con.confkey))))
      ORDER BY con.conname;
 

@@ -106,8 +106,9 @@ SELECT is_empty($$SELECT status FROM tenancy.verify() WHERE status NOT IN ('ok',
 SELECT set_eq($$SELECT DISTINCT check_name FROM tenancy.verify()$$,
               ARRAY['tenant_column', 'null_tenant', 'unknown_tenant', 'cross_tenant_reference', 'unique_scope',
                     'foreign_key_scope', 'rls_enabled', 'rls_forced', 'tenancy_policy', 'policy_mode',
-                    'shadow_divergence', 'tenant_index', 'view_security_invoker', 'bypassrls_role',
-                    'unregistered_reference', 'user_without_tenant', 'tenant_without_owner'],
+                    'shadow_divergence', 'tenant_index', 'view_security_invoker', 'materialized_view',
+                    'security_definer_function', 'bypassrls_role', 'unregistered_reference', 'shared_table',
+                    'user_without_tenant', 'tenant_without_owner'],
               'the report covers every check');
 
 -- Generated SQL quotes identifiers: a table and column that need quoting.

@@ -17,6 +17,10 @@ SELECT plan(13);
 
 CREATE TEMP TABLE expected_routines (routine text, grantees text);
 INSERT INTO expected_routines VALUES
+    ('tenancy.ack_fingerprint(text,text)', 'PUBLIC'),
+    ('tenancy.ack_kind(text)', 'PUBLIC'),
+    ('tenancy.ack_state(text,text)', 'PUBLIC'),
+    ('tenancy.acknowledge(text,text,text)', ''),
     ('tenancy.activate_tenant(text)', ''),
     ('tenancy.add_member(text,text,text)', ''),
     ('tenancy.add_tenant_column(regclass,name,boolean,interval,integer)', ''),
@@ -56,6 +60,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.key_type()', 'PUBLIC'),
     ('tenancy.log_step(regclass,text,text,text)', ''),
     ('tenancy.lookup_tenant(text)', ''),
+    ('tenancy.mark_shared(regclass)', ''),
     ('tenancy.normalize_key(text)', 'PUBLIC'),
     ('tenancy.object_name(text,text)', 'PUBLIC'),
     ('tenancy.policy_sql(regclass,name,regrole[],text)', 'PUBLIC'),
@@ -108,18 +113,22 @@ INSERT INTO expected_routines VALUES
     ('tenancy.table_exec(regclass,regrole,text,"any")', 'PUBLIC'),
     ('tenancy.table_query(regclass,regrole,text)', 'PUBLIC'),
     ('tenancy.table_query(regclass,regrole,text,"any")', 'PUBLIC'),
+    ('tenancy.tables_not_shared()', 'PUBLIC'),
     ('tenancy.tenant_accessor()', ''),
     ('tenancy.tenant_default_sql()', 'PUBLIC'),
     ('tenancy.tenant_key(text)', ''),
     ('tenancy.tenants_check_names()', ''),
     ('tenancy.type_sql(regtype)', 'PUBLIC'),
     ('tenancy.unbind_role(regrole)', ''),
+    ('tenancy.unacknowledge(text,text)', ''),
+    ('tenancy.unmark_shared(regclass)', ''),
     ('tenancy.unscoped_unique_indexes(regclass,smallint)', ''),
     ('tenancy.verify(regclass,bigint)', ''),
     ('tenancy.wal_flush_behind(anyelement)', 'PUBLIC');
 
 CREATE TEMP TABLE expected_relations (relation text, grants text);
 INSERT INTO expected_relations VALUES
+    ('tenancy.acknowledgements', ''),
     ('tenancy.backfill_jobs', ''),
     ('tenancy.backfill_jobs_id_seq', ''),
     ('tenancy.backfill_progress', ''),
@@ -131,6 +140,7 @@ INSERT INTO expected_relations VALUES
     ('tenancy.migration_status_partitions', ''),
     ('tenancy.rls_tables', 'PUBLIC=SELECT'),
     ('tenancy.shadow_stats', 'pg_read_all_stats=SELECT'),
+    ('tenancy.shared_tables', 'PUBLIC=SELECT'),
     ('tenancy.tables', ''),
     ('tenancy.tenants', '');
 
