@@ -1437,6 +1437,7 @@ COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \
 -- enforce_not_null() when it ends and by the last statement of
 -- scope_constraints_sql(); rollback_table() puts the stage back.  All
 -- registered tables when tbl is NULL; returns how many reached contract.
+-- For a named table in stage enforce that stays, a NOTICE says why.
 CREATE FUNCTION tenancy.finish_contract(tbl regclass DEFAULT NULL) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1458,7 +1459,7 @@ BEGIN
         IF why IS NULL THEN
             UPDATE tenancy.tables t SET stage = 'contract' WHERE t.relation = r.rel;
             done := done + 1;
-        ELSIF tbl IS NOT NULL THEN
+        ELSIF tbl IS NOT NULL AND r.stage = 'enforce' THEN
             RAISE NOTICE 'table % stays in stage %: %', r.rel, r.stage, why;
         END IF;
     END LOOP;
