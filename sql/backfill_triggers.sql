@@ -115,7 +115,18 @@ SELECT state, rows_done FROM tenancy.backfill_jobs WHERE relation = 'bft_parent'
 CALL tenancy.backfill('bft_parent', user_triggers => true);
 SELECT count(*) FILTER (WHERE tenant_id IS NULL) AS left_null FROM bft_parent;
 
-DROP TABLE bft_child, bft_parent, bft_before;
+-- Triggers made ENABLE ALWAYS fire in replica mode too: the NOTICE says so.
+CREATE TABLE bft_always (id int PRIMARY KEY, tenant_id uuid, touched int NOT NULL DEFAULT 0);
+INSERT INTO bft_always (id) SELECT g FROM generate_series(1, 5) g;
+CREATE FUNCTION bft_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.touched := OLD.touched + 1; RETURN NEW; END $$;
+CREATE TRIGGER bft_touch BEFORE UPDATE ON bft_always FOR EACH ROW EXECUTE FUNCTION bft_touch();
+ALTER TABLE bft_always ENABLE ALWAYS TRIGGER bft_touch;
+CALL tenancy.backfill('bft_always', user_triggers => false);
+SELECT touched, count(*) FROM bft_always GROUP BY touched;
+
+DROP TABLE bft_child, bft_parent, bft_before, bft_always;
+DROP FUNCTION bft_touch();
 DROP FUNCTION bft_wait_for(text);
 DROP SCHEMA rental CASCADE;
 REVOKE SET ON PARAMETER session_replication_role FROM bft_migrator;
