@@ -1692,6 +1692,7 @@ BEGIN
     END IF;
     IF cardinality(steps) = 0 THEN
         RAISE NOTICE 'column % of % is already NOT NULL', col, tbl;
+        PERFORM tenancy.finish_contract(tbl);
         RETURN;
     END IF;
     IF tenancy.in_transaction_block() THEN
@@ -1741,6 +1742,8 @@ BEGIN
         END IF;
         COMMIT;
     END LOOP;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM tenancy.finish_contract(tbl);
 END
 $$;
 COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'make the tenant column NOT NULL without a long exclusive lock; refuses while NULL rows remain';
@@ -1963,14 +1966,56 @@ COMMENT ON FUNCTION tenancy.scope_constraints_plan(regclass) IS 'the steps that 
 -- tenancy.contract_log.  Run with \set ON_ERROR_STOP on.
 CREATE FUNCTION tenancy.scope_constraints_sql(tbl regclass DEFAULT NULL) RETURNS SETOF text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.stmt
+    SELECT x.stmt FROM (
+    SELECT p.step, s.n, s.stmt
     FROM tenancy.scope_constraints_plan(tbl) p,
          LATERAL (VALUES (1, p.sql),
                          (2, format('SELECT tenancy.log_step(%L, %L, %L, %L)',
                                     p.relation::text, p.action, p.sql, p.undo_sql))) s(n, stmt)
-    ORDER BY p.step, s.n;
+    UNION ALL
+    -- last: the tables whose contract phase is now complete reach stage contract
+    SELECT NULL, NULL, format('SELECT tenancy.finish_contract(%L)', tbl::text)
+    ) x
+    ORDER BY x.step NULLS LAST, x.n;
 $$;
-COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step()';
+COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step(), then finish_contract()';
+
+-- Stage contract: a table in stage enforce reaches it once the contract
+-- phase is complete, that is its tenant column is NOT NULL and
+-- scope_constraints_plan() has nothing left for it.  Called by
+-- enforce_not_null() when it ends and by the last statement of
+-- scope_constraints_sql(); rollback_table() puts the stage back.  All
+-- registered tables when tbl is NULL; returns how many reached contract.
+-- For a named table in stage enforce that stays, a NOTICE says why.
+CREATE FUNCTION tenancy.finish_contract(tbl regclass DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r    record;
+    why  text;
+    done integer := 0;
+BEGIN
+    FOR r IN SELECT t.relation AS rel, t.column_name AS col, t.stage FROM tenancy.tables t
+              WHERE (tbl IS NULL OR t.relation = tbl) AND t.stage <> 'contract'
+              ORDER BY t.relation::text LOOP
+        why := CASE
+            WHEN r.stage <> 'enforce' THEN
+                format('contract follows stage enforce (tenancy.set_mode(%L, %L))', r.rel::text, 'enforce')
+            WHEN NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.rel AND a.attname = r.col AND a.attnotnull) THEN
+                format('column %I is not NOT NULL yet (CALL tenancy.enforce_not_null(%L))', r.col, r.rel::text)
+            WHEN EXISTS (SELECT FROM tenancy.scope_constraints_plan(r.rel)) THEN
+                format('constraints are not tenant-scoped yet (SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec)', r.rel::text)
+            END;
+        IF why IS NULL THEN
+            UPDATE tenancy.tables t SET stage = 'contract' WHERE t.relation = r.rel;
+            done := done + 1;
+        ELSIF tbl IS NOT NULL AND r.stage = 'enforce' THEN
+            RAISE NOTICE 'table % stays in stage %: %', r.rel, r.stage, why;
+        END IF;
+    END LOOP;
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION tenancy.finish_contract(regclass) IS 'set stage contract on tables in stage enforce whose tenant column is NOT NULL and whose constraints are all tenant-scoped';
 
 ------------------------------------------------------------------------------
 -- Rollback: undo what the extension added for a table, keep the data
@@ -2249,6 +2294,7 @@ REVOKE EXECUTE ON FUNCTION
     tenancy.column_list(regclass, smallint[]),
     tenancy.unscoped_unique_indexes(regclass, smallint),
     tenancy.log_step(regclass, text, text, text),
+    tenancy.finish_contract(regclass),
     tenancy.verify(regclass, bigint),
     tenancy.enforce_not_null_plan(regclass),
     tenancy.enforce_not_null_sql(regclass),
@@ -2717,6 +2763,9 @@ BEGIN
         RAISE EXCEPTION 'give at most one of tenant, source and via'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF (options->>'user_triggers')::boolean IS FALSE THEN
+        PERFORM tenancy.backfill_check_no_triggers(tbl, col);
+    END IF;
 
     -- An open job (queued, running, paused, failed) is resumed.
     SELECT * INTO job FROM tenancy.backfill_jobs j
@@ -2805,6 +2854,67 @@ BEGIN
 END
 $$;
 
+-- The user triggers the batches' UPDATE of column col fires, as
+-- "name (BEFORE UPDATE FOR EACH ROW)", comma-separated (NULL when none):
+-- those enabled for session_replication_role origin, or with replica, those
+-- that fire even so (ENABLE ALWAYS, ENABLE REPLICA).  The table and, when
+-- partitioned, its partitions (a trigger cloned onto them counts once).
+CREATE FUNCTION tenancy.backfill_user_triggers(tbl regclass, col name, replica boolean DEFAULT false)
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(DISTINCT format('%s (%s %s FOR EACH %s)', quote_ident(g.tgname),
+                          CASE WHEN g.tgtype & 2 <> 0 THEN 'BEFORE' WHEN g.tgtype & 64 <> 0 THEN 'INSTEAD OF' ELSE 'AFTER' END,
+                          concat_ws(' OR ', CASE WHEN g.tgtype & 4 <> 0 THEN 'INSERT' END,
+                                            CASE WHEN g.tgtype & 16 <> 0 THEN 'UPDATE' END,
+                                            CASE WHEN g.tgtype & 8 <> 0 THEN 'DELETE' END),
+                          CASE WHEN g.tgtype & 1 <> 0 THEN 'ROW' ELSE 'STATEMENT' END), ', ')
+      FROM (SELECT tbl::oid AS relid UNION SELECT p.relid FROM pg_partition_tree(tbl) p) pt
+      JOIN pg_trigger g ON g.tgrelid = pt.relid
+     WHERE NOT g.tgisinternal AND g.tgtype & 16 <> 0
+       AND g.tgenabled = ANY (CASE WHEN replica THEN ARRAY['A', 'R'] ELSE ARRAY['O', 'A'] END::"char"[])
+       -- UPDATE OF other columns: the batches name only col and the
+       -- columns of no UPDATE OF trigger
+       AND (g.tgattr = '' OR EXISTS (SELECT FROM pg_attribute a
+                                      WHERE a.attrelid = g.tgrelid AND a.attname = col AND a.attnum = ANY (g.tgattr)))
+$$;
+COMMENT ON FUNCTION tenancy.backfill_user_triggers(regclass, name, boolean)
+    IS 'user triggers a backfill batch fires, with replica: those that fire under session_replication_role replica too';
+
+-- user_triggers => false: refuse unless the caller may set
+-- session_replication_role, and when a foreign key includes the tenant
+-- column (replica mode skips the referential checks too).
+CREATE FUNCTION tenancy.backfill_check_no_triggers(tbl regclass, col name) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fk record;
+BEGIN
+    IF NOT has_parameter_privilege('session_replication_role', 'SET') THEN
+        RAISE EXCEPTION 'permission denied to backfill "%" with user_triggers => false', tbl
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('The batches leave user triggers unfired with session_replication_role = replica, which role "%s" may not set.', current_user),
+                  HINT = 'GRANT SET ON PARAMETER session_replication_role TO the role that runs the backfill, or run it with user_triggers => true.';
+    END IF;
+    SELECT c.conname, c.conrelid::regclass AS rel INTO fk
+      FROM pg_constraint c
+      JOIN (SELECT tbl::oid AS relid UNION SELECT p.relid FROM pg_partition_tree(tbl) p) pt
+        ON pt.relid IN (c.conrelid, c.confrelid)
+      JOIN pg_attribute a ON a.attrelid = pt.relid AND a.attname = col
+     WHERE c.contype = 'f'
+       AND a.attnum = ANY (CASE WHEN c.conrelid = pt.relid THEN c.conkey ELSE c.confkey END)
+     ORDER BY c.conrelid::regclass::text, c.conname
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot backfill "%" with user_triggers => false: foreign key % of % includes column %',
+                        tbl, quote_ident(fk.conname), fk.rel, quote_ident(col)
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'session_replication_role = replica skips the referential checks of foreign keys too, and these check the tenant values the backfill writes.',
+                  HINT = 'Run the backfill with user_triggers => true, or before making the foreign key tenant-scoped.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.backfill_check_no_triggers(regclass, name)
+    IS 'refuse user_triggers => false without SET on session_replication_role or when a foreign key includes the tenant column';
+
 -- Options of backfill() and queue_backfill() as a json object (nulls dropped).
 CREATE FUNCTION tenancy.backfill_options(batch_size integer, min_batch_size integer, max_batch_size integer,
                                          target_batch_time interval, lock_timeout interval,
@@ -2844,17 +2954,18 @@ CREATE FUNCTION tenancy.queue_backfill(tbl regclass, tenant text DEFAULT NULL, s
                                        lock_timeout interval DEFAULT NULL, statement_timeout interval DEFAULT NULL,
                                        pause interval DEFAULT NULL,
                                        max_replication_lag interval DEFAULT NULL, max_retries integer DEFAULT NULL,
-                                       compact_indexes boolean DEFAULT NULL)
+                                       compact_indexes boolean DEFAULT NULL, user_triggers boolean DEFAULT NULL)
 RETURNS bigint
 -- No SET clause: the job keeps the caller's search_path for its source.
 LANGUAGE sql AS $$
     SELECT tenancy.backfill_job(tbl, column_name, tenant, source, via,
         tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time, lock_timeout,
                                  statement_timeout, pause, NULL, max_replication_lag, NULL, max_retries,
-                                 compact_indexes),
+                                 compact_indexes)
+            OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('user_triggers', user_triggers)),
         pg_catalog.current_setting('search_path'));
 $$;
-COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean)
+COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean, boolean)
     IS 'record a backfill job (state queued) for the background worker or a later CALL tenancy.backfill(tbl); returns its id';
 
 -- The engine.  A procedure that commits after each batch: it cannot carry
@@ -2883,7 +2994,8 @@ CREATE PROCEDURE tenancy.backfill(
     max_replication_lag interval DEFAULT NULL,
     progress_interval interval DEFAULT NULL,
     max_retries integer DEFAULT NULL,
-    compact_indexes boolean DEFAULT NULL)
+    compact_indexes boolean DEFAULT NULL,
+    user_triggers boolean DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -2953,6 +3065,10 @@ DECLARE
     caller_sp   text := pg_catalog.current_setting('search_path');
     tname       text := tbl::text;      -- the table as the caller names it, for messages
     r           text[];
+    no_triggers boolean;                -- user_triggers => false: batches under session_replication_role replica
+    orig_srr    text := pg_catalog.current_setting('session_replication_role');
+    firing      text;
+    total_revised boolean := false;     -- the scan passed rows_total, which grew with it
 BEGIN
     -- No SET clause is possible (it commits): the search_path is pinned
     -- here and again after each COMMIT.  The caller's is recorded with a
@@ -2979,7 +3095,8 @@ BEGIN
     job_id := tenancy.backfill_job(tbl, column_name, tenant, source, via,
                   tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time,
                       lock_timeout, statement_timeout, pause, NULL, max_replication_lag, progress_interval,
-                      max_retries, compact_indexes),
+                      max_retries, compact_indexes)
+                      OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('user_triggers', user_triggers)),
                   caller_sp);
     SELECT * INTO job FROM tenancy.backfill_jobs j WHERE j.id = job_id;
     -- The value is built again from the job's source (never taken from its
@@ -3003,6 +3120,17 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = pg_catalog.format('Role "%s" sees the lag columns of pg_stat_replication as NULL, so the backfill could not hold while a standby lags.', current_user),
                   HINT = 'GRANT pg_read_all_stats TO the role that runs the backfill, or CALL it without max_replication_lag.';
+    END IF;
+    -- A resumed job keeps its user_triggers: checked again as this caller,
+    -- and against the foreign keys the table has now.
+    no_triggers := NOT coalesce((o->>'user_triggers')::boolean, true);
+    IF no_triggers THEN
+        BEGIN
+            PERFORM tenancy.backfill_check_no_triggers(tbl, job.column_name);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM tenancy.backfill_unlock(tbl);
+            RAISE;
+        END;
     END IF;
     progress_s := coalesce((o->>'progress_s')::numeric, 5);
     retry_limit := coalesce((o->>'max_retries')::integer, 30);
@@ -3149,6 +3277,17 @@ BEGIN
         'batch_sql', CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END));
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    -- The user triggers the batches fire (an audit trigger rewriting a
+    -- column on every row, say): named before the first batch.
+    IF job.phase <> 'done' THEN
+        firing := tenancy.backfill_user_triggers(tbl, job.column_name, no_triggers);
+        IF firing IS NOT NULL AND NOT no_triggers THEN
+            RAISE NOTICE 'backfill of %: each batch fires user triggers %', tname, firing
+                USING HINT = 'Pass user_triggers => false to leave them unfired for the backfill''s own batches (needs SET on session_replication_role).';
+        ELSIF firing IS NOT NULL THEN
+            RAISE NOTICE 'backfill of %: user_triggers => false, but triggers % fire under session_replication_role replica too', tname, firing;
+        END IF;
+    END IF;
     -- pg_stat_activity shows the table and the progress in application_name.
     appname := 'tenancy.backfill ' || qtbl;
     lo := job.cursor;
@@ -3194,6 +3333,12 @@ BEGIN
                         CASE WHEN job.phase = 'sweep' THEN 'sweep'
                              ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
                     tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
+            -- user_triggers => false: this batch only (local to its
+            -- subtransaction, set back after it); other sessions' writes
+            -- fire their triggers as ever.
+            IF no_triggers THEN
+                PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+            END IF;
             -- Each statement on the table runs as the job's creator, or as the
             -- table's owner when the creator has its privileges, under
             -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
@@ -3214,6 +3359,9 @@ BEGIN
                 last_batch := hi[1]::bigint >= ub[1]::bigint;
                 updated := tenancy.table_exec(tbl, job.created_by, sp_set || sql_tid,
                                               pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
+            END IF;
+            IF no_triggers THEN
+                PERFORM pg_catalog.set_config('session_replication_role', orig_srr, true);
             END IF;
             PERFORM tenancy.batch_timeout(0);
         EXCEPTION
@@ -3237,8 +3385,18 @@ BEGIN
             failures := 0;
             wal_per_row := pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), lsn0) / greatest(n, 1);
             IF job.phase = 'batches' THEN
+                -- A batch before the last covers n keys; the last one at
+                -- most n, counted up to the total only.
                 run_scanned := run_scanned + n;
-                job.rows_scanned := job.rows_scanned + n;
+                job.rows_scanned := CASE WHEN last_batch
+                                         THEN greatest(job.rows_scanned, least(job.rows_scanned + n, job.rows_total))
+                                         ELSE job.rows_scanned + n END;
+                -- Past the estimate (reltuples, or rows added since the
+                -- count): the total grows to the rows scanned.
+                IF job.rows_scanned > job.rows_total THEN
+                    job.rows_total := job.rows_scanned;
+                    total_revised := true;
+                END IF;
             ELSE
                 sweep_rows := sweep_rows + updated;
                 IF is_parted AND found_rows > 0 AND updated = 0 THEN
@@ -3290,7 +3448,7 @@ BEGIN
             job.max_batch_ms := greatest(job.max_batch_ms, round(ms, 1));
             PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
                 'cursor', lo, 'upper_bound', ub, 'phase', job.phase, 'rows_scanned', job.rows_scanned,
-                'rows_done', job.rows_done, 'batches', job.batches, 'batch_size', n,
+                'rows_total', job.rows_total, 'rows_done', job.rows_done, 'batches', job.batches, 'batch_size', n,
                 'last_batch_ms', round(ms, 1), 'max_batch_ms', job.max_batch_ms,
                 'rate', round(v_rate), 'eta', date_trunc('second', v_eta),
                 'throttle', CASE WHEN pause_s > 0 AND job.phase <> 'done'
@@ -3303,10 +3461,15 @@ BEGIN
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             RAISE DEBUG 'tenancy.backfill % batch %: % rows updated in % ms', tname, job.batches, updated, round(ms, 1);
             IF pg_catalog.clock_timestamp() >= next_notice AND job.phase <> 'done' THEN
-                RAISE NOTICE 'backfill of %: % of ~% rows (% %%), % rows updated, % rows/s, ETA %',
-                    tname, job.rows_scanned, job.rows_total,
-                    round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1), 1),
-                    job.rows_done, round(v_rate), coalesce(date_trunc('second', v_eta)::text, 'unknown (sweep)');
+                RAISE NOTICE 'backfill of %: %, % rows updated, % rows/s, ETA %',
+                    tname,
+                    CASE WHEN total_revised
+                         THEN pg_catalog.format('%s rows scanned (past the first estimate)', job.rows_scanned)
+                         ELSE pg_catalog.format('%s of ~%s rows (%s %%)', job.rows_scanned, job.rows_total,
+                                  round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1), 1)) END,
+                    job.rows_done, round(v_rate),
+                    coalesce(CASE WHEN NOT total_revised THEN date_trunc('second', v_eta)::text END,
+                             CASE WHEN job.phase = 'sweep' THEN 'unknown (sweep)' ELSE 'unknown' END);
                 next_notice := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => progress_s::double precision);
             END IF;
             IF pause_s > 0 AND job.phase <> 'done' THEN
@@ -3389,7 +3552,7 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean)
+COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean, boolean)
     IS 'fill NULL tenant values in committed batches from a tenant, an expression or a foreign key; resumable';
 
 -- The entry points are granted by the extension owner to the roles that
@@ -3399,10 +3562,10 @@ COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer,
 REVOKE EXECUTE ON FUNCTION
     tenancy.add_tenant_column_sql(regclass, name, boolean),
     tenancy.add_tenant_column(regclass, name, boolean, interval, integer),
-    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean)
+    tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean, boolean)
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE
-    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean)
+    tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean, boolean)
 FROM PUBLIC;
 -- Migration status: unmigrated-row counts kept by the background worker
 -- (tenancy.worker_*) and by tenancy.refresh_status().  See src/status.c.

@@ -26,7 +26,7 @@ SELECT has_function('tenancy', 'queue_backfill', 'queue_backfill() exists');
 SELECT is((SELECT prokind FROM pg_proc WHERE proname = 'backfill' AND pronamespace = 'tenancy'::regnamespace),
           'p'::"char", 'tenancy.backfill is a procedure');
 SELECT is((SELECT pronargdefaults FROM pg_proc WHERE proname = 'backfill' AND pronamespace = 'tenancy'::regnamespace),
-          16::int2, 'every backfill option is optional');
+          17::int2, 'every backfill option is optional');
 
 -- Security properties: the procedure commits, so it has no SET clause and
 -- is not SECURITY DEFINER (it runs as its caller); the functions that run
@@ -53,10 +53,10 @@ SELECT ok(NOT has_function_privilege('tap_backfill_app', 'tenancy.add_tenant_col
 SELECT ok(NOT has_function_privilege('tap_backfill_app', 'tenancy.add_tenant_column_sql(regclass,name,boolean)', 'EXECUTE'),
           'PUBLIC cannot preview them');
 SELECT ok(NOT has_function_privilege('tap_backfill_app',
-          'tenancy.backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,interval,interval,integer,boolean)', 'EXECUTE'),
+          'tenancy.backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,interval,interval,integer,boolean,boolean)', 'EXECUTE'),
           'PUBLIC cannot run backfills');
 SELECT ok(NOT has_function_privilege('tap_backfill_app',
-          'tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean)', 'EXECUTE'),
+          'tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean,boolean)', 'EXECUTE'),
           'PUBLIC cannot queue backfills');
 -- Helpers stay executable but write nothing without table privileges.
 SET ROLE tap_backfill_app;
@@ -114,7 +114,7 @@ GRANT SELECT ON tenancy.backfill_jobs TO tap_backfill_owner;
 GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO tap_backfill_owner;
 GRANT EXECUTE ON FUNCTION tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
     tenancy.backfill_job_update(bigint, jsonb) TO tap_backfill_owner;
-GRANT EXECUTE ON FUNCTION tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean)
+GRANT EXECUTE ON FUNCTION tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean,boolean)
     TO tap_backfill_owner;
 SET ROLE tap_backfill_owner;
 SELECT throws_ok($$SELECT tenancy.queue_backfill('tap_bf_readonly')$$, '42501', 'permission denied to backfill table "public.tap_bf_readonly"',

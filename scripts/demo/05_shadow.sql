@@ -1,9 +1,11 @@
--- 6. Protect, stage 2: shadow mode while the legacy application runs
+-- 5. Protect, stage 1: shadow mode while the legacy application runs
 -- Nothing is hidden or refused; every row enforcement would hide and every
--- write it would refuse is counted, per table.
-SELECT tenancy.set_mode('projects', 'shadow') IS NOT NULL AS projects,
-       tenancy.set_mode('tasks', 'shadow') IS NOT NULL AS tasks,
-       tenancy.set_mode('comments', 'shadow') IS NOT NULL AS comments;
+-- write it would refuse is counted, per table.  Shadow comes first: it is
+-- the mode that hides the least (README, "Modes").
+SELECT tenancy.policy_sql('projects', mode => 'shadow');
+SELECT tenancy.enable_rls('projects', mode => 'shadow') IS NOT NULL AS projects;
+SELECT tenancy.enable_rls('tasks', mode => 'shadow') IS NOT NULL AS tasks;
+SELECT tenancy.enable_rls('comments', mode => 'shadow') IS NOT NULL AS comments;
 SELECT tenancy.reset_shadow_stats();
 
 -- The legacy application: it sets no tenant (its role is bound to the
