@@ -70,7 +70,11 @@ RESET ROLE;
 SELECT count(*) FILTER (WHERE v = 0) AS zeroed FROM ao.t;
 
 -- Row security: the owner sees every row of a table under FORCE ROW LEVEL
--- SECURITY (as referential integrity checks do); another role is filtered.
+-- SECURITY (as referential integrity checks do); for another role, whom the
+-- policies would filter, the statement fails (row_security is off) rather
+-- than count or change only the rows it may see.
+-- A statement over tables of several owners runs as the least privileged
+-- of them: sql/security_owner_code.sql.
 ALTER TABLE ao.t ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 CREATE POLICY p ON ao.t USING (id = 1);
 SELECT tenancy.table_query('ao.t', NULL, 'SELECT count(*) FROM ao.t') AS owner_count;

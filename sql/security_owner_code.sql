@@ -84,9 +84,11 @@ SELECT check_name, status, rows_affected FROM tenancy.verify('sec_oc.parent')
 RESET ROLE;
 SELECT tenancy.disable_rls('sec_oc.parent') IS NOT NULL AS disabled;
 
--- A reference between tables of two owners is counted as the child's owner
--- when it can read the parent, else as the parent's owner, else it is a
--- warning.
+-- A reference between tables of two owners runs as the least privileged
+-- of them all (the parse tree names both tables).  Unrelated owners (neither
+-- has the other's privileges): no role is below both, so it is a warning
+-- with no fix, grants or not; running it as either would lend that owner's
+-- rights to the other's code.
 SELECT tenancy.create_tenant('globex', 'Globex', '22222222-2222-2222-2222-222222222222') IS NOT NULL AS created;
 CREATE ROLE sec_oc_other;
 GRANT USAGE ON SCHEMA sec_oc TO sec_oc_other;
@@ -96,10 +98,24 @@ ALTER TABLE sec_oc.other_child OWNER TO sec_oc_other;
 INSERT INTO tenancy.tables (relation) VALUES ('sec_oc.other_child');
 SELECT status, rows_affected, detail, fix FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
 GRANT SELECT ON sec_oc.other_child TO sec_oc_owner;
-SELECT status, rows_affected FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
-REVOKE SELECT ON sec_oc.other_child FROM sec_oc_owner;
 GRANT SELECT ON sec_oc.parent TO sec_oc_other;
+SELECT status, rows_affected, fix FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
+-- Related owners: the child's owner has the parent owner's privileges, so
+-- the count runs as the parent's owner, who may read the child.
+GRANT sec_oc_owner TO sec_oc_other;
 SELECT status, rows_affected FROM tenancy.verify('sec_oc.other_child') WHERE check_name = 'cross_tenant_reference';
+REVOKE sec_oc_owner FROM sec_oc_other;
+REVOKE SELECT ON sec_oc.other_child FROM sec_oc_owner;
+REVOKE SELECT ON sec_oc.parent FROM sec_oc_other;
+-- A superuser's table referencing the trapped owner's table (red team F3):
+-- the count runs as that owner, never as the superuser.
+CREATE TABLE sec_oc.super_child (id int PRIMARY KEY, tenant_id uuid, parent_id int REFERENCES sec_oc.parent (id));
+INSERT INTO sec_oc.super_child VALUES (1, '22222222-2222-2222-2222-222222222222', 1);
+INSERT INTO tenancy.tables (relation) VALUES ('sec_oc.super_child');
+\c
+SELECT status, rows_affected FROM tenancy.verify('sec_oc.super_child') WHERE check_name = 'cross_tenant_reference';
+SELECT rolsuper AS owner_became_superuser FROM pg_roles WHERE rolname = 'sec_oc_owner';
+DROP TABLE sec_oc.super_child;
 SELECT count(*) FILTER (WHERE as_superuser) AS ran_as_superuser FROM sec_oc.ran;
 
 REVOKE ALL ON tenancy.tables, tenancy.tenants, tenancy.memberships, tenancy.identity_sources, tenancy.shadow_stats FROM sec_oc_owner;

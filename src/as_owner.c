@@ -20,6 +20,17 @@
  *	- any other role runs as itself (it holds grants on the table, and
  *	  gains nothing of the owner's).
  *
+ * A statement that reads several tables (a join with a parent, a foreign
+ * key's VALIDATE, a partitioned table and its partitions) runs as the least
+ * privileged of the requesting role and the owners of every table it
+ * touches, found from the statement's parse tree before it is planned: the
+ * planner runs each table's index expressions and predicates.  Where the
+ * owners are unrelated (neither has the other's privileges), no role is
+ * below them all and the statement is refused (42501) rather than give one
+ * owner's code the other's rights.  A requesting role that has none of the
+ * owners' privileges runs as itself: it acts on those tables with its own
+ * grants, as any statement of it would.
+ *
  * The requesting role is the caller, or a role named by the caller that
  * the caller may become (a backfill job runs as the role that created it).
  * Under SECURITY_RESTRICTED_OPERATION the code cannot SET ROLE, create
@@ -27,16 +38,23 @@
  * undone when the statement ends.  SECURITY_NOFORCE_RLS lets the owner see
  * every row of a table under FORCE ROW LEVEL SECURITY, as referential
  * integrity checks do, without being a superuser: a count of NULL tenants
- * must see every row.
+ * must see every row.  row_security is off meanwhile, so that a table whose
+ * policies would filter the statement (one the role does not own) makes it
+ * fail rather than count or change only part of the rows.
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
+#include "parser/scansup.h"
+#include "tcop/tcopprot.h"
+#include "utils/plancache.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -72,25 +90,39 @@ as_owner_role(Oid relid, Oid requester)
 	return requester;
 }
 
+/* The security context of restricted work (see the header). */
+static int
+restricted_context(AsOwnerState *state)
+{
+	return state->save_sec_context |
+		SECURITY_LOCAL_USERID_CHANGE |
+		SECURITY_RESTRICTED_OPERATION |
+		SECURITY_NOFORCE_RLS;
+}
+
+/* Switch to role under the restrictions above, with a GUC nest level. */
+static void
+switch_to(Oid role, AsOwnerState *state)
+{
+	GetUserIdAndSecContext(&state->save_userid, &state->save_sec_context);
+	SetUserIdAndSecContext(role, restricted_context(state));
+	state->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("row_security", "off", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
 /*
  * Switch to the role that work on relid runs as (see above), under
  * SECURITY_RESTRICTED_OPERATION and SECURITY_NOFORCE_RLS, with a GUC nest
  * level of its own.  as_owner_end() switches back; an error switches back
  * on its own (transaction and subtransaction abort restore the user ID and
- * the settings).
+ * the settings).  For work on one table (and its partitions, which the
+ * caller counts one by one).
  */
 void
 as_owner_begin(Oid relid, Oid requester, AsOwnerState *state)
 {
-	Oid			role = as_owner_role(relid, requester);
-
-	GetUserIdAndSecContext(&state->save_userid, &state->save_sec_context);
-	SetUserIdAndSecContext(role,
-						   state->save_sec_context |
-						   SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION |
-						   SECURITY_NOFORCE_RLS);
-	state->save_nestlevel = NewGUCNestLevel();
+	switch_to(as_owner_role(relid, requester), state);
 }
 
 void
@@ -98,6 +130,79 @@ as_owner_end(AsOwnerState *state)
 {
 	AtEOXact_GUC(false, state->save_nestlevel);
 	SetUserIdAndSecContext(state->save_userid, state->save_sec_context);
+}
+
+/* Collect the OIDs of the relations a query tree reads or writes. */
+static bool
+collect_relations(Node *node, List **relids)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, Query))
+	{
+		Query	   *query = (Query *) node;
+		ListCell   *lc;
+
+		foreach(lc, query->rtable)
+		{
+			RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
+
+			if (rte->rtekind == RTE_RELATION)
+				*relids = list_append_unique_oid(*relids, rte->relid);
+		}
+		return query_tree_walker(query, collect_relations, relids, 0);
+	}
+	return expression_tree_walker(node, collect_relations, relids);
+}
+
+/*
+ * The role a statement touching relids runs as, when requested by
+ * requester: see the header.  Partitions and inheritance children count,
+ * since planning a query over a parent opens them.
+ */
+static Oid
+statement_role(Oid relid_main, List *relids, Oid requester)
+{
+	List	   *all = NIL;
+	Oid			role = requester;
+	ListCell   *lc;
+
+	relids = list_append_unique_oid(list_copy(relids), relid_main);
+	foreach(lc, relids)
+	{
+		Oid			relid = lfirst_oid(lc);
+
+		if (has_subclass(relid))
+			all = list_concat_unique_oid(all, find_all_inheritors(relid, NoLock, NULL));
+		else
+			all = list_append_unique_oid(all, relid);
+	}
+	foreach(lc, all)
+	{
+		Oid			owner = relation_owner(lfirst_oid(lc));
+
+		if (has_privs_of_role(role, owner))
+			role = owner;
+	}
+	if (role == requester)
+		return role;
+	foreach(lc, all)
+	{
+		Oid			relid = lfirst_oid(lc);
+		Oid			owner = relation_owner(relid);
+
+		CHECK_FOR_INTERRUPTS();
+		if (!has_privs_of_role(owner, role))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("statement reads tables of owners that do not share their privileges"),
+					 errdetail("It would run as role \"%s\", which has privileges that role \"%s\", owner of %s, does not have.",
+							   GetUserNameFromId(role, false),
+							   GetUserNameFromId(owner, false),
+							   get_rel_name(relid)),
+					 errhint("Make one owner a member of the other, or run it as a role with the privileges of neither.")));
+	}
+	return role;
 }
 
 /*
@@ -139,6 +244,7 @@ run_statement(FunctionCallInfo fcinfo, AsOwnerState *state)
 	Datum	   *values = NULL;
 	char	   *nulls = NULL;
 	int			rc;
+	ListCell   *lc;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
 		ereport(ERROR,
@@ -167,10 +273,48 @@ run_statement(FunctionCallInfo fcinfo, AsOwnerState *state)
 		}
 	}
 
-	as_owner_begin(relid, requester, state);
-	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
-	if (rc < 0)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(rc));
+	/*
+	 * Statement by statement (a string may set the job's search_path before
+	 * its batch): parse and rewrite as the requester, restricted, to learn
+	 * which tables the statement touches (nothing of theirs runs before
+	 * planning), then run it as the role chosen for them.  The plan is made
+	 * as that role (the rewrite is redone for it where row security depends
+	 * on the role).  One GUC nest level spans the string.
+	 */
+	(void) relation_owner(relid);	/* a missing relation first */
+	switch_to(requester, state);
+	foreach(lc, pg_parse_query(sql))
+	{
+		RawStmt    *raw = lfirst_node(RawStmt, lc);
+		char	   *text;
+		SPIPlanPtr	plan;
+		List	   *relids = NIL;
+		ListCell   *lc2;
+
+		{
+			const char *start = sql + raw->stmt_location;
+			int			len = raw->stmt_len > 0 ? raw->stmt_len : (int) strlen(start);
+
+			while (len > 0 && scanner_isspace(*start))
+				start++, len--;
+			text = pnstrdup(start, len);
+		}
+		SetUserIdAndSecContext(requester, restricted_context(state));
+		plan = SPI_prepare(text, nargs, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		foreach(lc2, SPI_plan_get_plan_sources(plan))
+		{
+			CachedPlanSource *ps = (CachedPlanSource *) lfirst(lc2);
+
+			collect_relations((Node *) ps->query_list, &relids);
+		}
+		SetUserIdAndSecContext(statement_role(relid, relids, requester),
+							   restricted_context(state));
+		rc = SPI_execute_plan(plan, values, nulls, false, 0);
+		if (rc < 0)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	}
 }
 
 /*
