@@ -432,6 +432,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum;
 $$;
 
+-- The foreign keys a table declares and those its partitions (at any
+-- depth) declare themselves, each with the relation that holds it
+-- (partition: NULL for rel's own keys).  The copies PostgreSQL makes of a
+-- parent's key on each partition (conparentid <> 0) are left out, so each
+-- key appears once.  Columns come as names: a partition's attribute numbers
+-- may differ from its parent's.  Used by verify(), the backfill's via =>
+-- and scope_constraints_plan().
+CREATE FUNCTION tenancy.foreign_keys(rel regclass)
+RETURNS TABLE (conoid oid, conname name, conrelid regclass, partition regclass, confrelid regclass,
+               cols name[], refcols name[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid, c.conname, c.conrelid::regclass,
+           CASE WHEN c.conrelid <> rel THEN c.conrelid::regclass END, c.confrelid::regclass,
+           ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(attnum, i)
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.i),
+           ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
+                 JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.i)
+    FROM (SELECT rel::oid AS relid, 0 AS level
+          UNION ALL
+          SELECT t.relid, t.level FROM pg_partition_tree(rel) t WHERE t.level > 0) tree
+    JOIN pg_constraint c ON c.conrelid = tree.relid
+    WHERE c.contype = 'f' AND c.conparentid = 0
+    ORDER BY tree.level, c.conrelid::regclass::text, c.conname;
+$$;
+COMMENT ON FUNCTION tenancy.foreign_keys(regclass) IS 'foreign keys declared on a table and on its partitions, each with the partition that holds it';
+
 -- Unique indexes of a table (constraints' included) whose key columns do
 -- not include the tenant column: what verify() reports as unique across
 -- tenants and scope_constraints_plan() rescopes.  surrogate_key: a primary
@@ -640,21 +666,19 @@ BEGIN
 
         -- cross_tenant_reference, per foreign key to a registered table
         check_name := 'cross_tenant_reference'; bad := 0; cnt := 0;
+        -- (keys declared on partitions count the rows of their partition)
         FOR f IN
-            SELECT c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol,
+            SELECT c.conname, c.conrelid AS child, c.partition, c.confrelid AS parent, pt.column_name AS pcol,
                    pa.atttypid AS ptype,
-                   (SELECT string_agg(format('x.%I = p.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
-                    FROM unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(ck, pk, i)
-                    JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = k.ck
-                    JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = k.pk) AS joincond
-            FROM pg_constraint c
+                   (SELECT string_agg(format('x.%I = p.%I', k.ck, k.pk), ' AND ' ORDER BY k.i)
+                    FROM unnest(c.cols, c.refcols) WITH ORDINALITY AS k(ck, pk, i)) AS joincond
+            FROM tenancy.foreign_keys(r.rel) c
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
                                 AND pa.attnum > 0 AND NOT pa.attisdropped
-            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
-            ORDER BY c.conname
         LOOP
             cnt := cnt + 1;
+            relation := f.child;
             cond := CASE WHEN f.ptype = r.atttypid THEN format('x.%I <> p.%I', r.col, f.pcol)
                          ELSE format('x.%I::text <> p.%I::text', r.col, f.pcol) END;
             -- Under a LIMIT the planner bets on a nested loop that finds the
@@ -663,9 +687,9 @@ BEGIN
             txt := current_setting('enable_nestloop');
             PERFORM set_config('enable_nestloop', 'off', true);
             txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
-                           r.rel, f.parent, f.joincond, cond, lim);
+                           f.child, f.parent, f.joincond, cond, lim);
             BEGIN
-                n := (tenancy.table_query(r.rel, NULL, txt2))[1]::bigint;
+                n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
             EXCEPTION WHEN insufficient_privilege THEN
                 BEGIN
                     n := (tenancy.table_query(f.parent, NULL, txt2))[1]::bigint;
@@ -678,21 +702,23 @@ BEGIN
                 bad := bad + 1;
                 status := 'warning'; rows_affected := NULL;
                 detail := format('cannot count the references through %I: neither the owner of %s nor the owner of %s can read both tables (%s)',
-                                 f.conname, r.rel, f.parent, txt2);
+                                 f.conname, f.child, f.parent, txt2);
                 fix := format('GRANT SELECT ON %s TO %I;', f.parent,
-                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = r.rel));
+                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = f.child));
                 RETURN NEXT;
             ELSIF n > 0 THEN
                 bad := bad + 1;
                 atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
                 status := 'failure'; rows_affected := n;
-                detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; the suggested fix gives each row the tenant of its parent (review it)',
-                                 atleast, n, f.conname, f.parent);
+                detail := format('%s%s rows %sreference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; the suggested fix gives each row the tenant of its parent (review it)',
+                                 atleast, n, CASE WHEN f.partition IS NOT NULL THEN format('of partition %s ', f.partition) ELSE '' END,
+                                 f.conname, f.parent);
                 fix := format('UPDATE %s x SET %I = p.%I FROM %s p WHERE %s AND %s;',
-                              r.rel, r.col, f.pcol, f.parent, f.joincond, cond);
+                              f.child, r.col, f.pcol, f.parent, f.joincond, cond);
                 RETURN NEXT;
             END IF;
         END LOOP;
+        relation := r.rel;
         IF bad = 0 THEN
             status := 'ok'; rows_affected := 0; fix := NULL;
             detail := CASE WHEN cnt = 0 THEN 'no foreign key to a registered table'
@@ -731,26 +757,27 @@ BEGIN
 
         -- foreign_key_scope: foreign keys to registered tables that are not (tenant, key)
         check_name := 'foreign_key_scope'; bad := 0; cnt := 0;
+        -- (keys declared on partitions included, reported on their partition)
         FOR f IN
-            SELECT c.conname, c.confrelid::regclass AS parent,
-                   tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
-                   EXISTS (SELECT 1 FROM unnest(c.conkey, c.confkey) k(ck, pk)
-                           JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = k.pk
-                           WHERE k.ck = r.attnum AND pa.attname = pt.column_name) AS scoped
-            FROM pg_constraint c
+            SELECT c.conname, c.conrelid AS child, c.partition, c.confrelid AS parent,
+                   (SELECT string_agg(quote_ident(k.col), ', ' ORDER BY k.i)
+                      FROM unnest(c.cols) WITH ORDINALITY k(col, i)) AS cols,
+                   EXISTS (SELECT 1 FROM unnest(c.cols, c.refcols) k(ck, pk)
+                           WHERE k.ck = r.col AND k.pk = pt.column_name) AS scoped
+            FROM tenancy.foreign_keys(r.rel) c
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
-            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
-            ORDER BY c.conname
         LOOP
             cnt := cnt + 1;
             CONTINUE WHEN f.scoped;
             bad := bad + 1;
-            status := 'failure';
-            detail := format('foreign key %I (%s) references %s without the tenant column: a row can reference another tenant''s row, which shows that row exists and lets one tenant block the other''s deletes; enforce does not close this, the contract phase does',
-                             f.conname, f.cols, f.parent);
+            relation := f.child; status := 'failure';
+            detail := format('foreign key %I %s(%s) references %s without the tenant column: a row can reference another tenant''s row, which shows that row exists and lets one tenant block the other''s deletes; enforce does not close this, the contract phase does',
+                             f.conname, CASE WHEN f.partition IS NOT NULL THEN format('of partition %s ', f.partition) ELSE '' END,
+                             f.cols, f.parent);
             fix := format('SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec', r.rel::text);
             RETURN NEXT;
         END LOOP;
+        relation := r.rel;
         IF bad = 0 THEN
             status := 'ok'; fix := NULL;
             detail := CASE WHEN cnt = 0 THEN 'no foreign key to a registered table'
@@ -926,17 +953,22 @@ BEGIN
         RETURN NEXT;
 
         -- unregistered_reference: tables whose foreign keys point here but
-        -- that are not registered (nor partitions of a registered table)
+        -- that are not registered (nor partitions of a registered table); a
+        -- key declared on a partition is reported on its partitioned table
         check_name := 'unregistered_reference'; bad := 0; rows_affected := NULL;
         FOR f IN
-            SELECT c.conrelid::regclass AS child, string_agg(quote_ident(c.conname), ', ' ORDER BY c.conname) AS cons
-            FROM pg_constraint c
-            WHERE c.contype = 'f' AND c.confrelid = r.rel AND c.conparentid = 0 AND c.conrelid <> r.rel
-              AND NOT EXISTS (SELECT 1 FROM tenancy.tables t2
-                              WHERE t2.relation = c.conrelid
-                                 OR t2.relation IN (SELECT pg_partition_ancestors(c.conrelid)))
-            GROUP BY c.conrelid
-            ORDER BY c.conrelid::regclass::text
+            SELECT c.root::regclass AS child,
+                   string_agg(CASE WHEN c.conrelid = c.root THEN quote_ident(c.conname)
+                                   ELSE format('%I of partition %s', c.conname, c.conrelid::regclass) END,
+                              ', ' ORDER BY c.conrelid::regclass::text, c.conname) AS cons
+            FROM (SELECT c.conname, c.conrelid, coalesce(pg_partition_root(c.conrelid), c.conrelid) AS root
+                    FROM pg_constraint c
+                   WHERE c.contype = 'f' AND c.confrelid = r.rel AND c.conparentid = 0 AND c.conrelid <> r.rel
+                     AND NOT EXISTS (SELECT 1 FROM tenancy.tables t2
+                                     WHERE t2.relation = c.conrelid
+                                        OR t2.relation IN (SELECT pg_partition_ancestors(c.conrelid)))) c
+            GROUP BY c.root
+            ORDER BY c.root::regclass::text
         LOOP
             bad := bad + 1;
             relation := f.child; status := 'failure';
@@ -1317,9 +1349,10 @@ BEGIN
             END IF;
         END LOOP;
 
-        -- 1 to 4: foreign keys to registered tables, as (tenant, key)
+        -- 1 to 4: foreign keys to registered tables, as (tenant, key); a key
+        -- declared on a partition is rescoped on its partition (child)
         FOR f IN
-            SELECT c.oid, c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
+            SELECT c.oid, c.conname, k.conrelid AS child, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
                    pc.relname AS prelname, pc.relkind AS prelkind, pn.nspname AS pnsp,
                    c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
                    tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
@@ -1328,16 +1361,15 @@ BEGIN
                    (SELECT string_agg(a.attname, '_' ORDER BY k.i)
                       FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
                       JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames
-            FROM pg_constraint c
+            FROM tenancy.foreign_keys(r.rel) k
+            JOIN pg_constraint c ON c.oid = k.conoid
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
             JOIN pg_class pc ON pc.oid = c.confrelid
             JOIN pg_namespace pn ON pn.oid = pc.relnamespace
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
                                 AND pa.attnum > 0 AND NOT pa.attisdropped
-            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
-              AND NOT EXISTS (SELECT 1 FROM unnest(c.conkey, c.confkey) k(ck, pk)
-                              WHERE k.ck = r.attnum AND k.pk = pa.attnum)
-            ORDER BY c.conname
+            WHERE NOT EXISTS (SELECT 1 FROM unnest(k.cols, k.refcols) u(ck, pk)
+                              WHERE u.ck = r.col AND u.pk = pt.column_name)
         LOOP
             -- the parent needs a unique (tenant, key)
             want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
@@ -1371,26 +1403,26 @@ BEGIN
                  || CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
             phases[2] := phases[2] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'add_scoped_foreign_key',
+                'rel', f.child::text, 'action', 'add_scoped_foreign_key',
                 'sql', format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
-                              r.rel, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
-                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', r.rel, newcon));
+                              f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
             phases[3] := phases[3] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'validate_foreign_key',
+                'rel', f.child::text, 'action', 'validate_foreign_key',
                 'sql', format('SELECT tenancy.table_exec(%L, NULL, %L)',
-                              r.rel::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, newcon)),
+                              f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, newcon)),
                 'undo', NULL);
             def := pg_get_constraintdef(f.oid);
             IF def !~ ' NOT VALID$' THEN
                 def := def || ' NOT VALID';
             END IF;
             phases[4] := phases[4] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'replace_foreign_key',
+                'rel', f.child::text, 'action', 'replace_foreign_key',
                 'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
-                              r.rel::text, 'foreign_key', newcon, r.rel, f.conname, r.rel, newcon, f.conname),
+                              f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
                 'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; SELECT tenancy.table_exec(%L, NULL, %L)',
-                               r.rel, f.conname, newcon, r.rel, f.conname, def,
-                               r.rel::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, f.conname)));
+                               f.child, f.conname, newcon, f.child, f.conname, def,
+                               f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname)));
         END LOOP;
     END LOOP;
 
@@ -1438,10 +1470,11 @@ BEGIN
         RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    -- contract steps, newest first
+    -- contract steps, newest first (those of its partitions too)
     FOR l IN
         SELECT c.undo_sql FROM tenancy.contract_log c
-        WHERE c.relation = tbl AND c.undone_at IS NULL AND c.undo_sql IS NOT NULL
+        WHERE (c.relation = tbl OR c.relation IN (SELECT t.relid FROM pg_partition_tree(tbl) t WHERE t.level > 0))
+          AND c.undone_at IS NULL AND c.undo_sql IS NOT NULL
         ORDER BY c.id DESC
     LOOP
         RETURN NEXT l.undo_sql || ';';
@@ -1494,6 +1527,11 @@ BEGIN
     END IF;
     RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation = %L::regclass AND undone_at IS NULL;',
                        tbl::text);
+    IF EXISTS (SELECT 1 FROM tenancy.contract_log c JOIN pg_partition_tree(tbl) t ON t.relid = c.relation
+                WHERE t.level > 0 AND c.undone_at IS NULL) THEN
+        RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation IN (SELECT relid FROM pg_catalog.pg_partition_tree(%L) WHERE level > 0) AND undone_at IS NULL;',
+                           tbl::text);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION tenancy.rollback_table_sql(regclass) IS 'preview of rollback_table(): the statements, newest step first';
@@ -1709,8 +1747,9 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
--- contract_guard() and object_name() read the catalog and nothing else: they
--- stay executable by PUBLIC, so that whoever runs the plan can run its guards.
+-- contract_guard(), object_name() and foreign_keys() read the catalog and
+-- nothing else: they stay executable by PUBLIC, so that whoever runs the plan
+-- can run its guards and whoever may run the backfill can name a key.
 
 ------------------------------------------------------------------------------
 -- Backfill: additive tenant columns and batched, resumable backfills
@@ -2102,9 +2141,13 @@ BEGIN
     END IF;
 
     IF via IS NOT NULL THEN
-        SELECT c.oid, c.confrelid::regclass AS parent, c.conkey, c.confkey INTO con
-          FROM pg_constraint c
-         WHERE c.conrelid = tbl AND c.conname = via AND c.contype = 'f';
+        -- a key of the table or one declared on one of its partitions
+        -- (the rows of every partition are filled through its columns)
+        SELECT c.conoid AS oid, c.confrelid AS parent, c.cols, c.refcols INTO con
+          FROM tenancy.foreign_keys(tbl) c
+         WHERE c.conname = via
+         ORDER BY c.partition IS NOT NULL, c.partition::text
+         LIMIT 1;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'foreign key "%" of relation "%" does not exist', via, tbl
                 USING ERRCODE = 'undefined_object',
@@ -2121,11 +2164,9 @@ BEGIN
         kind := 'foreign_key';
         src := via;
         SELECT format('(SELECT p.%I FROM %s p WHERE %s)', pcol, con.parent,
-                      string_agg(format('p.%I = t.%I', pa.attname, ca.attname), ' AND ' ORDER BY k.i))
+                      string_agg(format('p.%I = t.%I', k.pk, k.ck), ' AND ' ORDER BY k.i))
           INTO val
-          FROM unnest(con.conkey, con.confkey) WITH ORDINALITY AS k(ck, pk, i)
-          JOIN pg_attribute ca ON ca.attrelid = tbl AND ca.attnum = k.ck
-          JOIN pg_attribute pa ON pa.attrelid = con.parent AND pa.attnum = k.pk;
+          FROM unnest(con.cols, con.refcols) WITH ORDINALITY AS k(ck, pk, i);
         val := format('COALESCE(%s, tenancy.backfill_null_source(NULL::%s))', val, keytype);
     ELSIF source IS NOT NULL THEN
         kind := 'expression';

@@ -46,6 +46,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.enforce_not_null(regclass,interval,integer)', ''),
     ('tenancy.enforce_not_null_plan(regclass)', ''),
     ('tenancy.enforce_not_null_sql(regclass)', ''),
+    ('tenancy.foreign_keys(regclass)', 'PUBLIC'),
     ('tenancy.implicit_tenant()', 'PUBLIC'),
     ('tenancy.in_transaction_block()', 'PUBLIC'),
     ('tenancy.key_type()', 'PUBLIC'),
