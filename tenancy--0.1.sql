@@ -533,14 +533,106 @@ BEGIN
                       DETAIL = 'The index it replaces is left in place.',
                       HINT = 'Run the create_scoped_index step first (drop an invalid index an interrupted CREATE INDEX CONCURRENTLY left, then run it again).';
         END IF;
+    ELSIF kind = 'not_null' THEN
+        -- a primary key added to a partitioned table must not set NOT NULL
+        -- itself: that scans every partition under ACCESS EXCLUSIVE
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = rel AND a.attname = object_name AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attnotnull) THEN
+            RAISE EXCEPTION 'column % of % is not NOT NULL', quote_ident(object_name), rel
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The primary key is left in place.',
+                      HINT = 'Run CALL tenancy.enforce_not_null(...) first.';
+        END IF;
     ELSE
         RAISE EXCEPTION 'unknown object kind "%"', kind
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The kinds are foreign_key and index.';
+                  HINT = 'The kinds are foreign_key, index and not_null.';
     END IF;
 END
 $$;
-COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid';
+COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid, or a primary key column is nullable';
+
+-- The partitions of a partitioned table, at every level (parents first),
+-- for the contract steps that build an index on each partition
+-- CONCURRENTLY and attach it to an index made ON ONLY its parent: each with
+-- the name of its own new index (the name of its index attached to
+-- old_index, else its name and base, then suffix, through object_name()),
+-- the index it attaches to (root_index for rel's own partitions) and, when
+-- it has one, the constraint of its index attached to old_index.
+CREATE FUNCTION tenancy.partition_indexes(rel regclass, old_index regclass, base text, suffix text, root_index name)
+RETURNS TABLE (part regclass, relkind "char", nsp name, index_name name, parent_nsp name, parent_index name,
+               old_con name, level integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree (part, parent, old_idx, parent_index, level) AS (
+        SELECT ih.inhrelid, rel::oid,
+               (SELECT x.indexrelid FROM pg_inherits xi JOIN pg_index x ON x.indexrelid = xi.inhrelid
+                 WHERE xi.inhparent = old_index AND x.indrelid = ih.inhrelid),
+               root_index::name COLLATE "C", 1
+          FROM pg_inherits ih WHERE ih.inhparent = rel
+        UNION ALL
+        SELECT ih.inhrelid, t.part,
+               (SELECT x.indexrelid FROM pg_inherits xi JOIN pg_index x ON x.indexrelid = xi.inhrelid
+                 WHERE xi.inhparent = t.old_idx AND x.indrelid = ih.inhrelid),
+               tenancy.object_name(coalesce((SELECT oc.relname::text FROM pg_class oc WHERE oc.oid = t.old_idx),
+                                            (SELECT pc.relname || '_' || base FROM pg_class pc WHERE pc.oid = t.part)), suffix)::name COLLATE "C",
+               t.level + 1
+          FROM tree t JOIN pg_inherits ih ON ih.inhparent = t.part
+    )
+    SELECT t.part::regclass, c.relkind, n.nspname,
+           tenancy.object_name(coalesce((SELECT oc.relname::text FROM pg_class oc WHERE oc.oid = t.old_idx),
+                                        c.relname || '_' || base), suffix)::name,
+           pn.nspname, t.parent_index,
+           (SELECT con.conname FROM pg_constraint con WHERE con.conindid = t.old_idx AND con.conrelid = t.part),
+           t.level
+      FROM tree t
+      JOIN pg_class c ON c.oid = t.part
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_class p ON p.oid = t.parent
+      JOIN pg_namespace pn ON pn.oid = p.relnamespace
+     ORDER BY t.level, t.part::regclass::text;
+$$;
+COMMENT ON FUNCTION tenancy.partition_indexes(regclass, regclass, text, text, name) IS 'partitions of a partitioned table with the names of the per-partition indexes the contract phase builds';
+
+-- The steps that build an index on a partitioned table without a long lock:
+-- the index ON ONLY the table (catalog only: no partition is scanned), then
+-- for each partition CREATE INDEX CONCURRENTLY (or ON ONLY again for a
+-- partitioned partition) and ALTER INDEX ... ATTACH PARTITION, after which
+-- the parent's index is valid.  tail: the columns, INCLUDE, NULLS NOT
+-- DISTINCT and WHERE, as SQL.  Each step is rerun-safe (IF NOT EXISTS; an
+-- attached index attaches again as a no-op); the non-concurrent ones start
+-- with SET LOCAL lock_timeout = lt.
+CREATE FUNCTION tenancy.partitioned_index_steps(rel regclass, old_index regclass, index_name name, base text,
+                                                suffix text, is_unique boolean, tail text, lt text)
+RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_array(jsonb_build_object(
+               'rel', rel::text, 'action', 'create_parent_only_index',
+               'sql', format('SET LOCAL lock_timeout = %L; CREATE %sINDEX IF NOT EXISTS %I ON ONLY %s %s',
+                             lt, CASE WHEN is_unique THEN 'UNIQUE ' ELSE '' END, $3, rel, tail),
+               'undo', format('DROP INDEX IF EXISTS %I.%I',
+                              (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel),
+                              $3)))
+        || coalesce(jsonb_agg(x.step ORDER BY p.level, p.part::text, x.n), '[]')
+    FROM tenancy.partition_indexes(rel, old_index, base, suffix, $3) p
+    CROSS JOIN LATERAL (VALUES
+        (1, jsonb_build_object(
+                'rel', p.part::text,
+                'action', CASE WHEN p.relkind = 'p' THEN 'create_parent_only_index' ELSE 'create_partition_index' END,
+                'sql', CASE WHEN p.relkind = 'p'
+                            THEN format('SET LOCAL lock_timeout = %L; CREATE %sINDEX IF NOT EXISTS %I ON ONLY %s %s',
+                                        lt, CASE WHEN is_unique THEN 'UNIQUE ' ELSE '' END, p.index_name, p.part, tail)
+                            ELSE format('CREATE %sINDEX CONCURRENTLY IF NOT EXISTS %I ON %s %s',
+                                        CASE WHEN is_unique THEN 'UNIQUE ' ELSE '' END, p.index_name, p.part, tail) END,
+                'undo', format('DROP INDEX IF EXISTS %I.%I', p.nsp, p.index_name))),
+        (2, jsonb_build_object(
+                'rel', p.part::text, 'action', 'attach_partition_index',
+                'sql', format('SET LOCAL lock_timeout = %L; ALTER INDEX %I.%I ATTACH PARTITION %I.%I',
+                              lt, p.parent_nsp, p.parent_index, p.nsp, p.index_name),
+                'undo', NULL))
+    ) x(n, step);
+$$;
+COMMENT ON FUNCTION tenancy.partitioned_index_steps(regclass, regclass, name, text, text, boolean, text, text) IS 'contract steps building an index on a partitioned table: ON ONLY the parent, CONCURRENTLY per partition, attached';
 
 -- The readiness report.  One row per finding; a clean database gives one
 -- 'ok' row per check and table, so the report shows what was checked.
@@ -1260,6 +1352,18 @@ DECLARE
     acts    text;
     i       integer;
     e       jsonb;
+    pi      record;
+    inc     text;
+    tail    text;
+    guards  text;
+    pks     text;
+    -- every step that waits for a lock gives up after this (the plan is
+    -- made again from the catalog and goes on where it stopped)
+    lt      text := '100ms';
+    setlt   text := format('SET LOCAL lock_timeout = %L; ', '100ms');
+    -- (relation, key columns) of the unique indexes the plan creates
+    leads   jsonb := '[]';
+    pass    integer;
 BEGIN
     IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
         RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
@@ -1267,6 +1371,9 @@ BEGIN
                   HINT = 'Register it with tenancy.add_tenant_column().';
     END IF;
 
+    -- Two passes: the unique indexes of every table first, so that a foreign
+    -- key to a table planned later uses the index planned for it.
+    FOR pass IN 1 .. 2 LOOP
     FOR r IN
         SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
                n.nspname AS nsp
@@ -1291,6 +1398,7 @@ BEGIN
             JOIN pg_index i ON i.indexrelid = u.indexrelid
             JOIN pg_class ic ON ic.oid = u.indexrelid
             LEFT JOIN pg_constraint con ON con.oid = u.conoid
+            WHERE pass = 1
             ORDER BY ic.relname
         LOOP
             -- a generated surrogate primary key stays (verify() accepts it)
@@ -1302,30 +1410,88 @@ BEGIN
             newname := tenancy.object_name(f.idxname, '_tenant');
             acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
-            IF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
-                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on
-                -- partitioned tables: rebuild the constraint in one step
-                -- (the index build blocks writes).
+            inc := CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END;
+            tail := format('(%I, %s)%s%s%s', r.col, f.keycols, inc,
+                           CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
+                           CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END);
+            IF NOT 0 = ANY (f.keys) THEN
+                leads := leads || jsonb_build_object('rel', r.rel::oid,
+                    'cols', to_jsonb(r.col::text || ARRAY(SELECT a.attname::text FROM unnest(f.keys) WITH ORDINALITY k(attnum, o)
+                                                           JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum ORDER BY k.o)));
+            END IF;
+            IF r.relkind = 'p' AND f.contype IN ('p', 'u')
+               AND NOT EXISTS (SELECT 1 FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) x
+                                WHERE x.relkind <> 'r') THEN
+                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on a
+                -- partitioned table.  Each partition gets its index
+                -- CONCURRENTLY (and a unique constraint on it at once); then
+                -- one short transaction drops the parent's constraint, gives
+                -- each partition its primary key on its index, and adds the
+                -- parent's again, which adopts the partitions' constraints and
+                -- indexes (DefineIndex) without building or scanning anything.
+                guards := ''; pks := '';
+                FOR pi IN SELECT * FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) LOOP
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', pi.part::text, 'action', 'create_partition_index',
+                        'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)%s',
+                                      pi.index_name, pi.part, r.col, f.keycols, inc),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', pi.nsp, pi.index_name));
+                    IF f.contype = 'u' AND NOT EXISTS (SELECT 1 FROM pg_constraint con
+                                                        WHERE con.conrelid = pi.part AND con.conname = pi.index_name) THEN
+                        phases[1] := phases[1] || jsonb_build_object(
+                            'rel', pi.part::text, 'action', 'add_partition_constraint',
+                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I%s',
+                                          setlt, pi.part, pi.index_name, pi.index_name, acts),
+                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, pi.index_name));
+                    END IF;
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ',
+                                               pi.part::text, 'index', pi.index_name);
+                    IF f.contype = 'p' THEN
+                        pks := pks || format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I%s; ',
+                                             pi.part, coalesce(pi.old_con, pi.index_name), pi.index_name, acts);
+                    END IF;
+                END LOOP;
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_partitioned_constraint',
+                    'sql', setlt || guards
+                           || CASE WHEN f.contype = 'p'
+                                   THEN format('SELECT tenancy.contract_guard(%L, %L, %L); ', r.rel::text, 'not_null', r.col)
+                                   ELSE '' END
+                           || format('ALTER TABLE %s DROP CONSTRAINT %I; ', r.rel, f.conname) || pks
+                           || format('ALTER TABLE %s ADD CONSTRAINT %I %s (%I, %s)%s%s', r.rel, f.conname,
+                                     CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, inc, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+                -- (not a parent index a foreign key can use in step 2: it
+                -- only exists after step 5)
+                CONTINUE;
+            ELSIF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
+                -- sub-partitioned or with foreign partitions: rebuild the
+                -- constraint in one step (the index build blocks writes)
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'rebuild_constraint',
-                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
-                                  r.rel, f.conname, f.conname,
+                    'sql', format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
+                                  setlt, r.rel, f.conname, f.conname,
                                   CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
-                planned := planned || jsonb_build_object(
-                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), f.conname);
+                -- (not a parent index a foreign key can use in step 2: it
+                -- only exists after step 5)
                 CONTINUE;
             END IF;
-            phases[1] := phases[1] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'create_scoped_index',
-                'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)%s%s%s',
-                              CASE WHEN r.relkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
-                              newname, r.rel, r.col, f.keycols,
-                              CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END,
-                              CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
-                              CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END),
-                'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
+            IF r.relkind = 'p' THEN
+                -- a unique index of a partitioned table: ON ONLY, then each
+                -- partition's CONCURRENTLY, attached
+                FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                             r.rel, f.indexrelid::regclass, newname, newname, '_tenant', true, tail, lt)) x LOOP
+                    phases[1] := phases[1] || e;
+                END LOOP;
+            ELSE
+                phases[1] := phases[1] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'create_scoped_index',
+                    'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s %s', newname, r.rel, tail),
+                    'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
+            END IF;
             IF f.pred IS NULL AND NOT 0 = ANY (f.keys) THEN
                 planned := planned || jsonb_build_object(
                     format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), newname);
@@ -1333,16 +1499,16 @@ BEGIN
             IF f.contype IN ('p', 'u') THEN
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_constraint',
-                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
-                                  r.rel, f.conname, f.conname,
+                    'sql', format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
+                                  setlt, r.rel, f.conname, f.conname,
                                   CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
             ELSE
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_index',
-                    'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
-                                  r.rel::text, 'index', newname,
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
+                                  setlt, r.rel::text, 'index', newname,
                                   r.nsp, f.idxname, r.nsp, newname, f.idxname),
                     'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
                                    r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
@@ -1352,7 +1518,9 @@ BEGIN
         -- 1 to 4: foreign keys to registered tables, as (tenant, key); a key
         -- declared on a partition is rescoped on its partition (child)
         FOR f IN
-            SELECT c.oid, c.conname, k.conrelid AS child, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
+            SELECT c.oid, c.conname, k.conrelid AS child, cc.relkind AS childkind, cc.relname AS childname,
+                   cn.nspname AS childnsp, k.cols AS colnames,
+                   c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
                    pc.relname AS prelname, pc.relkind AS prelkind, pn.nspname AS pnsp,
                    c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
                    tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
@@ -1363,12 +1531,15 @@ BEGIN
                       JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames
             FROM tenancy.foreign_keys(r.rel) k
             JOIN pg_constraint c ON c.oid = k.conoid
+            JOIN pg_class cc ON cc.oid = k.conrelid
+            JOIN pg_namespace cn ON cn.oid = cc.relnamespace
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
             JOIN pg_class pc ON pc.oid = c.confrelid
             JOIN pg_namespace pn ON pn.oid = pc.relnamespace
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
                                 AND pa.attnum > 0 AND NOT pa.attisdropped
-            WHERE NOT EXISTS (SELECT 1 FROM unnest(k.cols, k.refcols) u(ck, pk)
+            WHERE pass = 2
+              AND NOT EXISTS (SELECT 1 FROM unnest(k.cols, k.refcols) u(ck, pk)
                               WHERE u.ck = r.col AND u.pk = pt.column_name)
         LOOP
             -- the parent needs a unique (tenant, key)
@@ -1382,14 +1553,58 @@ BEGIN
                  LIMIT 1;
                 IF idx IS NULL THEN
                     idx := tenancy.object_name(f.prelname || '_' || f.pcol || '_' || f.refnames, '_key');
-                    phases[1] := phases[1] || jsonb_build_object(
-                        'rel', f.parent::text, 'action', 'create_parent_index',
-                        'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)',
-                                      CASE WHEN f.prelkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
-                                      idx, f.parent, f.pcol, f.refcols),
-                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
+                    IF f.prelkind = 'p' THEN
+                        FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                                     f.parent, NULL, idx, f.pcol || '_' || f.refnames, '_key', true,
+                                     format('(%I, %s)', f.pcol, f.refcols), lt)) x LOOP
+                            phases[1] := phases[1] || e;
+                        END LOOP;
+                    ELSE
+                        phases[1] := phases[1] || jsonb_build_object(
+                            'rel', f.parent::text, 'action', 'create_parent_index',
+                            'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)',
+                                          idx, f.parent, f.pcol, f.refcols),
+                            'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
+                    END IF;
                 END IF;
                 planned := planned || jsonb_build_object(want, idx);
+            END IF;
+
+            -- The child keeps an index for the key where it had one (a
+            -- parent's DELETE checks the child through it): (tenant, key),
+            -- unless an index or a planned unique index already leads with
+            -- those columns.
+            IF EXISTS (SELECT 1 FROM pg_index x
+                        WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts >= cardinality(f.colnames)
+                          AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                 FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames)]) u(attnum)
+                                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+                              = (SELECT array_agg(c::text ORDER BY c) FROM unnest(f.colnames) c))
+               AND NOT EXISTS (SELECT 1 FROM pg_index x
+                                WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts > cardinality(f.colnames)
+                                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                         FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames) + 1]) u(attnum)
+                                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c))
+               AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(leads) l
+                                WHERE (l->>'rel')::oid IN (f.child, r.rel)
+                                  AND (SELECT array_agg(c ORDER BY c) FROM (SELECT c FROM jsonb_array_elements_text(l->'cols') c
+                                                                            LIMIT cardinality(f.colnames) + 1) s)
+                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c)) THEN
+                idx := tenancy.object_name(f.childname || '_' || r.col || '_' || array_to_string(f.colnames, '_'), '_idx');
+                IF f.childkind = 'p' THEN
+                    FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                                 f.child, NULL, idx, r.col || '_' || array_to_string(f.colnames, '_'), '_idx', false,
+                                 format('(%I, %s)', r.col, f.cols), lt)) x LOOP
+                        phases[1] := phases[1] || e;
+                    END LOOP;
+                ELSE
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', f.child::text, 'action', 'create_foreign_key_index',
+                        'sql', format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)', idx, f.child, r.col, f.cols),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.childnsp, idx));
+                END IF;
+                leads := leads || jsonb_build_object('rel', f.child::oid, 'cols', to_jsonb(r.col::text || f.colnames::text[]));
             END IF;
 
             newcon := tenancy.object_name(f.conname, '_tenant');
@@ -1402,14 +1617,50 @@ BEGIN
                                        ELSE '' END
                  || CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            IF f.childkind = 'p' THEN
+                -- A partitioned table takes no NOT VALID key: each partition
+                -- gets it NOT VALID, then VALIDATE; the key added on the
+                -- parent then adopts the partitions' validated keys without
+                -- a scan (tryAttachPartitionForeignKey).
+                guards := '';
+                FOR pi IN SELECT x.* FROM tenancy.partition_indexes(f.child, NULL, '', '', '') x WHERE x.relkind = 'r' LOOP
+                    IF NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conrelid = pi.part AND con.conname = newcon) THEN
+                        phases[2] := phases[2] || jsonb_build_object(
+                            'rel', pi.part::text, 'action', 'add_partition_foreign_key',
+                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                                          setlt, pi.part, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, newcon));
+                    END IF;
+                    phases[3] := phases[3] || jsonb_build_object(
+                        'rel', pi.part::text, 'action', 'validate_foreign_key',
+                        'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
+                                      pi.part::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', pi.part, newcon)),
+                        'undo', NULL);
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ', pi.part::text, 'foreign_key', newcon);
+                END LOOP;
+                phases[3] := phases[3] || jsonb_build_object(
+                    'rel', f.child::text, 'action', 'adopt_foreign_key',
+                    'sql', setlt || guards
+                           || format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s',
+                                     f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
+                def := regexp_replace(pg_get_constraintdef(f.oid), ' NOT VALID$', '');
+                phases[4] := phases[4] || jsonb_build_object(
+                    'rel', f.child::text, 'action', 'replace_foreign_key',
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                                  setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
+                    'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s',
+                                   f.child, f.conname, newcon, f.child, f.conname, def));
+                CONTINUE;
+            END IF;
             phases[2] := phases[2] || jsonb_build_object(
                 'rel', f.child::text, 'action', 'add_scoped_foreign_key',
-                'sql', format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
-                              f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                              setlt, f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
                 'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
             phases[3] := phases[3] || jsonb_build_object(
                 'rel', f.child::text, 'action', 'validate_foreign_key',
-                'sql', format('SELECT tenancy.table_exec(%L, NULL, %L)',
+                'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
                               f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, newcon)),
                 'undo', NULL);
             def := pg_get_constraintdef(f.oid);
@@ -1418,12 +1669,13 @@ BEGIN
             END IF;
             phases[4] := phases[4] || jsonb_build_object(
                 'rel', f.child::text, 'action', 'replace_foreign_key',
-                'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
-                              f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
+                'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                              setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
                 'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; SELECT tenancy.table_exec(%L, NULL, %L)',
                                f.child, f.conname, newcon, f.child, f.conname, def,
                                f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname)));
         END LOOP;
+    END LOOP;
     END LOOP;
 
     step := 0;
@@ -1447,9 +1699,12 @@ CREATE FUNCTION tenancy.scope_constraints_sql(tbl regclass DEFAULT NULL) RETURNS
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.stmt
     FROM tenancy.scope_constraints_plan(tbl) p,
-         LATERAL (VALUES (1, p.sql),
+         LATERAL (VALUES (0, CASE WHEN p.sql ~ '^CREATE (UNIQUE )?INDEX CONCURRENTLY '
+                                  THEN format('SET lock_timeout = %L', '100ms') END),
+                         (1, p.sql),
                          (2, format('SELECT tenancy.log_step(%L, %L, %L, %L)',
                                     p.relation::text, p.action, p.sql, p.undo_sql))) s(n, stmt)
+    WHERE s.stmt IS NOT NULL
     ORDER BY p.step, s.n;
 $$;
 COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step()';
@@ -1747,9 +2002,10 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
--- contract_guard(), object_name() and foreign_keys() read the catalog and
--- nothing else: they stay executable by PUBLIC, so that whoever runs the plan
--- can run its guards and whoever may run the backfill can name a key.
+-- contract_guard(), object_name(), foreign_keys(), partition_indexes() and
+-- partitioned_index_steps() read the catalog and nothing else: they stay
+-- executable by PUBLIC, so that whoever runs the plan can make it and run its
+-- guards, and whoever may run the backfill can name a key.
 
 ------------------------------------------------------------------------------
 -- Backfill: additive tenant columns and batched, resumable backfills

@@ -52,6 +52,7 @@ UPDATE rental.payment p SET customer_id = r.customer_id - (c.store_id - i.store_
    AND c.store_id <> i.store_id;
 SELECT check_name, status, rows_affected FROM tenancy.verify('rental.payment')
  WHERE check_name = 'cross_tenant_reference';
+CALL tenancy.enforce_not_null('rental.payment');
 SELECT step, relation, action FROM tenancy.scope_constraints_plan('rental.payment');
 \set ON_ERROR_STOP on
 \set ECHO none

@@ -53,6 +53,8 @@ INSERT INTO expected_routines VALUES
     ('tenancy.log_step(regclass,text,text,text)', ''),
     ('tenancy.lookup_tenant(text)', ''),
     ('tenancy.normalize_key(text)', 'PUBLIC'),
+    ('tenancy.partition_indexes(regclass,regclass,text,text,name)', 'PUBLIC'),
+    ('tenancy.partitioned_index_steps(regclass,regclass,name,text,text,boolean,text,text)', 'PUBLIC'),
     ('tenancy.policy_sql(regclass,name,regrole[],text)', 'PUBLIC'),
     ('tenancy.preallocate_wal(bigint)', ''),
     ('tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean)', ''),
