@@ -31,6 +31,17 @@ INSERT INTO cl.account SELECT 1 + g % 2, g FROM generate_series(1, 10) g;
 INSERT INTO cl.event SELECT 1 + (1 + g % 10) % 2, date '2026-06-01' + (g % 400), g, 1 + g % 10, 1 + g % 10, 'c' || g, g
                        FROM generate_series(1, 400) g;
 SELECT count(*) AS mismatched FROM cl.event e JOIN cl.project p ON p.id = e.project_id WHERE p.tenant_id <> e.tenant_id;
+-- Plain tables: a key whose only index is a unique constraint the plan
+-- rescopes (it covers (tenant, key) then: no extra index), and a key with
+-- an index of its own (it gets a (tenant, key) index, CONCURRENTLY).
+CREATE TABLE cl.task (tenant_id bigint NOT NULL, id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                      project_id int NOT NULL REFERENCES cl.project, seq int NOT NULL, UNIQUE (project_id, seq));
+CREATE TABLE cl.note (tenant_id bigint NOT NULL, id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                      project_id int REFERENCES cl.project);
+CREATE INDEX note_project ON cl.note (project_id);
+INSERT INTO cl.task (tenant_id, project_id, seq) SELECT 1 + p % 2, p, s FROM generate_series(1, 10) p, generate_series(1, 3) s;
+INSERT INTO cl.note (tenant_id, project_id) SELECT 1 + p % 2, p FROM generate_series(1, 10) p;
+INSERT INTO tenancy.tables (relation) VALUES ('cl.task'), ('cl.note');
 ALTER TABLE cl.project ALTER tenant_id SET NOT NULL;
 ALTER TABLE cl.account ALTER tenant_id SET NOT NULL;
 ALTER TABLE cl.event ALTER tenant_id SET NOT NULL;
