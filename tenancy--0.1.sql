@@ -169,7 +169,7 @@ BEGIN
     ELSIF keytype = 'uuid' THEN
         k := gen_random_uuid()::text;
     ELSIF keytype = 'bigint' THEN
-        k := nextval('tenancy.tenant_key_seq')::text;
+        k := pg_catalog.nextval(pg_catalog.to_regclass('tenancy.tenant_key_seq'))::text;   -- bigint keys only
     ELSE
         k := slug;
     END IF;
@@ -315,6 +315,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stmt text := tenancy.bind_role_sql(role, tenant);
 BEGIN
+    -- plpgsql_check: VOLATILE: ALTER ROLE.
+    -- plpgsql_check: from bind_role_sql(): names through %I, values through %L.
     EXECUTE stmt;
     RETURN stmt;
 END
@@ -327,6 +329,7 @@ DECLARE
     stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
                         (SELECT r.rolname FROM pg_roles r WHERE r.oid = role), current_database());
 BEGIN
+    -- plpgsql_check: VOLATILE: ALTER ROLE.
     EXECUTE stmt;
     RETURN stmt;
 END
@@ -492,7 +495,7 @@ COMMENT ON FUNCTION tenancy.log_step(regclass, text, text, text) IS 'record a co
 -- hex digits of md5(base || suffix) and suffix, so that long names that
 -- share a prefix stay distinct and PostgreSQL never truncates one (the step
 -- and its undo spell the same name).
-CREATE FUNCTION tenancy.object_name(base text, suffix text) RETURNS name
+CREATE FUNCTION tenancy.object_name(base text, suffix text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tag text := '_' || left(md5(base || suffix), 8) || suffix;
@@ -1170,7 +1173,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col     name;
     is_notnull boolean;
-    chk     name;
+    chk     text;
     con     record;
 BEGIN
     SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
@@ -1234,7 +1237,6 @@ DECLARE
     undos   text[];
     col     name;
     nulls   bigint;
-    i       integer;
     attempt integer;
     timeout text;
     raced   boolean := false;
@@ -1275,6 +1277,7 @@ BEGIN
     END IF;
     -- Called where it cannot commit (from a function): fail here, before any change.
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     FOR i IN 1 .. cardinality(steps) LOOP
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         attempt := 0;
@@ -1342,15 +1345,13 @@ DECLARE
     r       record;
     f       record;
     phases  jsonb[] := ARRAY['[]', '[]', '[]', '[]', '[]']::jsonb[];
-    planned jsonb := '{}';
+    planned jsonb := '{}'::jsonb;
     want    text;
     idx     text;
-    nsp     name;
     newname text;
     newcon  text;
     def     text;
     acts    text;
-    i       integer;
     e       jsonb;
     pi      record;
     inc     text;
@@ -1362,8 +1363,7 @@ DECLARE
     lt      text := '100ms';
     setlt   text := format('SET LOCAL lock_timeout = %L; ', '100ms');
     -- (relation, key columns) of the unique indexes the plan creates
-    leads   jsonb := '[]';
-    pass    integer;
+    leads   jsonb := '[]'::jsonb;
 BEGIN
     IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
         RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
@@ -1545,7 +1545,7 @@ BEGIN
             -- the parent needs a unique (tenant, key)
             want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
             IF NOT planned ? want THEN
-                SELECT ic.relname INTO idx
+                SELECT ic.relname::text INTO idx
                   FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                  WHERE i.indrelid = f.parent AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
                    AND (SELECT array_agg(x ORDER BY x) FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) x)
@@ -1796,7 +1796,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     stmt text;
 BEGIN
+    -- plpgsql_check: VOLATILE: the statements are DDL.
     FOR stmt IN SELECT s FROM tenancy.rollback_table_sql(tbl) s LOOP
+        -- plpgsql_check: from rollback_table_sql(): names through %I, literals through %L.
         EXECUTE stmt;
         RETURN NEXT stmt;
     END LOOP;
@@ -1823,6 +1825,7 @@ BEGIN
                   HINT = 'A role is one of owner, admin, member, viewer.';
     END IF;
     k := tenancy.tenant_key(tenant);
+    -- plpgsql_check: VOLATILE: it writes tenancy.memberships.
     EXECUTE format('INSERT INTO tenancy.memberships AS m (tenant, user_key, role) VALUES (CAST($1 AS %s), $2, $3)'
                    ' ON CONFLICT (tenant, user_key) DO UPDATE SET role = excluded.role',
                    format_type(tenancy.key_type(), NULL))
@@ -1860,7 +1863,6 @@ DECLARE
     owns    text;
     keygen  text;
     slugx   text;
-    i       integer;
 BEGIN
     IF users IS NULL OR key_column IS NULL OR name_column IS NULL OR resource_tables IS NULL
        OR owner_columns IS NULL OR slug_prefix IS NULL THEN
@@ -1911,6 +1913,7 @@ BEGIN
                                || left(md5(u.%1$I::text), 8) END$x$,
                     key_column, slug_prefix);
 
+    -- plpgsql_check: tables through %s of regclass (quoted by its output), columns through %I, the prefix through %L.
     EXECUTE format($q$
         WITH c AS (
             SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
@@ -2062,6 +2065,8 @@ FROM PUBLIC;
 CREATE FUNCTION tenancy.backfill_null_source(anyelement) RETURNS anyelement
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- plpgsql_check: the argument only gives the result its type; VOLATILE so
+    -- that the planner never evaluates (and raises) it while planning a batch.
     RAISE EXCEPTION 'tenant source gave NULL'
         USING ERRCODE = 'not_null_violation',
               HINT = 'Backfill the parent table first, or pass source => an expression with a fallback, e.g. COALESCE(..., tenancy.implicit_tenant()::uuid).';
@@ -2132,7 +2137,7 @@ DECLARE
     coltype regtype;
     curdflt text;
     registered name;
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
 BEGIN
     IF tbl IS NULL OR column_name IS NULL OR fill_existing IS NULL THEN
         RAISE EXCEPTION 'tbl, column_name and fill_existing must not be null'
@@ -2296,7 +2301,7 @@ CREATE TABLE tenancy.backfill_jobs (
     throttle      text,
     last_error    text,
     pid           integer,
-    created_by    name NOT NULL DEFAULT CURRENT_USER,
+    created_by    regrole NOT NULL,
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
     started_at    timestamptz,
     updated_at    timestamptz,
@@ -2307,6 +2312,94 @@ CREATE UNIQUE INDEX backfill_jobs_one_open ON tenancy.backfill_jobs (relation, c
 COMMENT ON TABLE tenancy.backfill_jobs IS 'backfill jobs: source, state, cursor, counters, rate, batch size, throttle reason, ETA';
 SELECT pg_catalog.pg_extension_config_dump('tenancy.backfill_jobs', '');
 REVOKE ALL ON TABLE tenancy.backfill_jobs FROM PUBLIC;
+
+-- The only writers of the job table (src/backfill_job.c): a job runs as its
+-- created_by, so no role may write a row of it directly.  They run as the
+-- caller (SECURITY DEFINER could not tell who called) and write as the
+-- table's owner: the insert records the caller as the creator, for a table
+-- it may backfill; the update changes progress and display columns only,
+-- for a caller with the privileges of the creator or of the table owner.
+CREATE FUNCTION tenancy.backfill_job_insert(tbl regclass, column_name name, source_kind text, source text,
+                                            value_sql text, search_path text, options jsonb)
+RETURNS bigint
+    AS 'MODULE_PATHNAME', 'tenancy_backfill_job_insert'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb)
+    IS 'record a queued backfill job created by the caller (who may backfill the table); returns its id';
+CREATE FUNCTION tenancy.backfill_job_update(job_id bigint, changes jsonb) RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_backfill_job_update'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.backfill_job_update(bigint, jsonb)
+    IS 'set progress columns of a backfill job (options are merged); the caller needs the privileges of its creator or of the table owner';
+REVOKE EXECUTE ON FUNCTION tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
+                           tenancy.backfill_job_update(bigint, jsonb) FROM PUBLIC;
+
+-- A type's name, schema-qualified, for generated SQL that runs under a
+-- search_path of the user's.
+CREATE FUNCTION tenancy.type_sql(t regtype) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.format('%I.%I', n.nspname, ty.typname)
+      FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ty.typnamespace
+     WHERE ty.oid OPERATOR(pg_catalog.=) t
+$$;
+
+-- The value a backfill writes, from the job's source: built again at each
+-- run from the validated parts (never taken from the job's row), with
+-- every name qualified but the user's own source expression.
+CREATE FUNCTION tenancy.backfill_value_sql(tbl regclass, source_kind text, source text)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keytype text := tenancy.type_sql(tenancy.key_type());
+    con record;
+    pcol name;
+    pcoltype regtype;
+    val text;
+BEGIN
+    IF source_kind = 'tenant' THEN
+        RETURN format('%L::%s', tenancy.normalize_key(source), keytype);
+    ELSIF source_kind = 'expression' THEN
+        RETURN format('COALESCE((%s), tenancy.backfill_null_source(NULL::%s))', source, keytype);
+    ELSIF source_kind IS DISTINCT FROM 'foreign_key' THEN
+        RAISE EXCEPTION 'unknown backfill source kind %', source_kind USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- a key of the table or one declared on one of its partitions (the rows
+    -- of every partition are filled through its columns, which the table has)
+    SELECT c.oid, c.confrelid::regclass AS parent, c.conrelid, c.conkey, c.confkey, c.conpfeqop INTO con
+      FROM tenancy.foreign_keys(tbl) k
+      JOIN pg_constraint c ON c.oid = k.conoid
+     WHERE k.conname = source
+     ORDER BY k.partition IS NOT NULL, k.partition::text
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'foreign key "%" of relation "%" does not exist', source, tbl
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Name a foreign key constraint of the table (\d shows them).';
+    END IF;
+    pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
+    SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
+     WHERE a.attrelid = con.parent AND a.attname = pcol AND NOT a.attisdropped;
+    IF pcoltype IS DISTINCT FROM tenancy.key_type() THEN
+        RAISE EXCEPTION 'parent table "%" has no tenant column "%"', con.parent, pcol
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Add and backfill the tenant column of the parent first.';
+    END IF;
+    -- The foreign key's own equality operators, qualified.
+    SELECT format('(SELECT p.%I FROM %I.%I p WHERE %s)', pcol, pn.nspname, pc.relname,
+                  string_agg(format('p.%I OPERATOR(%I.%s) t.%I', pa.attname, opn.nspname, op.oprname, ca.attname),
+                             ' AND ' ORDER BY k.i))
+      INTO val
+      FROM unnest(con.conkey, con.confkey, con.conpfeqop) WITH ORDINALITY AS k(ck, pk, eqop, i)
+      JOIN pg_attribute ca ON ca.attrelid = con.conrelid AND ca.attnum = k.ck
+      JOIN pg_attribute pa ON pa.attrelid = con.parent AND pa.attnum = k.pk
+      JOIN pg_operator op ON op.oid = k.eqop
+      JOIN pg_namespace opn ON opn.oid = op.oprnamespace
+      JOIN pg_class pc ON pc.oid = con.parent
+      JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+     GROUP BY pn.nspname, pc.relname;
+    RETURN format('COALESCE(%s, tenancy.backfill_null_source(NULL::%s))', val, keytype);
+END
+$$;
 
 CREATE VIEW tenancy.backfill_progress AS
 SELECT j.id, j.relation, j.column_name, j.state,
@@ -2344,9 +2437,6 @@ DECLARE
     val text;
     nsources integer := (tenant IS NOT NULL)::int + (source IS NOT NULL)::int + (via IS NOT NULL)::int;
     exprtype regtype;
-    con record;
-    pcol name;
-    pcoltype regtype;
     job_id bigint;
 BEGIN
     IF tbl IS NULL THEN
@@ -2380,9 +2470,28 @@ BEGIN
 
     -- An open job (queued, running, paused, failed) is resumed.
     SELECT * INTO job FROM tenancy.backfill_jobs j
-     WHERE j.relation = tbl AND j.column_name = col AND j.state <> 'done'
-       FOR UPDATE;
+     WHERE j.relation = tbl AND j.column_name = col AND j.state <> 'done';
     IF FOUND THEN
+        -- The job runs as its creator: only a role with the creator's
+        -- privileges may resume it, and only the creator a superuser's job.
+        IF job.created_by <> current_user::regrole THEN
+            IF NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = job.created_by) THEN
+                RAISE EXCEPTION 'the role that created backfill job % no longer exists', job.id
+                    USING ERRCODE = 'undefined_object',
+                          HINT = 'The extension owner can delete the job from tenancy.backfill_jobs; then start a new one.';
+            ELSIF (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = job.created_by) THEN
+                RAISE EXCEPTION 'backfill job % was created by superuser "%"', job.id, job.created_by
+                    USING ERRCODE = 'insufficient_privilege',
+                          DETAIL = 'A job runs as the role that created it; only that role runs the job of a superuser.',
+                          HINT = format('Run it as role %s.', job.created_by);
+            ELSIF NOT pg_has_role(job.created_by, 'USAGE') THEN
+                RAISE EXCEPTION 'permission denied to run backfill job % as role "%"', job.id, job.created_by
+                    USING ERRCODE = 'insufficient_privilege',
+                          DETAIL = format('A job runs as the role that created it, and role "%s" does not have the privileges of role "%s".',
+                                          current_user, job.created_by),
+                          HINT = format('Run it as role %s, or as a member of it.', job.created_by);
+            END IF;
+        END IF;
         IF nsources > 0 AND (job.source_kind, job.source) IS DISTINCT FROM
                (CASE WHEN tenant IS NOT NULL THEN 'tenant' WHEN source IS NOT NULL THEN 'expression' ELSE 'foreign_key' END,
                 CASE WHEN tenant IS NOT NULL THEN tenancy.tenant_key(tenant) ELSE coalesce(source, via::text) END) THEN
@@ -2391,54 +2500,34 @@ BEGIN
                       DETAIL = format('Job %s (%s) fills %I from %s %s.', job.id, job.state, col, job.source_kind, job.source),
                       HINT = 'Call tenancy.backfill() without a source to resume it, or delete it from tenancy.backfill_jobs.';
         END IF;
-        UPDATE tenancy.backfill_jobs j SET options = j.options || coalesce(backfill_job.options, '{}')
-         WHERE j.id = job.id;
+        PERFORM tenancy.backfill_job_update(job.id, jsonb_build_object('options', coalesce(backfill_job.options, '{}')));
         RETURN job.id;
     END IF;
 
     IF via IS NOT NULL THEN
-        -- a key of the table or one declared on one of its partitions
-        -- (the rows of every partition are filled through its columns)
-        SELECT c.conoid AS oid, c.confrelid AS parent, c.cols, c.refcols INTO con
-          FROM tenancy.foreign_keys(tbl) c
-         WHERE c.conname = via
-         ORDER BY c.partition IS NOT NULL, c.partition::text
-         LIMIT 1;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'foreign key "%" of relation "%" does not exist', via, tbl
-                USING ERRCODE = 'undefined_object',
-                      HINT = 'Name a foreign key constraint of the table (\d shows them).';
-        END IF;
-        pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
-        SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
-         WHERE a.attrelid = con.parent AND a.attname = pcol AND NOT a.attisdropped;
-        IF pcoltype IS DISTINCT FROM keytype THEN
-            RAISE EXCEPTION 'parent table "%" has no tenant column "%"', con.parent, pcol
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Add and backfill the tenant column of the parent first.';
-        END IF;
         kind := 'foreign_key';
-        src := via;
-        SELECT format('(SELECT p.%I FROM %s p WHERE %s)', pcol, con.parent,
-                      string_agg(format('p.%I = t.%I', k.pk, k.ck), ' AND ' ORDER BY k.i))
-          INTO val
-          FROM unnest(con.cols, con.refcols) WITH ORDINALITY AS k(ck, pk, i);
-        val := format('COALESCE(%s, tenancy.backfill_null_source(NULL::%s))', val, keytype);
+        src := via::text;
+        val := tenancy.backfill_value_sql(tbl, kind, src);
     ELSIF source IS NOT NULL THEN
         kind := 'expression';
         src := source;
         -- Type-check without evaluating: the type of a scalar subquery, with
-        -- names resolved as the caller (and later the batches) see them.
-        PERFORM set_config('search_path', caller_search_path, true);
-        EXECUTE format('SELECT pg_typeof((SELECT (%s) FROM %s t LIMIT 0))::regtype', source, tbl) INTO exprtype;
-        PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+        -- names resolved as the caller (and later the batches) see them,
+        -- planned as the caller or the table owner, whichever is less
+        -- privileged (src/as_owner.c).
+        exprtype := (tenancy.table_query(tbl, NULL,
+            format('SELECT pg_catalog.set_config(%L, %L, true); '
+                   'SELECT pg_catalog.pg_typeof((SELECT (%s) FROM %I.%I t LIMIT 0))::pg_catalog.oid',
+                   'search_path', caller_search_path, source,
+                   (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl),
+                   (SELECT c.relname FROM pg_class c WHERE c.oid = tbl))))[1]::oid::regtype;
         IF exprtype <> keytype THEN
             RAISE EXCEPTION 'backfill source is of type %, but column "%" is of type %',
                             format_type(exprtype, NULL), col, format_type(keytype, NULL)
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = format('Cast it: (%s)::%s.', source, format_type(keytype, NULL));
         END IF;
-        val := format('COALESCE((%s), tenancy.backfill_null_source(NULL::%s))', source, keytype);
+        val := tenancy.backfill_value_sql(tbl, kind, src);
     ELSE
         kind := 'tenant';
         IF tenant IS NULL AND tenancy.implicit_tenant() IS NULL THEN
@@ -2447,7 +2536,7 @@ BEGIN
                       HINT = 'Pass tenant =>, source => or via =>, or call tenancy.set_implicit_tenant().';
         END IF;
         src := tenancy.tenant_key(coalesce(tenant, tenancy.implicit_tenant()));
-        val := format('%L::%s', src, keytype);
+        val := tenancy.backfill_value_sql(tbl, kind, src);
     END IF;
 
     -- Filling a column of a unique index changes a key: row locks become
@@ -2458,9 +2547,7 @@ BEGIN
             USING DETAIL = 'Filling it locks each row FOR UPDATE instead of FOR NO KEY UPDATE, which blocks inserts into tables referencing it until each batch commits.',
                   HINT = 'Create unique indexes that include the tenant column after the backfill.';
     END IF;
-    INSERT INTO tenancy.backfill_jobs (relation, column_name, source_kind, source, value_sql, search_path, options)
-    VALUES (tbl, col, kind, src, val, caller_search_path, coalesce(options, '{}'))
-    RETURNING id INTO job_id;
+    job_id := tenancy.backfill_job_insert(tbl, col, kind, src, val, caller_search_path, coalesce(options, '{}'));
     INSERT INTO tenancy.tables (relation, column_name, source)
     VALUES (tbl, col, replace(kind, '_', ' ') || ' ' || src)
     ON CONFLICT (relation) DO UPDATE SET source = EXCLUDED.source WHERE tables.source IS NULL;
@@ -2580,6 +2667,9 @@ DECLARE
     sql_tid     text;
     sql_sweep   text;
     sql_find    text;
+    sp_set      text;               -- applies the job's search_path to the source
+    gt          text;
+    le          text;
     lo          text[];
     hi          text[];
     ub          text[];
@@ -2590,8 +2680,8 @@ DECLARE
     t0          timestamptz;
     ms          numeric;
     per_row     numeric;
-    run_rows    bigint := 0;
-    run_scanned bigint := 0;
+    run_rows    bigint := 0::bigint;
+    run_scanned bigint := 0::bigint;
     v_rate      numeric;
     v_eta       interval;
     next_notice timestamptz;
@@ -2606,11 +2696,18 @@ DECLARE
     appname     text;
     orig_appname text := pg_catalog.current_setting('application_name');
     sweeps      integer := 0;
-    sweep_rows  bigint := 0;
+    sweep_rows  bigint := 0::bigint;
     quiet_sweeps integer := 0;
     wal_per_row numeric;                -- WAL bytes per row of the last batch
     lsn0        pg_lsn;
+    caller_sp   text := pg_catalog.current_setting('search_path');
+    tname       text := tbl::text;      -- the table as the caller names it, for messages
+    r           text[];
 BEGIN
+    -- No SET clause is possible (it commits): the search_path is pinned
+    -- here and again after each COMMIT.  The caller's is recorded with a
+    -- new job and applied only to the job's source expression.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF tenancy.in_transaction_block() THEN
         RAISE EXCEPTION 'tenancy.backfill() cannot run inside a transaction block'
             USING ERRCODE = 'active_sql_transaction',
@@ -2623,8 +2720,9 @@ BEGIN
     -- Called where it cannot commit (from a function, or inside an
     -- exception block): fail here, before taking anything.
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF NOT tenancy.backfill_try_lock(tbl) THEN
-        RAISE EXCEPTION 'a backfill of "%" is already running', tbl
+        RAISE EXCEPTION 'a backfill of "%" is already running', tname
             USING ERRCODE = 'object_in_use',
                   HINT = 'Wait for it to finish, or stop it (pg_cancel_backend) and CALL again to resume; tenancy.backfill_progress shows it.';
     END IF;
@@ -2632,8 +2730,11 @@ BEGIN
                   tenancy.backfill_options(batch_size, min_batch_size, max_batch_size, target_batch_time,
                       lock_timeout, statement_timeout, pause, NULL, max_replication_lag, progress_interval,
                       max_retries, compact_indexes),
-                  pg_catalog.current_setting('search_path'));
+                  caller_sp);
     SELECT * INTO job FROM tenancy.backfill_jobs j WHERE j.id = job_id;
+    -- The value is built again from the job's source (never taken from its
+    -- row), before anything changes: a foreign key dropped since is an error.
+    job.value_sql := tenancy.backfill_value_sql(tbl, job.source_kind, job.source);
     o := job.options;
     n := coalesce((o->>'batch_size')::integer, 1000);
     nmin := coalesce((o->>'min_batch_size')::integer, least(100, n));
@@ -2674,7 +2775,7 @@ BEGIN
          WHERE x.indrelid = tbl AND x.indisprimary;
         job.method := CASE WHEN job.key_columns IS NULL THEN 'ctid' ELSE 'primary key' END;
         IF job.method = 'ctid' AND is_parted THEN
-            RAISE EXCEPTION 'partitioned table "%" has no primary key', tbl
+            RAISE EXCEPTION 'partitioned table "%" has no primary key', tname
                 USING ERRCODE = 'feature_not_supported',
                       HINT = 'Backfill each partition on its own, or add a primary key.';
         END IF;
@@ -2682,38 +2783,37 @@ BEGIN
           FROM pg_catalog.pg_partition_tree(tbl) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
          WHERE pt.isleaf;
         IF coalesce(job.rows_total, 0) = 0 OR pg_catalog.pg_total_relation_size(tbl) < 64 * 1024 * 1024 THEN
-            EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)
-               INTO job.rows_total;
+            job.rows_total := (tenancy.table_query(tbl, job.created_by,
+                pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)))[1]::bigint;
         END IF;
         -- Nothing NULL (a second run): done at once, after one scan.
-        EXECUTE pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
-                                  CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)
-           INTO last_batch;
+        last_batch := (tenancy.table_query(tbl, job.created_by,
+            pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
+                              CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)))[1]::boolean;
         IF last_batch THEN
             job.phase := 'done';
         ELSIF job.method = 'primary key' THEN
-            EXECUTE pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
-                (SELECT string_agg(pg_catalog.format('t.%I::text', k), ', ') FROM unnest(job.key_columns) k),
-                CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
-                (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))
-               INTO job.upper_bound;
+            job.upper_bound := (tenancy.table_query(tbl, job.created_by,
+                pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
+                    (SELECT string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ') FROM unnest(job.key_columns) k),
+                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
+                    (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))))[1]::text[];
             job.phase := 'batches';
         ELSE
             job.upper_bound := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
             job.cursor := ARRAY['0'];
             job.phase := 'batches';
         END IF;
-        UPDATE tenancy.backfill_jobs j
-           SET method = job.method, key_columns = job.key_columns, upper_bound = job.upper_bound,
-               cursor = job.cursor, phase = job.phase, rows_total = job.rows_total
-         WHERE j.id = job_id;
+        PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+            'method', job.method, 'key_columns', job.key_columns, 'upper_bound', job.upper_bound,
+            'cursor', job.cursor, 'phase', job.phase, 'rows_total', job.rows_total));
     END IF;
-    UPDATE tenancy.backfill_jobs j
-       SET state = 'running', pid = pg_catalog.pg_backend_pid(), started_at = coalesce(j.started_at, pg_catalog.now()),
-           throttle = NULL, last_error = NULL, batch_size = n, updated_at = pg_catalog.now()
-     WHERE j.id = job_id;
+    PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+        'state', 'running', 'pid', pg_catalog.pg_backend_pid(), 'started_at', coalesce(job.started_at, pg_catalog.now()),
+        'throttle', NULL, 'last_error', NULL, 'batch_size', n, 'updated_at', pg_catalog.now()));
     UPDATE tenancy.tables t SET stage = 'backfill' WHERE t.relation = tbl AND t.stage = 'expand';
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
     -- The SET list.  Unless compact_indexes is on, it also names the columns
     -- of the table's non-unique indexes, as "col = t.col": no value and no
@@ -2727,6 +2827,9 @@ BEGIN
     -- OF triggers and columns the caller may not update are never named.
     -- The value goes through tenancy.wal_flush_behind(), which keeps the
     -- batch's WAL flushed behind it (src/backfill_wal.c).
+    -- The batches that write the value run the job's search_path, for the
+    -- user's expression (every other name in them is qualified).
+    sp_set := pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, true); ', 'search_path', job.search_path);
     setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
     IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
         setv := setv || coalesce((
@@ -2746,28 +2849,33 @@ BEGIN
     -- The statements of a batch.  The row is aliased t; keys travel as text
     -- arrays cast back to the key types, so composite keys need nothing else.
     IF job.method = 'primary key' THEN
-        SELECT array_agg(pg_catalog.format_type(a.atttypid, a.atttypmod) ORDER BY k.i) INTO keytypes
+        SELECT array_agg(tenancy.type_sql(a.atttypid) ORDER BY k.i),
+               -- Built-in key types: their built-in comparison operators.
+               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.>)' ELSE '>' END,
+               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.<=)' ELSE '<=' END
+          INTO keytypes, gt, le
           FROM unnest(job.key_columns) WITH ORDINALITY AS k(name, i)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name;
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name
+          JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid;
         SELECT string_agg(pg_catalog.format('t.%I', k), ', ' ORDER BY i),
                string_agg(pg_catalog.format('$1[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
                string_agg(pg_catalog.format('$2[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('t.%I::text', k), ', ' ORDER BY i)
+               string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ' ORDER BY i)
           INTO kcols, lo_e, hi_e, ktext
           FROM unnest(job.key_columns) WITH ORDINALITY AS u(k, i);
         rowk := '(' || kcols || ')';
         lo_e := '(' || lo_e || ')';
         hi_e := '(' || hi_e || ')';
-        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s > %s AND %s <= %s ORDER BY %s OFFSET $3 LIMIT 1',
-                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, lo_e, rowk, hi_e, kcols);
-        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s <= %s ORDER BY %s OFFSET $3 LIMIT 1',
-                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, hi_e, kcols);
-        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s > %s AND %s <= %s AND t.%I IS NULL',
+        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s AND %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, gt, lo_e, rowk, le, hi_e, kcols);
+        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, le, hi_e, kcols);
+        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND %s %s %s AND t.%I IS NULL',
                                     CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
-                                    rowk, lo_e, rowk, hi_e, job.column_name);
-        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s <= %s AND t.%I IS NULL',
+                                    rowk, gt, lo_e, rowk, le, hi_e, job.column_name);
+        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND t.%I IS NULL',
                                           CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
-                                          rowk, hi_e, job.column_name);
+                                          rowk, le, hi_e, job.column_name);
         sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
                                       '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
                                           || pg_catalog.repeat('%s, ', cardinality(job.key_columns) - 1) || '%s)',
@@ -2777,19 +2885,20 @@ BEGIN
                                       qtbl, job.column_name);
     END IF;
     -- Block ranges (tables without a primary key, and the sweep).
-    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid >= $1 AND t.ctid < $2 AND t.%I IS NULL',
+    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid OPERATOR(pg_catalog.>=) $1 AND t.ctid OPERATOR(pg_catalog.<) $2 AND t.%I IS NULL',
                                  qtbl, setv, job.column_name);
     -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
     sql_sweep := pg_catalog.format(
         'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
-        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) IN (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
+        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
         'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
         qtbl, job.column_name, qtbl, setv, job.column_name);
-    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
+    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
       INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
-    UPDATE tenancy.backfill_jobs j SET batch_sql = CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END
-     WHERE j.id = job_id;
+    PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object('value_sql', job.value_sql,
+        'batch_sql', CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END));
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- pg_stat_activity shows the table and the progress in application_name.
     appname := 'tenancy.backfill ' || qtbl;
     lo := job.cursor;
@@ -2799,22 +2908,24 @@ BEGIN
         EXIT WHEN job.phase = 'done';
         -- Stop at max_runtime: the job is paused and the next CALL resumes it.
         IF max_run_s IS NOT NULL AND pg_catalog.clock_timestamp() - t_start >= pg_catalog.make_interval(secs => max_run_s::double precision) THEN
-            UPDATE tenancy.backfill_jobs j SET state = 'paused', pid = NULL, throttle = 'max_runtime reached',
-                   updated_at = pg_catalog.now() WHERE j.id = job_id;
+            PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object('state', 'paused', 'pid', NULL,
+                'throttle', 'max_runtime reached', 'updated_at', pg_catalog.now()));
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             PERFORM tenancy.backfill_unlock(tbl);
             PERFORM pg_catalog.set_config('application_name', orig_appname, false);
             RAISE NOTICE 'backfill of % paused at max_runtime after % rows; CALL tenancy.backfill(%) again to resume',
-                tbl, job.rows_done, pg_catalog.quote_literal(tbl::text);
+                tname, job.rows_done, pg_catalog.quote_literal(tname);
             RETURN;
         END IF;
         -- Hold while a standby replays too far behind.
         IF max_lag IS NOT NULL THEN
             lag := (SELECT max(r.replay_lag) FROM pg_catalog.pg_stat_replication r);
             IF lag > max_lag THEN
-                UPDATE tenancy.backfill_jobs j SET throttle = pg_catalog.format('replication lag %s > %s', lag, max_lag),
-                       updated_at = pg_catalog.now() WHERE j.id = job_id;
+                PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+                    'throttle', pg_catalog.format('replication lag %s > %s', lag, max_lag), 'updated_at', pg_catalog.now()));
                 COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
                 PERFORM pg_catalog.pg_sleep(0.5);
                 CONTINUE;
             END IF;
@@ -2832,30 +2943,27 @@ BEGIN
                     pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
                         CASE WHEN job.phase = 'sweep' THEN 'sweep'
                              ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
-                    pg_catalog.set_config('search_path', job.search_path, true),
                     tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
+            -- Each statement on the table runs as the job's creator, or as the
+            -- table's owner when the creator has its privileges, under
+            -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
             IF job.phase = 'batches' AND job.method = 'primary key' THEN
-                IF lo IS NULL THEN
-                    EXECUTE sql_hi_first INTO hi USING lo, ub, n - 1;
-                ELSE
-                    EXECUTE sql_hi INTO hi USING lo, ub, n - 1;
-                END IF;
+                hi := (tenancy.table_query(tbl, job.created_by, CASE WHEN lo IS NULL THEN sql_hi_first ELSE sql_hi END,
+                                           lo, ub, n - 1))[1]::text[];
                 last_batch := hi IS NULL;
                 hi := coalesce(hi, ub);
-                IF lo IS NULL THEN
-                    EXECUTE sql_up_first USING lo, hi;
-                ELSE
-                    EXECUTE sql_up USING lo, hi;
-                END IF;
-                GET DIAGNOSTICS updated = ROW_COUNT;
+                updated := tenancy.table_exec(tbl, job.created_by,
+                                              sp_set || CASE WHEN lo IS NULL THEN sql_up_first ELSE sql_up END, lo, hi);
             ELSIF is_parted THEN
-                EXECUTE sql_sweep INTO found_rows, updated USING n;
+                r := tenancy.table_query(tbl, job.created_by, sp_set || sql_sweep, n);
+                found_rows := r[1]::bigint;
+                updated := r[2]::bigint;
                 last_batch := found_rows = 0;
             ELSE
                 hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
                 last_batch := hi[1]::bigint >= ub[1]::bigint;
-                EXECUTE sql_tid USING pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid;
-                GET DIAGNOSTICS updated = ROW_COUNT;
+                updated := tenancy.table_exec(tbl, job.created_by, sp_set || sql_tid,
+                                              pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
             END IF;
             PERFORM tenancy.batch_timeout(0);
         EXCEPTION
@@ -2903,7 +3011,7 @@ BEGIN
                 n := greatest(n / 2, nmin);
             ELSE
                 n := least(pg_catalog.ceil(n * 1.2)::bigint,
-                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2));
+                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2))::integer;
                 n := least(greatest(n, nmin),
                                       CASE WHEN job.phase = 'sweep' THEN 10 * nmax ELSE nmax END);
             END IF;
@@ -2925,27 +3033,28 @@ BEGIN
                     per_row := NULL;
                     lo := ARRAY['0'];
                     ub := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
-                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 100 END
+                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
                       INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
                 END IF;
             END IF;
-            UPDATE tenancy.backfill_jobs j
-               SET cursor = lo, upper_bound = ub, phase = job.phase, rows_scanned = job.rows_scanned,
-                   rows_done = job.rows_done, batches = job.batches, batch_size = n,
-                   last_batch_ms = round(ms, 1), max_batch_ms = greatest(j.max_batch_ms, round(ms, 1)),
-                   rate = round(v_rate), eta = date_trunc('second', v_eta),
-                   throttle = CASE WHEN pause_s > 0 AND job.phase <> 'done'
-                                   THEN pg_catalog.format('pause %s ms between batches', round(pause_s * 1000)) END,
-                   updated_at = pg_catalog.now(),
-                   state = CASE WHEN job.phase = 'done' THEN 'done' ELSE 'running' END,
-                   finished_at = CASE WHEN job.phase = 'done' THEN pg_catalog.now() END,
-                   pid = CASE WHEN job.phase = 'done' THEN NULL ELSE j.pid END
-             WHERE j.id = job_id;
+            job.max_batch_ms := greatest(job.max_batch_ms, round(ms, 1));
+            PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+                'cursor', lo, 'upper_bound', ub, 'phase', job.phase, 'rows_scanned', job.rows_scanned,
+                'rows_done', job.rows_done, 'batches', job.batches, 'batch_size', n,
+                'last_batch_ms', round(ms, 1), 'max_batch_ms', job.max_batch_ms,
+                'rate', round(v_rate), 'eta', date_trunc('second', v_eta),
+                'throttle', CASE WHEN pause_s > 0 AND job.phase <> 'done'
+                                 THEN pg_catalog.format('pause %s ms between batches', round(pause_s * 1000)) END,
+                'updated_at', pg_catalog.now(),
+                'state', CASE WHEN job.phase = 'done' THEN 'done' ELSE 'running' END,
+                'finished_at', CASE WHEN job.phase = 'done' THEN pg_catalog.now() END,
+                'pid', CASE WHEN job.phase = 'done' THEN NULL ELSE pg_catalog.pg_backend_pid() END));
             COMMIT;
-            RAISE DEBUG 'tenancy.backfill % batch %: % rows updated in % ms', tbl, job.batches, updated, round(ms, 1);
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            RAISE DEBUG 'tenancy.backfill % batch %: % rows updated in % ms', tname, job.batches, updated, round(ms, 1);
             IF pg_catalog.clock_timestamp() >= next_notice AND job.phase <> 'done' THEN
                 RAISE NOTICE 'backfill of %: % of ~% rows (% %%), % rows updated, % rows/s, ETA %',
-                    tbl, job.rows_scanned, job.rows_total,
+                    tname, job.rows_scanned, job.rows_total,
                     round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1), 1),
                     job.rows_done, round(v_rate), coalesce(date_trunc('second', v_eta)::text, 'unknown (sweep)');
                 next_notice := pg_catalog.clock_timestamp() + pg_catalog.make_interval(secs => progress_s::double precision);
@@ -2962,15 +3071,15 @@ BEGIN
                 n := greatest(n / 2, 1);
             END IF;
             IF failures > retry_limit THEN
-                err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tbl, retry_limit, err_msg);
+                err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tname, retry_limit, err_msg);
                 outcome := 'fail';
             ELSE
-                UPDATE tenancy.backfill_jobs j
-                   SET retries = job.retries, batch_size = n, updated_at = pg_catalog.now(),
-                       throttle = pg_catalog.format('%s, retry %s', CASE outcome WHEN 'timeout' THEN 'statement timeout'
-                                                                                ELSE err_msg END, failures)
-                 WHERE j.id = job_id;
+                PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+                    'retries', job.retries, 'batch_size', n, 'updated_at', pg_catalog.now(),
+                    'throttle', pg_catalog.format('%s, retry %s', CASE outcome WHEN 'timeout' THEN 'statement timeout'
+                                                                              ELSE err_msg END, failures)));
                 COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
                 PERFORM pg_catalog.pg_sleep(least(0.01 * 2 ^ least(failures, 10), 5) * (0.5 + pg_catalog.random()));
             END IF;
         ELSIF outcome = 'error' AND n > 1 THEN
@@ -2986,20 +3095,20 @@ BEGIN
                       INTO failing FROM unnest(job.key_columns) k;
                 ELSE
                     BEGIN
-                        EXECUTE sql_find INTO failing;
+                        failing := (tenancy.table_query(tbl, job.created_by, sql_find))[1];
                     EXCEPTION WHEN OTHERS THEN
                         failing := NULL;
                     END;
                 END IF;
-                err_msg := pg_catalog.format('backfill of %s failed at row %s: %s', tbl, coalesce(failing, '?'), err_msg);
+                err_msg := pg_catalog.format('backfill of %s failed at row %s: %s', tname, coalesce(failing, '?'), err_msg);
             END IF;
-            UPDATE tenancy.backfill_jobs j
-               SET state = 'failed', pid = NULL, last_error = err_msg, throttle = NULL, batch_size = n,
-                   updated_at = pg_catalog.now()
-             WHERE j.id = job_id;
+            PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+                'state', 'failed', 'pid', NULL, 'last_error', err_msg, 'throttle', NULL, 'batch_size', n,
+                'updated_at', pg_catalog.now()));
             -- Restored before the COMMIT: the RAISE below aborts the next transaction.
             PERFORM pg_catalog.set_config('application_name', orig_appname, false);
             COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             PERFORM tenancy.backfill_unlock(tbl);
             IF err_detail IS NOT NULL AND err_detail <> '' THEN
                 RAISE EXCEPTION USING ERRCODE = err_state, MESSAGE = err_msg, DETAIL = err_detail,
@@ -3015,17 +3124,18 @@ BEGIN
     END LOOP;
 
     IF job.batches = 0 THEN
-        UPDATE tenancy.backfill_jobs j SET state = 'done', phase = 'done', pid = NULL, updated_at = pg_catalog.now(),
-               finished_at = pg_catalog.now()
-         WHERE j.id = job_id;
+        PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
+            'state', 'done', 'phase', 'done', 'pid', NULL, 'updated_at', pg_catalog.now(),
+            'finished_at', pg_catalog.now()));
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     PERFORM tenancy.backfill_unlock(tbl);
     PERFORM pg_catalog.set_config('application_name', orig_appname, false);
     IF job.batches = 0 THEN
-        RAISE NOTICE 'backfill of %: no NULL in column %, nothing to do', tbl, pg_catalog.quote_ident(job.column_name);
+        RAISE NOTICE 'backfill of %: no NULL in column %, nothing to do', tname, pg_catalog.quote_ident(job.column_name);
     ELSE
-        RAISE NOTICE 'backfill of % done: % rows updated', tbl, job.rows_done;
+        RAISE NOTICE 'backfill of % done: % rows updated', tname, job.rows_done;
     END IF;
 END
 $$;
@@ -3427,7 +3537,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     chk record := tenancy.rls_check(tbl, column_name, mode);
     rolelist text := tenancy.rls_role_list(roles);
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
     m regclass;
 BEGIN
     IF roles IS NOT NULL AND array_position(roles, NULL) IS NOT NULL THEN
@@ -3462,7 +3572,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s text;
 BEGIN
+    -- plpgsql_check: VOLATILE: the statements are DDL.
     FOREACH s IN ARRAY stmts LOOP
+        -- plpgsql_check: built by rls_*_stmts(), every name through %I/%L.
         EXECUTE s;
     END LOOP;
     RETURN tenancy.rls_script(stmts);
@@ -3663,9 +3775,8 @@ $$;
 
 CREATE FUNCTION tenancy.set_mode_sql(tbl regclass, mode text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r tenancy.rls_tables := tenancy.rls_root_row(tbl);
 BEGIN
+    PERFORM tenancy.rls_root_row(tbl);     -- 55000 unless registered
     RETURN tenancy.rls_script(tenancy.rls_mode_stmts(tbl, mode));
 END
 $$;
@@ -3675,7 +3786,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r tenancy.rls_tables := tenancy.rls_root_row(tbl);
     chk record := tenancy.rls_check(tbl, r.column_name, mode);
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
     m record;
     q record;
     qn text;
@@ -3733,9 +3844,8 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     root tenancy.rls_tables := tenancy.rls_root_row(tbl);
     chk record := tenancy.rls_check(tbl, root.column_name, root.mode);
-    stmts text[] := '{}';
+    stmts text[] := '{}'::text[];
     r record;
-    q text;
 BEGIN
     IF chk.is_partitioned OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = tbl) THEN
         stmts := stmts || format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', chk.qualified);

@@ -247,8 +247,11 @@ INSERT INTO bf_role_t SELECT g FROM generate_series(1, 20) g;
 GRANT SELECT, UPDATE ON bf_role_t, bf_expr TO bf_migrator;
 GRANT USAGE ON SCHEMA tenancy TO bf_migrator;
 GRANT SELECT ON tenancy.tenants TO bf_migrator;
-GRANT SELECT, INSERT, UPDATE ON tenancy.backfill_jobs, tenancy.tables TO bf_migrator;
-GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text) TO bf_migrator;
+GRANT SELECT ON tenancy.backfill_jobs TO bf_migrator;
+GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO bf_migrator;
+GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text),
+    tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
+    tenancy.backfill_job_update(bigint, jsonb) TO bf_migrator;
 GRANT EXECUTE ON PROCEDURE tenancy.backfill TO bf_migrator;
 GRANT EXECUTE ON FUNCTION tenancy.backfill_try_lock(regclass), tenancy.backfill_unlock(regclass),
     tenancy.preallocate_wal(bigint) TO bf_migrator;

@@ -106,24 +106,27 @@ CREATE TABLE bfc_child_u (id serial PRIMARY KEY, parent_id int REFERENCES bfc_pa
 SELECT dblink_connect('bfc_probe', :'connstr');
 SELECT dblink_exec('bfc_probe', 'SET lock_timeout = ''300ms''');
 -- Evaluated for each row of the batch; at row 5 another session inserts a
--- child of row 1, which this batch has already updated.
+-- child of row 1, which this batch has already updated.  The outcome is
+-- kept in a table: settings the batch changes are undone after it.
+CREATE TABLE bfc_fk_insert (result text);
 CREATE FUNCTION bfc_probe(id int, child text) RETURNS uuid LANGUAGE plpgsql AS $$
 BEGIN
     IF id = 5 THEN
         BEGIN
             PERFORM dblink_exec('bfc_probe', format('INSERT INTO %I (parent_id) VALUES (1)', child));
-            PERFORM set_config('bfc.fk_insert', 'not blocked', false);
+            INSERT INTO bfc_fk_insert VALUES ('not blocked');
         EXCEPTION WHEN OTHERS THEN
-            PERFORM set_config('bfc.fk_insert', 'blocked: ' || SQLERRM, false);
+            INSERT INTO bfc_fk_insert VALUES ('blocked: ' || SQLERRM);
         END;
     END IF;
     RETURN '11111111-1111-1111-1111-111111111111'::uuid;
 END
 $$;
 CALL tenancy.backfill('bfc_parent', source => 'bfc_probe(t.id, ''bfc_child'')', batch_size => 10);
-SELECT current_setting('bfc.fk_insert') AS fk_insert, (SELECT count(*) FROM bfc_child) AS children;
+SELECT (SELECT result FROM bfc_fk_insert) AS fk_insert, (SELECT count(*) FROM bfc_child) AS children;
+TRUNCATE bfc_fk_insert;
 CALL tenancy.backfill('bfc_parent_u', source => 'bfc_probe(t.id, ''bfc_child_u'')', batch_size => 10);
-SELECT current_setting('bfc.fk_insert') AS fk_insert, (SELECT count(*) FROM bfc_child_u) AS children;
+SELECT (SELECT result FROM bfc_fk_insert) AS fk_insert, (SELECT count(*) FROM bfc_child_u) AS children;
 SELECT dblink_disconnect('bfc_probe');
 
 -- 4. A deadlock (40P01) is retried like a lock timeout.  Another session
@@ -164,6 +167,6 @@ DROP SEQUENCE bfc_dead_calls;
 DROP TABLE bfc_dead;
 DROP FUNCTION bfc_probe(int, text);
 DROP FUNCTION bfc_wait_for(text);
-DROP TABLE bfc_term, bfc_orders, bfc_child, bfc_parent, bfc_child_u, bfc_parent_u;
+DROP TABLE bfc_term, bfc_orders, bfc_child, bfc_parent, bfc_child_u, bfc_parent_u, bfc_fk_insert;
 DROP EXTENSION dblink;
 DROP EXTENSION tenancy CASCADE;

@@ -42,13 +42,28 @@ SELECT count(*) AS still_null FROM worker_bf_items WHERE tenant_id IS NULL;
 DELETE FROM tenancy.backfill_jobs j USING job WHERE j.id = job.id;
 TRUNCATE job;
 INSERT INTO job SELECT tenancy.queue_backfill('worker_bf_items');
-UPDATE tenancy.backfill_jobs j SET created_by = 'worker_backfill_ghost' FROM job WHERE j.id = job.id;
+CREATE ROLE worker_backfill_ghost;
+SELECT 'worker_backfill_ghost'::regrole::oid AS ghost \gset
+DROP ROLE worker_backfill_ghost;
+UPDATE tenancy.backfill_jobs j SET created_by = :ghost FROM job WHERE j.id = job.id;
+SELECT pg_temp.wait_for($$(SELECT state = 'failed' FROM tenancy.backfill_jobs j, job
+                            WHERE j.id = job.id)$$) AS job_failed;
+SELECT j.state, replace(j.last_error, :'ghost', 'N') AS last_error FROM tenancy.backfill_jobs j, job WHERE j.id = job.id;
+
+-- the job of a superuser other than the worker's role is not run by it
+-- (issue 13: only that superuser runs it)
+DELETE FROM tenancy.backfill_jobs j USING job WHERE j.id = job.id;
+TRUNCATE job;
+INSERT INTO job SELECT tenancy.queue_backfill('worker_bf_items');
+CREATE ROLE worker_backfill_admin SUPERUSER;
+UPDATE tenancy.backfill_jobs j SET created_by = 'worker_backfill_admin' FROM job WHERE j.id = job.id;
 SELECT pg_temp.wait_for($$(SELECT state = 'failed' FROM tenancy.backfill_jobs j, job
                             WHERE j.id = job.id)$$) AS job_failed;
 SELECT j.state, j.last_error FROM tenancy.backfill_jobs j, job WHERE j.id = job.id;
+SELECT count(*) AS still_null FROM worker_bf_items WHERE tenant_id IS NULL;
 
 ALTER SYSTEM RESET tenancy.worker_run_backfills;
 SELECT pg_reload_conf();
 DROP EXTENSION tenancy CASCADE;
 DROP TABLE worker_bf_orders, worker_bf_items;
-DROP ROLE worker_backfill_nobody;
+DROP ROLE worker_backfill_nobody, worker_backfill_admin;

@@ -633,6 +633,8 @@ tenancy_backfill_main(Datum main_arg)
 	char	   *volatile relname = NULL;
 	char	   *creator = NULL;
 	Oid			creator_oid = InvalidOid;
+	char	   *msg = NULL;
+	bool		isnull;
 	Oid			save_userid;
 	int			save_sec_context;
 	char	   *sql;
@@ -652,7 +654,7 @@ tenancy_backfill_main(Datum main_arg)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	if (SPI_execute_with_args("SELECT relation::pg_catalog.oid::pg_catalog.text, column_name::pg_catalog.text, "
-							  "relation::pg_catalog.text, created_by::pg_catalog.text "
+							  "relation::pg_catalog.text, created_by::pg_catalog.oid "
 							  "FROM tenancy.backfill_jobs "
 							  "WHERE id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'queued'",
 							  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
@@ -664,22 +666,35 @@ tenancy_backfill_main(Datum main_arg)
 		relid_text = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		column = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 		relname = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-		creator = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+		creator_oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		creator = GetUserNameFromId(creator_oid, true);
+
+		/*
+		 * The job runs as its creator, recorded by the API (no role may
+		 * write the job table directly); still, never as a role this
+		 * worker's role could not become, nor as a superuser other than
+		 * this worker's role.
+		 */
+		if (creator == NULL)
+			msg = psprintf("the role that queued the job (OID %u) no longer exists", creator_oid);
+		else if (superuser_arg(creator_oid) && creator_oid != GetUserId())
+			msg = psprintf("job queued by superuser \"%s\": only that role runs it (CALL tenancy.backfill())", creator);
+		else if (!has_privs_of_role(GetUserId(), creator_oid))
+			msg = psprintf("the worker's role \"%s\" does not have the privileges of role \"%s\" that queued the job",
+						   GetUserNameFromId(GetUserId(), false), creator);
 		MemoryContextSwitchTo(old);
-		creator_oid = get_role_oid(creator, true);
 	}
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	if (creator != NULL && !OidIsValid(creator_oid))
+	if (relid_text == NULL)
+		proc_exit(0);			/* already taken or done */
+	if (msg != NULL)
 	{
-		char	   *msg = psprintf("role \"%s\" that queued the job does not exist", creator);
-
 		backfill_job_failed(args.job_id, msg);
 		ereport(LOG, (errmsg("tenancy: backfill job " INT64_FORMAT " failed: %s", args.job_id, msg)));
+		proc_exit(0);
 	}
-	if (!OidIsValid(creator_oid))
-		proc_exit(0);			/* already taken or done, or failed above */
 
 	/*
 	 * Run the job as the role that queued it: its privileges, not the

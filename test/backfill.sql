@@ -110,7 +110,10 @@ RESET ROLE;
 CREATE TABLE tap_bf_readonly (id int PRIMARY KEY, tenant_id uuid);
 GRANT SELECT ON tap_bf_readonly TO tap_backfill_owner;
 GRANT USAGE ON SCHEMA tenancy TO tap_backfill_owner;
-GRANT SELECT, INSERT, UPDATE ON tenancy.backfill_jobs, tenancy.tables TO tap_backfill_owner;
+GRANT SELECT ON tenancy.backfill_jobs TO tap_backfill_owner;
+GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO tap_backfill_owner;
+GRANT EXECUTE ON FUNCTION tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
+    tenancy.backfill_job_update(bigint, jsonb) TO tap_backfill_owner;
 GRANT EXECUTE ON FUNCTION tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean)
     TO tap_backfill_owner;
 SET ROLE tap_backfill_owner;
