@@ -435,6 +435,32 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum;
 $$;
 
+-- The foreign keys a table declares and those its partitions (at any
+-- depth) declare themselves, each with the relation that holds it
+-- (partition: NULL for rel's own keys).  The copies PostgreSQL makes of a
+-- parent's key on each partition (conparentid <> 0) are left out, so each
+-- key appears once.  Columns come as names: a partition's attribute numbers
+-- may differ from its parent's.  Used by verify(), the backfill's via =>
+-- and scope_constraints_plan().
+CREATE FUNCTION tenancy.foreign_keys(rel regclass)
+RETURNS TABLE (conoid oid, conname name, conrelid regclass, partition regclass, confrelid regclass,
+               cols name[], refcols name[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid, c.conname, c.conrelid::regclass,
+           CASE WHEN c.conrelid <> rel THEN c.conrelid::regclass END, c.confrelid::regclass,
+           ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(attnum, i)
+                 JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.i),
+           ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
+                 JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.i)
+    FROM (SELECT rel::oid AS relid, 0 AS level
+          UNION ALL
+          SELECT t.relid, t.level FROM pg_partition_tree(rel) t WHERE t.level > 0) tree
+    JOIN pg_constraint c ON c.conrelid = tree.relid
+    WHERE c.contype = 'f' AND c.conparentid = 0
+    ORDER BY tree.level, c.conrelid::regclass::text, c.conname;
+$$;
+COMMENT ON FUNCTION tenancy.foreign_keys(regclass) IS 'foreign keys declared on a table and on its partitions, each with the partition that holds it';
+
 -- Unique indexes of a table (constraints' included) whose key columns do
 -- not include the tenant column: what verify() reports as unique across
 -- tenants and scope_constraints_plan() rescopes.  surrogate_key: a primary
@@ -510,14 +536,106 @@ BEGIN
                       DETAIL = 'The index it replaces is left in place.',
                       HINT = 'Run the create_scoped_index step first (drop an invalid index an interrupted CREATE INDEX CONCURRENTLY left, then run it again).';
         END IF;
+    ELSIF kind = 'not_null' THEN
+        -- a primary key added to a partitioned table must not set NOT NULL
+        -- itself: that scans every partition under ACCESS EXCLUSIVE
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = rel AND a.attname = object_name AND a.attnum > 0
+                          AND NOT a.attisdropped AND a.attnotnull) THEN
+            RAISE EXCEPTION 'column % of % is not NOT NULL', quote_ident(object_name), rel
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'The primary key is left in place.',
+                      HINT = 'Run CALL tenancy.enforce_not_null(...) first.';
+        END IF;
     ELSE
         RAISE EXCEPTION 'unknown object kind "%"', kind
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The kinds are foreign_key and index.';
+                  HINT = 'The kinds are foreign_key, index and not_null.';
     END IF;
 END
 $$;
-COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid';
+COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid, or a primary key column is nullable';
+
+-- The partitions of a partitioned table, at every level (parents first),
+-- for the contract steps that build an index on each partition
+-- CONCURRENTLY and attach it to an index made ON ONLY its parent: each with
+-- the name of its own new index (the name of its index attached to
+-- old_index, else its name and base, then suffix, through object_name()),
+-- the index it attaches to (root_index for rel's own partitions) and, when
+-- it has one, the constraint of its index attached to old_index.
+CREATE FUNCTION tenancy.partition_indexes(rel regclass, old_index regclass, base text, suffix text, root_index name)
+RETURNS TABLE (part regclass, relkind "char", nsp name, index_name name, parent_nsp name, parent_index name,
+               old_con name, level integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE tree (part, parent, old_idx, parent_index, level) AS (
+        SELECT ih.inhrelid, rel::oid,
+               (SELECT x.indexrelid FROM pg_inherits xi JOIN pg_index x ON x.indexrelid = xi.inhrelid
+                 WHERE xi.inhparent = old_index AND x.indrelid = ih.inhrelid),
+               root_index::name COLLATE "C", 1
+          FROM pg_inherits ih WHERE ih.inhparent = rel
+        UNION ALL
+        SELECT ih.inhrelid, t.part,
+               (SELECT x.indexrelid FROM pg_inherits xi JOIN pg_index x ON x.indexrelid = xi.inhrelid
+                 WHERE xi.inhparent = t.old_idx AND x.indrelid = ih.inhrelid),
+               tenancy.object_name(coalesce((SELECT oc.relname::text FROM pg_class oc WHERE oc.oid = t.old_idx),
+                                            (SELECT pc.relname || '_' || base FROM pg_class pc WHERE pc.oid = t.part)), suffix)::name COLLATE "C",
+               t.level + 1
+          FROM tree t JOIN pg_inherits ih ON ih.inhparent = t.part
+    )
+    SELECT t.part::regclass, c.relkind, n.nspname,
+           tenancy.object_name(coalesce((SELECT oc.relname::text FROM pg_class oc WHERE oc.oid = t.old_idx),
+                                        c.relname || '_' || base), suffix)::name,
+           pn.nspname, t.parent_index,
+           (SELECT con.conname FROM pg_constraint con WHERE con.conindid = t.old_idx AND con.conrelid = t.part),
+           t.level
+      FROM tree t
+      JOIN pg_class c ON c.oid = t.part
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pg_class p ON p.oid = t.parent
+      JOIN pg_namespace pn ON pn.oid = p.relnamespace
+     ORDER BY t.level, t.part::regclass::text;
+$$;
+COMMENT ON FUNCTION tenancy.partition_indexes(regclass, regclass, text, text, name) IS 'partitions of a partitioned table with the names of the per-partition indexes the contract phase builds';
+
+-- The steps that build an index on a partitioned table without a long lock:
+-- the index ON ONLY the table (catalog only: no partition is scanned), then
+-- for each partition CREATE INDEX CONCURRENTLY (or ON ONLY again for a
+-- partitioned partition) and ALTER INDEX ... ATTACH PARTITION, after which
+-- the parent's index is valid.  tail: the columns, INCLUDE, NULLS NOT
+-- DISTINCT and WHERE, as SQL.  Each step is rerun-safe (IF NOT EXISTS; an
+-- attached index attaches again as a no-op); the non-concurrent ones start
+-- with SET LOCAL lock_timeout = lt.
+CREATE FUNCTION tenancy.partitioned_index_steps(rel regclass, old_index regclass, index_name name, base text,
+                                                suffix text, is_unique boolean, tail text, lt text)
+RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_array(jsonb_build_object(
+               'rel', rel::text, 'action', 'create_parent_only_index',
+               'sql', format('SET LOCAL lock_timeout = %L; CREATE %sINDEX IF NOT EXISTS %I ON ONLY %s %s',
+                             lt, CASE WHEN is_unique THEN 'UNIQUE ' ELSE '' END, $3, rel, tail),
+               'undo', format('DROP INDEX IF EXISTS %I.%I',
+                              (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel),
+                              $3)))
+        || coalesce(jsonb_agg(x.step ORDER BY p.level, p.part::text, x.n), '[]')
+    FROM tenancy.partition_indexes(rel, old_index, base, suffix, $3) p
+    CROSS JOIN LATERAL (VALUES
+        (1, jsonb_build_object(
+                'rel', p.part::text,
+                'action', CASE WHEN p.relkind = 'p' THEN 'create_parent_only_index' ELSE 'create_partition_index' END,
+                'sql', CASE WHEN p.relkind = 'p'
+                            THEN format('SET LOCAL lock_timeout = %L; CREATE %sINDEX IF NOT EXISTS %I ON ONLY %s %s',
+                                        lt, CASE WHEN is_unique THEN 'UNIQUE ' ELSE '' END, p.index_name, p.part, tail)
+                            ELSE format('CREATE %sINDEX CONCURRENTLY IF NOT EXISTS %I ON %s %s',
+                                        CASE WHEN is_unique THEN 'UNIQUE ' ELSE '' END, p.index_name, p.part, tail) END,
+                'undo', format('DROP INDEX IF EXISTS %I.%I', p.nsp, p.index_name))),
+        (2, jsonb_build_object(
+                'rel', p.part::text, 'action', 'attach_partition_index',
+                'sql', format('SET LOCAL lock_timeout = %L; ALTER INDEX %I.%I ATTACH PARTITION %I.%I',
+                              lt, p.parent_nsp, p.parent_index, p.nsp, p.index_name),
+                'undo', NULL))
+    ) x(n, step);
+$$;
+COMMENT ON FUNCTION tenancy.partitioned_index_steps(regclass, regclass, name, text, text, boolean, text, text) IS 'contract steps building an index on a partitioned table: ON ONLY the parent, CONCURRENTLY per partition, attached';
 
 ------------------------------------------------------------------------------
 -- Shared tables: reference data every tenant reads (films, countries, ...).
@@ -986,21 +1104,19 @@ BEGIN
 
         -- cross_tenant_reference, per foreign key to a registered table
         check_name := 'cross_tenant_reference'; bad := 0; cnt := 0;
+        -- (keys declared on partitions count the rows of their partition)
         FOR f IN
-            SELECT c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol,
+            SELECT c.conname, c.conrelid AS child, c.partition, c.confrelid AS parent, pt.column_name AS pcol,
                    pa.atttypid AS ptype,
-                   (SELECT string_agg(format('x.%I = p.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
-                    FROM unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(ck, pk, i)
-                    JOIN pg_attribute ca ON ca.attrelid = c.conrelid AND ca.attnum = k.ck
-                    JOIN pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = k.pk) AS joincond
-            FROM pg_constraint c
+                   (SELECT string_agg(format('x.%I = p.%I', k.ck, k.pk), ' AND ' ORDER BY k.i)
+                    FROM unnest(c.cols, c.refcols) WITH ORDINALITY AS k(ck, pk, i)) AS joincond
+            FROM tenancy.foreign_keys(r.rel) c
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
                                 AND pa.attnum > 0 AND NOT pa.attisdropped
-            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
-            ORDER BY c.conname
         LOOP
             cnt := cnt + 1;
+            relation := f.child;
             cond := CASE WHEN f.ptype = r.atttypid THEN format('x.%I <> p.%I', r.col, f.pcol)
                          ELSE format('x.%I::text <> p.%I::text', r.col, f.pcol) END;
             -- Under a LIMIT the planner bets on a nested loop that finds the
@@ -1009,9 +1125,9 @@ BEGIN
             txt := current_setting('enable_nestloop');
             PERFORM set_config('enable_nestloop', 'off', true);
             txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
-                           r.rel, f.parent, f.joincond, cond, lim);
+                           f.child, f.parent, f.joincond, cond, lim);
             BEGIN
-                n := (tenancy.table_query(r.rel, NULL, txt2))[1]::bigint;
+                n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
             EXCEPTION WHEN insufficient_privilege THEN
                 BEGIN
                     n := (tenancy.table_query(f.parent, NULL, txt2))[1]::bigint;
@@ -1024,9 +1140,9 @@ BEGIN
                 bad := bad + 1;
                 status := 'warning'; rows_affected := NULL;
                 detail := format('cannot count the references through %I: neither the owner of %s nor the owner of %s can read both tables (%s)',
-                                 f.conname, r.rel, f.parent, txt2);
+                                 f.conname, f.child, f.parent, txt2);
                 fix := format('GRANT SELECT ON %s TO %I;', f.parent,
-                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = r.rel));
+                              (SELECT pg_get_userbyid(cl.relowner) FROM pg_class cl WHERE cl.oid = f.child));
                 IF txt2 LIKE 'statement reads tables of owners that do not share their privileges%' THEN
                     fix := NULL;    -- no role may read both without lending one owner's rights to the other's code
                 END IF;
@@ -1035,10 +1151,11 @@ BEGIN
                 bad := bad + 1;
                 atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
                 status := 'failure'; rows_affected := n;
-                detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; the suggested fix gives each row the tenant of its parent (review it)',
-                                 atleast, n, f.conname, f.parent);
+                detail := format('%s%s rows %sreference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; the suggested fix gives each row the tenant of its parent (review it)',
+                                 atleast, n, CASE WHEN f.partition IS NOT NULL THEN format('of partition %s ', f.partition) ELSE '' END,
+                                 f.conname, f.parent);
                 fix := format('UPDATE %s x SET %I = p.%I FROM %s p WHERE %s AND %s;',
-                              r.rel, r.col, f.pcol, f.parent, f.joincond, cond);
+                              f.child, r.col, f.pcol, f.parent, f.joincond, cond);
                 IF f.conname = ANY (conflicted) THEN
                     -- the parents disagree for some rows (conflicting_parents)
                     detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
@@ -1048,6 +1165,7 @@ BEGIN
                 RETURN NEXT;
             END IF;
         END LOOP;
+        relation := r.rel;
         IF bad = 0 THEN
             status := 'ok'; rows_affected := 0; fix := NULL;
             detail := CASE WHEN cnt = 0 THEN 'no foreign key to a registered table'
@@ -1086,26 +1204,27 @@ BEGIN
 
         -- foreign_key_scope: foreign keys to registered tables that are not (tenant, key)
         check_name := 'foreign_key_scope'; bad := 0; cnt := 0;
+        -- (keys declared on partitions included, reported on their partition)
         FOR f IN
-            SELECT c.conname, c.confrelid::regclass AS parent,
-                   tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
-                   EXISTS (SELECT 1 FROM unnest(c.conkey, c.confkey) k(ck, pk)
-                           JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attnum = k.pk
-                           WHERE k.ck = r.attnum AND pa.attname = pt.column_name) AS scoped
-            FROM pg_constraint c
+            SELECT c.conname, c.conrelid AS child, c.partition, c.confrelid AS parent,
+                   (SELECT string_agg(quote_ident(k.col), ', ' ORDER BY k.i)
+                      FROM unnest(c.cols) WITH ORDINALITY k(col, i)) AS cols,
+                   EXISTS (SELECT 1 FROM unnest(c.cols, c.refcols) k(ck, pk)
+                           WHERE k.ck = r.col AND k.pk = pt.column_name) AS scoped
+            FROM tenancy.foreign_keys(r.rel) c
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
-            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
-            ORDER BY c.conname
         LOOP
             cnt := cnt + 1;
             CONTINUE WHEN f.scoped;
             bad := bad + 1;
-            status := 'failure';
-            detail := format('foreign key %I (%s) references %s without the tenant column: a row can reference another tenant''s row, which shows that row exists and lets one tenant block the other''s deletes; enforce does not close this, the contract phase does',
-                             f.conname, f.cols, f.parent);
+            relation := f.child; status := 'failure';
+            detail := format('foreign key %I %s(%s) references %s without the tenant column: a row can reference another tenant''s row, which shows that row exists and lets one tenant block the other''s deletes; enforce does not close this, the contract phase does',
+                             f.conname, CASE WHEN f.partition IS NOT NULL THEN format('of partition %s ', f.partition) ELSE '' END,
+                             f.cols, f.parent);
             fix := format('SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec', r.rel::text);
             RETURN NEXT;
         END LOOP;
+        relation := r.rel;
         IF bad = 0 THEN
             status := 'ok'; fix := NULL;
             detail := CASE WHEN cnt = 0 THEN 'no foreign key to a registered table'
@@ -1419,17 +1538,22 @@ BEGIN
         END IF;
 
         -- unregistered_reference: tables whose foreign keys point here but
-        -- that are not registered (nor partitions of a registered table)
+        -- that are not registered (nor partitions of a registered table); a
+        -- key declared on a partition is reported on its partitioned table
         check_name := 'unregistered_reference'; bad := 0; rows_affected := NULL;
         FOR f IN
-            SELECT c.conrelid::regclass AS child, string_agg(quote_ident(c.conname), ', ' ORDER BY c.conname) AS cons
-            FROM pg_constraint c
-            WHERE c.contype = 'f' AND c.confrelid = r.rel AND c.conparentid = 0 AND c.conrelid <> r.rel
-              AND NOT EXISTS (SELECT 1 FROM tenancy.tables t2
-                              WHERE t2.relation = c.conrelid
-                                 OR t2.relation IN (SELECT pg_partition_ancestors(c.conrelid)))
-            GROUP BY c.conrelid
-            ORDER BY c.conrelid::regclass::text
+            SELECT c.root::regclass AS child,
+                   string_agg(CASE WHEN c.conrelid = c.root THEN quote_ident(c.conname)
+                                   ELSE format('%I of partition %s', c.conname, c.conrelid::regclass) END,
+                              ', ' ORDER BY c.conrelid::regclass::text, c.conname) AS cons
+            FROM (SELECT c.conname, c.conrelid, coalesce(pg_partition_root(c.conrelid), c.conrelid) AS root
+                    FROM pg_constraint c
+                   WHERE c.contype = 'f' AND c.confrelid = r.rel AND c.conparentid = 0 AND c.conrelid <> r.rel
+                     AND NOT EXISTS (SELECT 1 FROM tenancy.tables t2
+                                     WHERE t2.relation = c.conrelid
+                                        OR t2.relation IN (SELECT pg_partition_ancestors(c.conrelid)))) c
+            GROUP BY c.root
+            ORDER BY c.root::regclass::text
         LOOP
             bad := bad + 1;
             relation := f.child; status := 'failure';
@@ -1787,6 +1911,17 @@ DECLARE
     def     text;
     acts    text;
     e       jsonb;
+    pi      record;
+    inc     text;
+    tail    text;
+    guards  text;
+    pks     text;
+    -- every step that waits for a lock gives up after this (the plan is
+    -- made again from the catalog and goes on where it stopped)
+    lt      text := '100ms';
+    setlt   text := format('SET LOCAL lock_timeout = %L; ', '100ms');
+    -- (relation, key columns) of the unique indexes the plan creates
+    leads   jsonb := '[]'::jsonb;
 BEGIN
     IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
         RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
@@ -1794,6 +1929,9 @@ BEGIN
                   HINT = 'Register it with tenancy.add_tenant_column().';
     END IF;
 
+    -- Two passes: the unique indexes of every table first, so that a foreign
+    -- key to a table planned later uses the index planned for it.
+    FOR pass IN 1 .. 2 LOOP
     FOR r IN
         SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
                n.nspname AS nsp
@@ -1818,6 +1956,7 @@ BEGIN
             JOIN pg_index i ON i.indexrelid = u.indexrelid
             JOIN pg_class ic ON ic.oid = u.indexrelid
             LEFT JOIN pg_constraint con ON con.oid = u.conoid
+            WHERE pass = 1
             ORDER BY ic.relname
         LOOP
             -- a generated surrogate primary key stays (verify() accepts it)
@@ -1829,30 +1968,88 @@ BEGIN
             newname := tenancy.object_name(f.idxname, '_tenant');
             acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
-            IF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
-                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on
-                -- partitioned tables: rebuild the constraint in one step
-                -- (the index build blocks writes).
+            inc := CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END;
+            tail := format('(%I, %s)%s%s%s', r.col, f.keycols, inc,
+                           CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
+                           CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END);
+            IF NOT 0 = ANY (f.keys) THEN
+                leads := leads || jsonb_build_object('rel', r.rel::oid,
+                    'cols', to_jsonb(r.col::text || ARRAY(SELECT a.attname::text FROM unnest(f.keys) WITH ORDINALITY k(attnum, o)
+                                                           JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum ORDER BY k.o)));
+            END IF;
+            IF r.relkind = 'p' AND f.contype IN ('p', 'u')
+               AND NOT EXISTS (SELECT 1 FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) x
+                                WHERE x.relkind <> 'r') THEN
+                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on a
+                -- partitioned table.  Each partition gets its index
+                -- CONCURRENTLY (and a unique constraint on it at once); then
+                -- one short transaction drops the parent's constraint, gives
+                -- each partition its primary key on its index, and adds the
+                -- parent's again, which adopts the partitions' constraints and
+                -- indexes (DefineIndex) without building or scanning anything.
+                guards := ''; pks := '';
+                FOR pi IN SELECT * FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) LOOP
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', pi.part::text, 'action', 'create_partition_index',
+                        'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)%s',
+                                      pi.index_name, pi.part, r.col, f.keycols, inc),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', pi.nsp, pi.index_name));
+                    IF f.contype = 'u' AND NOT EXISTS (SELECT 1 FROM pg_constraint con
+                                                        WHERE con.conrelid = pi.part AND con.conname = pi.index_name) THEN
+                        phases[1] := phases[1] || jsonb_build_object(
+                            'rel', pi.part::text, 'action', 'add_partition_constraint',
+                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I%s',
+                                          setlt, pi.part, pi.index_name, pi.index_name, acts),
+                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, pi.index_name));
+                    END IF;
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ',
+                                               pi.part::text, 'index', pi.index_name);
+                    IF f.contype = 'p' THEN
+                        pks := pks || format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I%s; ',
+                                             pi.part, coalesce(pi.old_con, pi.index_name), pi.index_name, acts);
+                    END IF;
+                END LOOP;
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_partitioned_constraint',
+                    'sql', setlt || guards
+                           || CASE WHEN f.contype = 'p'
+                                   THEN format('SELECT tenancy.contract_guard(%L, %L, %L); ', r.rel::text, 'not_null', r.col)
+                                   ELSE '' END
+                           || format('ALTER TABLE %s DROP CONSTRAINT %I; ', r.rel, f.conname) || pks
+                           || format('ALTER TABLE %s ADD CONSTRAINT %I %s (%I, %s)%s%s', r.rel, f.conname,
+                                     CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, inc, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+                -- (not a parent index a foreign key can use in step 2: it
+                -- only exists after step 5)
+                CONTINUE;
+            ELSIF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
+                -- sub-partitioned or with foreign partitions: rebuild the
+                -- constraint in one step (the index build blocks writes)
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'rebuild_constraint',
-                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
-                                  r.rel, f.conname, f.conname,
+                    'sql', format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
+                                  setlt, r.rel, f.conname, f.conname,
                                   CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
-                planned := planned || jsonb_build_object(
-                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), f.conname);
+                -- (not a parent index a foreign key can use in step 2: it
+                -- only exists after step 5)
                 CONTINUE;
             END IF;
-            phases[1] := phases[1] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'create_scoped_index',
-                'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)%s%s%s',
-                              CASE WHEN r.relkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
-                              newname, r.rel, r.col, f.keycols,
-                              CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END,
-                              CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
-                              CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END),
-                'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
+            IF r.relkind = 'p' THEN
+                -- a unique index of a partitioned table: ON ONLY, then each
+                -- partition's CONCURRENTLY, attached
+                FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                             r.rel, f.indexrelid::regclass, newname, newname, '_tenant', true, tail, lt)) x LOOP
+                    phases[1] := phases[1] || e;
+                END LOOP;
+            ELSE
+                phases[1] := phases[1] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'create_scoped_index',
+                    'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s %s', newname, r.rel, tail),
+                    'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
+            END IF;
             IF f.pred IS NULL AND NOT 0 = ANY (f.keys) THEN
                 planned := planned || jsonb_build_object(
                     format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), newname);
@@ -1860,25 +2057,28 @@ BEGIN
             IF f.contype IN ('p', 'u') THEN
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_constraint',
-                    'sql', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
-                                  r.rel, f.conname, f.conname,
+                    'sql', format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
+                                  setlt, r.rel, f.conname, f.conname,
                                   CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
             ELSE
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_index',
-                    'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
-                                  r.rel::text, 'index', newname,
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
+                                  setlt, r.rel::text, 'index', newname,
                                   r.nsp, f.idxname, r.nsp, newname, f.idxname),
                     'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
                                    r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
             END IF;
         END LOOP;
 
-        -- 1 to 4: foreign keys to registered tables, as (tenant, key)
+        -- 1 to 4: foreign keys to registered tables, as (tenant, key); a key
+        -- declared on a partition is rescoped on its partition (child)
         FOR f IN
-            SELECT c.oid, c.conname, c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
+            SELECT c.oid, c.conname, k.conrelid AS child, cc.relkind AS childkind, cc.relname AS childname,
+                   cn.nspname AS childnsp, k.cols AS colnames,
+                   c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
                    pc.relname AS prelname, pc.relkind AS prelkind, pn.nspname AS pnsp,
                    c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
                    tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
@@ -1887,16 +2087,18 @@ BEGIN
                    (SELECT string_agg(a.attname, '_' ORDER BY k.i)
                       FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
                       JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames
-            FROM pg_constraint c
+            FROM tenancy.foreign_keys(r.rel) k
+            JOIN pg_constraint c ON c.oid = k.conoid
+            JOIN pg_class cc ON cc.oid = k.conrelid
+            JOIN pg_namespace cn ON cn.oid = cc.relnamespace
             JOIN tenancy.tables pt ON pt.relation = c.confrelid
             JOIN pg_class pc ON pc.oid = c.confrelid
             JOIN pg_namespace pn ON pn.oid = pc.relnamespace
             JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
                                 AND pa.attnum > 0 AND NOT pa.attisdropped
-            WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
-              AND NOT EXISTS (SELECT 1 FROM unnest(c.conkey, c.confkey) k(ck, pk)
-                              WHERE k.ck = r.attnum AND k.pk = pa.attnum)
-            ORDER BY c.conname
+            WHERE pass = 2
+              AND NOT EXISTS (SELECT 1 FROM unnest(k.cols, k.refcols) u(ck, pk)
+                              WHERE u.ck = r.col AND u.pk = pt.column_name)
         LOOP
             -- the parent needs a unique (tenant, key)
             want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
@@ -1909,14 +2111,58 @@ BEGIN
                  LIMIT 1;
                 IF idx IS NULL THEN
                     idx := tenancy.object_name(f.prelname || '_' || f.pcol || '_' || f.refnames, '_key');
-                    phases[1] := phases[1] || jsonb_build_object(
-                        'rel', f.parent::text, 'action', 'create_parent_index',
-                        'sql', format('CREATE UNIQUE INDEX %sIF NOT EXISTS %I ON %s (%I, %s)',
-                                      CASE WHEN f.prelkind = 'p' THEN '' ELSE 'CONCURRENTLY ' END,
-                                      idx, f.parent, f.pcol, f.refcols),
-                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
+                    IF f.prelkind = 'p' THEN
+                        FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                                     f.parent, NULL, idx, f.pcol || '_' || f.refnames, '_key', true,
+                                     format('(%I, %s)', f.pcol, f.refcols), lt)) x LOOP
+                            phases[1] := phases[1] || e;
+                        END LOOP;
+                    ELSE
+                        phases[1] := phases[1] || jsonb_build_object(
+                            'rel', f.parent::text, 'action', 'create_parent_index',
+                            'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)',
+                                          idx, f.parent, f.pcol, f.refcols),
+                            'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
+                    END IF;
                 END IF;
                 planned := planned || jsonb_build_object(want, idx);
+            END IF;
+
+            -- The child keeps an index for the key where it had one (a
+            -- parent's DELETE checks the child through it): (tenant, key),
+            -- unless an index or a planned unique index already leads with
+            -- those columns.
+            IF EXISTS (SELECT 1 FROM pg_index x
+                        WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts >= cardinality(f.colnames)
+                          AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                 FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames)]) u(attnum)
+                                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+                              = (SELECT array_agg(c::text ORDER BY c) FROM unnest(f.colnames) c))
+               AND NOT EXISTS (SELECT 1 FROM pg_index x
+                                WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts > cardinality(f.colnames)
+                                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                         FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames) + 1]) u(attnum)
+                                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c))
+               AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(leads) l
+                                WHERE (l->>'rel')::oid IN (f.child, r.rel)
+                                  AND (SELECT array_agg(c ORDER BY c) FROM (SELECT c FROM jsonb_array_elements_text(l->'cols') c
+                                                                            LIMIT cardinality(f.colnames) + 1) s)
+                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c)) THEN
+                idx := tenancy.object_name(f.childname || '_' || r.col || '_' || array_to_string(f.colnames, '_'), '_idx');
+                IF f.childkind = 'p' THEN
+                    FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                                 f.child, NULL, idx, r.col || '_' || array_to_string(f.colnames, '_'), '_idx', false,
+                                 format('(%I, %s)', r.col, f.cols), lt)) x LOOP
+                        phases[1] := phases[1] || e;
+                    END LOOP;
+                ELSE
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', f.child::text, 'action', 'create_foreign_key_index',
+                        'sql', format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)', idx, f.child, r.col, f.cols),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.childnsp, idx));
+                END IF;
+                leads := leads || jsonb_build_object('rel', f.child::oid, 'cols', to_jsonb(r.col::text || f.colnames::text[]));
             END IF;
 
             newcon := tenancy.object_name(f.conname, '_tenant');
@@ -1929,28 +2175,65 @@ BEGIN
                                        ELSE '' END
                  || CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
                  || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            IF f.childkind = 'p' THEN
+                -- A partitioned table takes no NOT VALID key: each partition
+                -- gets it NOT VALID, then VALIDATE; the key added on the
+                -- parent then adopts the partitions' validated keys without
+                -- a scan (tryAttachPartitionForeignKey).
+                guards := '';
+                FOR pi IN SELECT x.* FROM tenancy.partition_indexes(f.child, NULL, '', '', '') x WHERE x.relkind = 'r' LOOP
+                    IF NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conrelid = pi.part AND con.conname = newcon) THEN
+                        phases[2] := phases[2] || jsonb_build_object(
+                            'rel', pi.part::text, 'action', 'add_partition_foreign_key',
+                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                                          setlt, pi.part, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, newcon));
+                    END IF;
+                    phases[3] := phases[3] || jsonb_build_object(
+                        'rel', pi.part::text, 'action', 'validate_foreign_key',
+                        'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
+                                      pi.part::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', pi.part, newcon)),
+                        'undo', NULL);
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ', pi.part::text, 'foreign_key', newcon);
+                END LOOP;
+                phases[3] := phases[3] || jsonb_build_object(
+                    'rel', f.child::text, 'action', 'adopt_foreign_key',
+                    'sql', setlt || guards
+                           || format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s',
+                                     f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
+                def := regexp_replace(pg_get_constraintdef(f.oid), ' NOT VALID$', '');
+                phases[4] := phases[4] || jsonb_build_object(
+                    'rel', f.child::text, 'action', 'replace_foreign_key',
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                                  setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
+                    'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s',
+                                   f.child, f.conname, newcon, f.child, f.conname, def));
+                CONTINUE;
+            END IF;
             phases[2] := phases[2] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'add_scoped_foreign_key',
-                'sql', format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
-                              r.rel, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
-                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', r.rel, newcon));
+                'rel', f.child::text, 'action', 'add_scoped_foreign_key',
+                'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                              setlt, f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
             phases[3] := phases[3] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'validate_foreign_key',
-                'sql', format('SELECT tenancy.table_exec(%L, NULL, %L)',
-                              r.rel::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, newcon)),
+                'rel', f.child::text, 'action', 'validate_foreign_key',
+                'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
+                              f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, newcon)),
                 'undo', NULL);
             def := pg_get_constraintdef(f.oid);
             IF def !~ ' NOT VALID$' THEN
                 def := def || ' NOT VALID';
             END IF;
             phases[4] := phases[4] || jsonb_build_object(
-                'rel', r.rel::text, 'action', 'replace_foreign_key',
-                'sql', format('SELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
-                              r.rel::text, 'foreign_key', newcon, r.rel, f.conname, r.rel, newcon, f.conname),
+                'rel', f.child::text, 'action', 'replace_foreign_key',
+                'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                              setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
                 'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; SELECT tenancy.table_exec(%L, NULL, %L)',
-                               r.rel, f.conname, newcon, r.rel, f.conname, def,
-                               r.rel::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', r.rel, f.conname)));
+                               f.child, f.conname, newcon, f.child, f.conname, def,
+                               f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname)));
         END LOOP;
+    END LOOP;
     END LOOP;
 
     step := 0;
@@ -1975,9 +2258,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.stmt FROM (
     SELECT p.step, s.n, s.stmt
     FROM tenancy.scope_constraints_plan(tbl) p,
-         LATERAL (VALUES (1, p.sql),
+         LATERAL (VALUES (0, CASE WHEN p.sql ~ '^CREATE (UNIQUE )?INDEX CONCURRENTLY '
+                                  THEN format('SET lock_timeout = %L', '100ms') END),
+                         (1, p.sql),
                          (2, format('SELECT tenancy.log_step(%L, %L, %L, %L)',
                                     p.relation::text, p.action, p.sql, p.undo_sql))) s(n, stmt)
+    WHERE s.stmt IS NOT NULL
     UNION ALL
     -- last: the tables whose contract phase is now complete reach stage contract
     SELECT NULL, NULL, format('SELECT tenancy.finish_contract(%L)', tbl::text)
@@ -2039,10 +2325,11 @@ BEGIN
         RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    -- contract steps, newest first
+    -- contract steps, newest first (those of its partitions too)
     FOR l IN
         SELECT c.undo_sql FROM tenancy.contract_log c
-        WHERE c.relation = tbl AND c.undone_at IS NULL AND c.undo_sql IS NOT NULL
+        WHERE (c.relation = tbl OR c.relation IN (SELECT t.relid FROM pg_partition_tree(tbl) t WHERE t.level > 0))
+          AND c.undone_at IS NULL AND c.undo_sql IS NOT NULL
         ORDER BY c.id DESC
     LOOP
         RETURN NEXT l.undo_sql || ';';
@@ -2095,6 +2382,11 @@ BEGIN
     END IF;
     RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation = %L::regclass AND undone_at IS NULL;',
                        tbl::text);
+    IF EXISTS (SELECT 1 FROM tenancy.contract_log c JOIN pg_partition_tree(tbl) t ON t.relid = c.relation
+                WHERE t.level > 0 AND c.undone_at IS NULL) THEN
+        RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation IN (SELECT relid FROM pg_catalog.pg_partition_tree(%L) WHERE level > 0) AND undone_at IS NULL;',
+                           tbl::text);
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION tenancy.rollback_table_sql(regclass) IS 'preview of rollback_table(): the statements, newest step first';
@@ -2314,8 +2606,10 @@ REVOKE EXECUTE ON FUNCTION
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
--- contract_guard() and object_name() read the catalog and nothing else: they
--- stay executable by PUBLIC, so that whoever runs the plan can run its guards.
+-- contract_guard(), object_name(), foreign_keys(), partition_indexes() and
+-- partitioned_index_steps() read the catalog and nothing else: they stay
+-- executable by PUBLIC, so that whoever runs the plan can make it and run its
+-- guards, and whoever may run the backfill can name a key.
 
 ------------------------------------------------------------------------------
 -- Backfill: additive tenant columns and batched, resumable backfills
@@ -2670,9 +2964,14 @@ BEGIN
     ELSIF source_kind IS DISTINCT FROM 'foreign_key' THEN
         RAISE EXCEPTION 'unknown backfill source kind %', source_kind USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT c.oid, c.confrelid::regclass AS parent, c.conkey, c.confkey, c.conpfeqop INTO con
-      FROM pg_constraint c
-     WHERE c.conrelid = tbl AND c.conname = source AND c.contype = 'f';
+    -- a key of the table or one declared on one of its partitions (the rows
+    -- of every partition are filled through its columns, which the table has)
+    SELECT c.oid, c.confrelid::regclass AS parent, c.conrelid, c.conkey, c.confkey, c.conpfeqop INTO con
+      FROM tenancy.foreign_keys(tbl) k
+      JOIN pg_constraint c ON c.oid = k.conoid
+     WHERE k.conname = source
+     ORDER BY k.partition IS NOT NULL, k.partition::text
+     LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'foreign key "%" of relation "%" does not exist', source, tbl
             USING ERRCODE = 'undefined_object',
@@ -2692,7 +2991,7 @@ BEGIN
                              ' AND ' ORDER BY k.i))
       INTO val
       FROM unnest(con.conkey, con.confkey, con.conpfeqop) WITH ORDINALITY AS k(ck, pk, eqop, i)
-      JOIN pg_attribute ca ON ca.attrelid = tbl AND ca.attnum = k.ck
+      JOIN pg_attribute ca ON ca.attrelid = con.conrelid AND ca.attnum = k.ck
       JOIN pg_attribute pa ON pa.attrelid = con.parent AND pa.attnum = k.pk
       JOIN pg_operator op ON op.oid = k.eqop
       JOIN pg_namespace opn ON opn.oid = op.oprnamespace
