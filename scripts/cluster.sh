@@ -44,10 +44,11 @@ tn_pg_paths() {
     TN_PG_REGRESS=$TN_PGXS_DIR/test/regress/pg_regress
 }
 
-# Build warning-free and install (system-wide, or into the sandbox).
+# Build and install (system-wide, or into the sandbox).  WERROR=1 (set by
+# test.sh, so make test and CI) makes any compiler warning an error.
 tn_build_install() {
     tn_pg_paths
-    make -s -C "$TN_ROOT" >/dev/null
+    make -s -C "$TN_ROOT" WERROR="${WERROR:-}" >/dev/null
     if [ -n "${TENANCY_SANDBOX:-}" ]; then
         make -s -C "$TN_ROOT" install DESTDIR="$TENANCY_SANDBOX" >/dev/null
     else

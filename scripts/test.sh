@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/cluster.sh
 
 scripts/deps.sh || exit 1
+export WERROR=${WERROR:-1}     # tests build warning-free: warnings are errors
 tn_build_install || { tn_log "build or install failed"; echo "0 passed, 1 failed"; exit 1; }
 
 WORK=$(tn_workdir test)

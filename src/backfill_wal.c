@@ -19,8 +19,7 @@
  * finished file under ControlFileLock and never takes WALWriteLock), and
  * pays the zero-fill itself.  Bounded: at most TENANCY_WAL_PREALLOC_MAX
  * segments past the insert position, so no caller can fill the disk with
- * it; files that exist are left alone.  A no-op during recovery and
- * before PostgreSQL 15.
+ * it; files that exist are left alone.  A no-op during recovery.
  *
  * Flush-behind.  The WAL writer flushes every wal_writer_delay (200 ms by
  * default); a batch inserts megabytes of WAL in that time, and the next
@@ -71,8 +70,6 @@ tenancy_preallocate_wal(PG_FUNCTION_ARGS)
 {
 	int64		bytes = PG_GETARG_INT64(0);
 	int			created = 0;
-
-#if PG_VERSION_NUM >= 150000
 	XLogRecPtr	insert;
 	XLogSegNo	first;
 	XLogSegNo	last;
@@ -101,7 +98,6 @@ tenancy_preallocate_wal(PG_FUNCTION_ARGS)
 		close(fd);
 		created++;
 	}
-#endif
 
 	PG_RETURN_INT32(created);
 }

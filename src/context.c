@@ -53,9 +53,58 @@ typedef struct AccessorCache
 	pg_uuid_t	uuid;			/* current_tenant() */
 } AccessorCache;
 
+/* GUC variables */
+bool		tenancy_require_tenant = false;
+bool		tenancy_validate_tenant = true;
+bool		tenancy_allow_session_tenant = true;
+char	   *tenancy_tenant_id = NULL;
+
+/*
+ * Defines the context settings.  Called after tenancy_tenant_key_init():
+ * tenancy.tenant_id is validated against tenancy.tenant_type.
+ */
 void
 tenancy_context_init(void)
 {
+	DefineCustomStringVariable("tenancy.tenant_id",
+							   "Key of the current tenant; empty when no tenant is set.",
+							   "Validated when set.  Prefer tenancy.set_tenant(), which is transaction-local.",
+							   &tenancy_tenant_id,
+							   "",
+							   PGC_USERSET,
+							   GUC_REPORT | GUC_NOT_IN_SAMPLE,
+							   tenancy_check_tenant_id,
+							   tenancy_assign_tenant_id,
+							   NULL);
+
+	DefineCustomBoolVariable("tenancy.require_tenant",
+							 "Raise an error when the current tenant is read while none is set.",
+							 NULL,
+							 &tenancy_require_tenant,
+							 false,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("tenancy.validate_tenant",
+							 "Check tenancy.set_tenant() keys against the tenant registry.",
+							 "When off, any well-formed key is accepted without a registry lookup.",
+							 &tenancy_validate_tenant,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("tenancy.allow_session_tenant",
+							 "Allow the tenant to be set for the whole session.",
+							 "Turn off for clients behind a transaction-mode connection pooler, "
+							 "where a session-level tenant would leak to the next client.",
+							 &tenancy_allow_session_tenant,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	RegisterXactCallback(session_guard_callback, NULL);
 }
 

@@ -99,11 +99,6 @@ static int	local_used = 0;
 static int	local_last = 0;
 static uint64 local_pending = 0;
 
-#if PG_VERSION_NUM >= 150000
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-#endif
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 static Size
 shadow_shmem_size(void)
 {
@@ -111,25 +106,20 @@ shadow_shmem_size(void)
 					hash_estimate_size(shadow_max_tables, sizeof(ShadowEntry)));
 }
 
-static void
+/* Called by the shared-memory hooks of tenancy.c. */
+void
 shadow_shmem_request(void)
 {
-#if PG_VERSION_NUM >= 150000
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-#endif
 	RequestAddinShmemSpace(shadow_shmem_size());
 	RequestNamedLWLockTranche("tenancy shadow", 1);
 }
 
-static void
+void
 shadow_shmem_startup(void)
 {
 	bool		found;
 	HASHCTL		info;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	shadow = ShmemInitStruct("tenancy shadow stats", sizeof(ShadowShared), &found);
 	if (!found)
@@ -262,15 +252,6 @@ tenancy_shadow_init(void)
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
-
-#if PG_VERSION_NUM >= 150000
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = shadow_shmem_request;
-#else
-	shadow_shmem_request();
-#endif
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = shadow_shmem_startup;
 }
 
 /* A relcache invalidation: forget what is known of the table (or all). */

@@ -72,9 +72,30 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
-/* GUCs, defined in worker.c */
+/* GUC variables: the counting code's budget, shared with the worker */
 int			tenancy_worker_cycle_budget = 1000;
 int			tenancy_worker_chunk_pages = 1024;
+
+void
+tenancy_status_init(void)
+{
+	DefineCustomIntVariable("tenancy.worker_cycle_budget",
+							"Time an incremental count may take per cycle and database (refresh_status() too).",
+							"Every table still gets one step per cycle.",
+							&tenancy_worker_cycle_budget,
+							1000, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("tenancy.worker_chunk_pages",
+							"Heap pages counted per step (short transaction) of an incremental count.",
+							NULL,
+							&tenancy_worker_chunk_pages,
+							1024, 1, INT_MAX / 2,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+}
 
 /* Lock waits of the counting code never last longer than this. */
 #define STATUS_LOCK_TIMEOUT "100"
@@ -605,7 +626,6 @@ count_table(Relation rel, const char *column, Oid parent, bool in_worker)
 					row.scan_rows = 0;
 				}
 				start = row.scan_position;
-#if PG_VERSION_NUM >= 140000
 				end = Min(start + (int64) tenancy_worker_chunk_pages, (int64) nblocks);
 				if (start < end)
 				{
@@ -621,14 +641,6 @@ count_table(Relation rel, const char *column, Oid parent, bool in_worker)
 									 qcol, qualname);
 					run_count(sql.data, 2, types, vals, &nulls, &seen);
 				}
-#else
-				/* No TID range scans before 14: count the whole table at once. */
-				end = nblocks;
-				appendStringInfo(&sql,
-								 "SELECT pg_catalog.count(*) FILTER (WHERE %s IS NULL), pg_catalog.count(*) FROM ONLY %s",
-								 qcol, qualname);
-				run_count(sql.data, 0, NULL, NULL, &nulls, &seen);
-#endif
 				row.scan_unmigrated += nulls;
 				row.scan_rows += seen;
 				row.scan_position = end;

@@ -1,31 +1,49 @@
 /*-------------------------------------------------------------------------
  * tenancy.c
- *	  Module entry point: GUC definitions and initialisation of each part.
+ *	  Module entry point: initialises each part, and the one chain of
+ *	  shared-memory hooks that serves the parts keeping state there.
+ *
+ * Each module defines its own settings in its *_init() function; the
+ * "tenancy" prefix is reserved once all of them are defined.
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-int			tenancy_tenant_type = TENANT_KEY_UUID;
-bool		tenancy_require_tenant = false;
-bool		tenancy_validate_tenant = true;
-bool		tenancy_allow_session_tenant = true;
-char	   *tenancy_tenant_id = NULL;
 bool		tenancy_preloaded = false;
 
-static const struct config_enum_entry tenant_type_options[] = {
-	{"uuid", TENANT_KEY_UUID, false},
-	{"bigint", TENANT_KEY_BIGINT, false},
-	{"text", TENANT_KEY_TEXT, false},
-	{NULL, 0, false}
-};
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* Reserve the shared memory of every module that keeps state there. */
+static void
+tenancy_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	context_stats_shmem_request();
+	worker_shmem_request();
+	shadow_shmem_request();
+}
+
+/* Attach to (or, first, initialise) each module's shared state. */
+static void
+tenancy_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	context_stats_shmem_startup();
+	worker_shmem_startup();
+	shadow_shmem_startup();
+}
 
 void
 _PG_init(void)
@@ -33,70 +51,25 @@ _PG_init(void)
 	tenancy_preloaded = process_shared_preload_libraries_in_progress;
 
 	/* The key type first: the tenant key is validated against it. */
-	DefineCustomEnumVariable("tenancy.tenant_type",
-							 "Type of tenant keys: uuid, bigint or text.",
-							 "Set it in postgresql.conf or with ALTER DATABASE before CREATE EXTENSION.",
-							 &tenancy_tenant_type,
-							 TENANT_KEY_UUID,
-							 tenant_type_options,
-							 PGC_SUSET,
-							 0,
-							 NULL,
-							 tenancy_assign_tenant_type,
-							 NULL);
-
-	DefineCustomStringVariable("tenancy.tenant_id",
-							   "Key of the current tenant; empty when no tenant is set.",
-							   "Validated when set.  Prefer tenancy.set_tenant(), which is transaction-local.",
-							   &tenancy_tenant_id,
-							   "",
-							   PGC_USERSET,
-							   GUC_REPORT | GUC_NOT_IN_SAMPLE,
-							   tenancy_check_tenant_id,
-							   tenancy_assign_tenant_id,
-							   NULL);
-
-	DefineCustomBoolVariable("tenancy.require_tenant",
-							 "Raise an error when the current tenant is read while none is set.",
-							 NULL,
-							 &tenancy_require_tenant,
-							 false,
-							 PGC_USERSET,
-							 0,
-							 NULL, NULL, NULL);
-
-	DefineCustomBoolVariable("tenancy.validate_tenant",
-							 "Check tenancy.set_tenant() keys against the tenant registry.",
-							 "When off, any well-formed key is accepted without a registry lookup.",
-							 &tenancy_validate_tenant,
-							 true,
-							 PGC_SUSET,
-							 0,
-							 NULL, NULL, NULL);
-
-	DefineCustomBoolVariable("tenancy.allow_session_tenant",
-							 "Allow the tenant to be set for the whole session.",
-							 "Turn off for clients behind a transaction-mode connection pooler, "
-							 "where a session-level tenant would leak to the next client.",
-							 &tenancy_allow_session_tenant,
-							 true,
-							 PGC_SUSET,
-							 0,
-							 NULL, NULL, NULL);
-
+	tenancy_tenant_key_init();
 	tenancy_context_init();
 	tenancy_registry_init();
-	tenancy_stats_init();
 	tenancy_backfill_init();
+	tenancy_status_init();
 	tenancy_worker_init();
 	tenancy_shadow_init();
 	tenancy_rls_guard_init();
 
-#if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("tenancy");
-#else
-	EmitWarningsOnPlaceholders("tenancy");
-#endif
+
+	/* Shared memory exists only when the library is preloaded. */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = tenancy_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = tenancy_shmem_startup;
+	}
 }
 
 /*

@@ -14,6 +14,37 @@
 
 #include "catalog/pg_type_d.h"
 
+/* GUC variable */
+int			tenancy_tenant_type = TENANT_KEY_UUID;
+
+static const struct config_enum_entry tenant_type_options[] = {
+	{"uuid", TENANT_KEY_UUID, false},
+	{"bigint", TENANT_KEY_BIGINT, false},
+	{"text", TENANT_KEY_TEXT, false},
+	{NULL, 0, false}
+};
+
+/*
+ * Defines tenancy.tenant_type.  Called before the context settings: the
+ * tenant key is validated against the key type.  Changing the type is
+ * the context's business (tenancy_assign_tenant_type, context.c).
+ */
+void
+tenancy_tenant_key_init(void)
+{
+	DefineCustomEnumVariable("tenancy.tenant_type",
+							 "Type of tenant keys: uuid, bigint or text.",
+							 "Set it in postgresql.conf or with ALTER DATABASE before CREATE EXTENSION.",
+							 &tenancy_tenant_type,
+							 TENANT_KEY_UUID,
+							 tenant_type_options,
+							 PGC_SUSET,
+							 0,
+							 NULL,
+							 tenancy_assign_tenant_type,
+							 NULL);
+}
+
 const char *
 tenant_key_type_name(TenantKeyType type)
 {

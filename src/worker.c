@@ -107,11 +107,6 @@ typedef struct WorkerShared
 
 static WorkerShared *worker_shared = NULL;
 
-#if PG_VERSION_NUM >= 150000
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-#endif
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 /* The launcher's view of each watched database. */
 typedef struct WatchedDb
 {
@@ -145,23 +140,18 @@ check_worker_databases(char **newval, void **extra, GucSource source)
 	return ok;
 }
 
-static void
+/* Called by the shared-memory hooks of tenancy.c. */
+void
 worker_shmem_request(void)
 {
-#if PG_VERSION_NUM >= 150000
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-#endif
 	RequestAddinShmemSpace(MAXALIGN(sizeof(WorkerShared)));
 }
 
-static void
+void
 worker_shmem_startup(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	worker_shared = ShmemInitStruct("tenancy worker", sizeof(WorkerShared), &found);
 	if (!found)
@@ -231,34 +221,9 @@ tenancy_worker_init(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
-	DefineCustomIntVariable("tenancy.worker_cycle_budget",
-							"Time an incremental count may take per cycle and database (refresh_status() too).",
-							"Every table still gets one step per cycle.",
-							&tenancy_worker_cycle_budget,
-							1000, 0, 3600 * 1000,
-							PGC_SUSET,
-							GUC_UNIT_MS,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("tenancy.worker_chunk_pages",
-							"Heap pages counted per step (short transaction) of an incremental count.",
-							NULL,
-							&tenancy_worker_chunk_pages,
-							1024, 1, INT_MAX / 2,
-							PGC_SUSET,
-							0,
-							NULL, NULL, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
-
-#if PG_VERSION_NUM >= 150000
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = worker_shmem_request;
-#else
-	worker_shmem_request();
-#endif
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = worker_shmem_startup;
 
 	bgw_init(&bgw, "tenancy_launcher_main", "tenancy launcher", LAUNCHER_RESTART_SECONDS);
 	strlcpy(bgw.bgw_name, "tenancy launcher", BGW_MAXLEN);
@@ -580,11 +545,7 @@ run_toplevel(const char *sql)
 		elog(ERROR, "expected one statement: %s", sql);
 	parsetree = linitial_node(RawStmt, parsetrees);
 	PushActiveSnapshot(GetTransactionSnapshot());
-#if PG_VERSION_NUM >= 150000
 	querytrees = pg_analyze_and_rewrite_fixedparams(parsetree, sql, NULL, 0, NULL);
-#else
-	querytrees = pg_analyze_and_rewrite(parsetree, sql, NULL, 0, NULL);
-#endif
 	plantrees = pg_plan_queries(querytrees, sql, CURSOR_OPT_PARALLEL_OK, NULL);
 	PopActiveSnapshot();
 

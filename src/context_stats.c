@@ -1,5 +1,5 @@
 /*-------------------------------------------------------------------------
- * stats.c
+ * context_stats.c
  *	  Cluster-wide counters of tenant switches and refusals, in shared
  *	  memory when tenancy is preloaded.
  *-------------------------------------------------------------------------
@@ -25,28 +25,18 @@ typedef struct TenancyStatsShared
 
 static TenancyStatsShared *stats = NULL;
 
-#if PG_VERSION_NUM >= 150000
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-#endif
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
-static void
-stats_shmem_request(void)
+/* Called by the shared-memory hooks of tenancy.c. */
+void
+context_stats_shmem_request(void)
 {
-#if PG_VERSION_NUM >= 150000
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-#endif
 	RequestAddinShmemSpace(MAXALIGN(sizeof(TenancyStatsShared)));
 }
 
-static void
-stats_shmem_startup(void)
+void
+context_stats_shmem_startup(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	stats = ShmemInitStruct("tenancy context stats", sizeof(TenancyStatsShared), &found);
 	if (!found)
@@ -56,21 +46,6 @@ stats_shmem_startup(void)
 		pg_atomic_init_u64(&stats->reset_at, (uint64) GetCurrentTimestamp());
 	}
 	LWLockRelease(AddinShmemInitLock);
-}
-
-void
-tenancy_stats_init(void)
-{
-	if (!process_shared_preload_libraries_in_progress)
-		return;
-#if PG_VERSION_NUM >= 150000
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = stats_shmem_request;
-#else
-	stats_shmem_request();
-#endif
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = stats_shmem_startup;
 }
 
 void

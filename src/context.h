@@ -1,0 +1,41 @@
+/*-------------------------------------------------------------------------
+ * context.h
+ *	  The current tenant (context.c) and the cluster-wide counters of
+ *	  tenant switches and refusals (context_stats.c).
+ *-------------------------------------------------------------------------
+ */
+#ifndef CONTEXT_H
+#define CONTEXT_H
+
+#include "utils/guc.h"
+
+#include "tenant_key.h"
+
+/* GUC variables (context.c) */
+extern bool tenancy_require_tenant;
+extern bool tenancy_validate_tenant;
+extern bool tenancy_allow_session_tenant;
+extern char *tenancy_tenant_id;
+
+/* context.c */
+extern void tenancy_context_init(void);
+extern bool tenancy_check_tenant_id(char **newval, void **extra, GucSource source);
+extern void tenancy_assign_tenant_id(const char *newval, void *extra);
+extern void tenancy_assign_tenant_type(int newval, void *extra);
+extern const TenantKey *tenant_context_get(void);
+extern const TenantKey *tenant_context_peek(void);
+
+/* context_stats.c: cluster-wide tenant context counters */
+typedef enum TenancyCounter
+{
+	TENANCY_SET_TENANT,
+	TENANCY_REFUSED_UNKNOWN,
+	TENANCY_REFUSED_SUSPENDED,
+	TENANCY_REFUSED_SESSION,
+	TENANCY_NUM_COUNTERS
+} TenancyCounter;
+extern void tenancy_count(TenancyCounter counter);
+extern void context_stats_shmem_request(void);
+extern void context_stats_shmem_startup(void);
+
+#endif							/* CONTEXT_H */
