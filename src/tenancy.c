@@ -91,6 +91,7 @@ _PG_init(void)
 	tenancy_worker_init();
 	tenancy_shadow_init();
 	tenancy_rls_guard_init();
+	tenancy_derive_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("tenancy");

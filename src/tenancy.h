@@ -50,11 +50,13 @@ extern void tenancy_assign_tenant_type(int newval, void *extra);
 extern void tenancy_context_init(void);
 extern const TenantKey *tenant_context_get(void);
 extern const TenantKey *tenant_context_peek(void);
+extern bool tenant_context_is_default(void);
 
 /* registry.c */
 extern void tenancy_registry_init(void);
 extern bool registry_lookup(const char *tenant, bool by_slug,
 							char *key_out, char *slug_out, char *status_out);
+extern bool registry_implicit_key(char *key_out);
 
 /* tenancy.c */
 extern bool tenancy_preloaded;
@@ -113,5 +115,9 @@ extern void as_owner_end(AsOwnerState *state);
 extern void tenancy_shadow_init(void);
 extern void tenancy_rls_guard_init(void);
 extern bool tenant_switch_refused(const char **reason, const char **detail);
+extern bool shadow_note_derived(Oid relid);
+/* derive.c: tenants derived from the row or its parent */
+extern void tenancy_derive_init(void);
+extern bool derive_accepts(Oid relid, const char *tenant);
 
 #endif							/* TENANCY_H */
