@@ -641,6 +641,43 @@ BEGIN
         END IF;
         RETURN NEXT;
 
+        -- derived_tenant_mismatch: rows whose tenant is not the one their
+        -- derivation gives (only for tables with tenancy.derive_tenant())
+        FOR f IN
+            SELECT s.value_sql, d.source_kind, d.source
+              FROM tenancy.derived_tenants d,
+                   LATERAL tenancy.derive_source(d.relation,
+                                                 CASE WHEN d.source_kind = 'expression' THEN d.source END,
+                                                 CASE WHEN d.source_kind = 'foreign_key' THEN d.source::name END) s
+             WHERE d.relation = r.rel
+        LOOP
+            check_name := 'derived_tenant_mismatch';
+            txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s t WHERE t.%I OPERATOR(pg_catalog.<>) %s LIMIT %s) s',
+                           r.rel, r.col, f.value_sql, lim);
+            BEGIN
+                n := (tenancy.table_query(r.rel, NULL, txt2))[1]::bigint;
+            EXCEPTION WHEN insufficient_privilege THEN
+                n := NULL; txt2 := SQLERRM;
+            END;
+            txt := CASE f.source_kind WHEN 'expression' THEN format('the expression %s', f.source)
+                                      ELSE format('foreign key %I', f.source) END;
+            rows_affected := n;
+            IF n IS NULL THEN
+                status := 'warning';
+                detail := format('cannot compare the tenants with their derivation from %s (%s)', txt, txt2);
+                fix := NULL;
+            ELSIF n > 0 THEN
+                status := 'failure';
+                detail := format('%s%s rows have another tenant than the one derived from %s: new rows get the derived one; review these',
+                                 CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n, txt);
+                fix := format('UPDATE %s t SET %I = %s WHERE t.%I <> %s;', r.rel, r.col, f.value_sql, r.col, f.value_sql);
+            ELSE
+                status := 'ok'; fix := NULL;
+                detail := format('every tenant matches its derivation from %s', txt);
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+
         -- cross_tenant_reference, per foreign key to a registered table
         check_name := 'cross_tenant_reference'; bad := 0; cnt := 0;
         FOR f IN
@@ -3682,6 +3719,9 @@ CREATE TABLE tenancy.derived_tenants (
 COMMENT ON TABLE tenancy.derived_tenants IS 'tables whose tenant derive_tenant() derives on insert: from an expression over the row or a foreign key';
 SELECT pg_catalog.pg_extension_config_dump('tenancy.derived_tenants', '');
 REVOKE ALL ON TABLE tenancy.derived_tenants FROM PUBLIC;
+-- Read by enable_rls() (as its caller) to put tenancy_policy_derived on
+-- derived tables, as tenancy.rls_tables is.
+GRANT SELECT ON TABLE tenancy.derived_tenants TO PUBLIC;
 
 CREATE FUNCTION tenancy.derive_tenant_trigger() RETURNS trigger
     AS 'MODULE_PATHNAME', 'tenancy_derive_tenant_trigger'
@@ -3701,7 +3741,7 @@ COMMENT ON FUNCTION tenancy.derived_write(regclass, anyelement) IS 'policy check
 -- the row (aliased t, as in backfill sources), and the table whose owner
 -- computes it (the table itself for an expression, the parent for a
 -- foreign key).
-CREATE FUNCTION tenancy.derive_source(tbl regclass, source text, via name, column_name name,
+CREATE FUNCTION tenancy.derive_source(tbl regclass, source text, via name,
                                       OUT source_kind text, OUT source_text text,
                                       OUT value_sql text, OUT run_as regclass)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -3741,7 +3781,7 @@ BEGIN
                   HINT = 'Add the tenant column of the parent first (and derive or backfill it).';
     END IF;
     source_kind := 'foreign_key';
-    source_text := via;
+    source_text := via::text;
     run_as := con.parent;
     -- The foreign key's own equality operators, qualified.
     SELECT format('(SELECT p.%I FROM %I.%I p WHERE %s)', pcol, pn.nspname, pc.relname,
@@ -3787,8 +3827,7 @@ BEGIN
     END IF;
     s := tenancy.derive_source(d.relation,
                                CASE WHEN d.source_kind = 'expression' THEN d.source END,
-                               CASE WHEN d.source_kind = 'foreign_key' THEN d.source::name END,
-                               d.column_name);
+                               CASE WHEN d.source_kind = 'foreign_key' THEN d.source::name END);
     root := d.relation;
     run_as := CASE WHEN s.source_kind = 'expression' THEN rel ELSE s.run_as END;
     column_name := d.column_name;
@@ -3828,7 +3867,7 @@ BEGIN
         RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
     col := coalesce(column_name, (SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
-    s := tenancy.derive_source(tbl, source, via, col);
+    s := tenancy.derive_source(tbl, source, via);
     SELECT a.atttypid INTO coltype FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF FOUND AND coalesce((SELECT nullif(t.typbasetype, 0) FROM pg_type t WHERE t.oid = coltype), coltype)
@@ -3898,7 +3937,7 @@ DECLARE
 BEGIN
     stmts := tenancy.derive_tenant_stmts(tbl, source, via, column_name);
     col := coalesce(column_name, (SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
-    s := tenancy.derive_source(tbl, source, via, col);
+    s := tenancy.derive_source(tbl, source, via);
     -- The trigger's DDL takes a SHARE ROW EXCLUSIVE lock: writers wait, readers do not.
     INSERT INTO tenancy.derived_tenants (relation, column_name, source_kind, source)
     VALUES (tbl, col, s.source_kind, s.source_text)
@@ -3948,7 +3987,7 @@ COMMENT ON FUNCTION tenancy.underive_tenant(regclass) IS 'undo derive_tenant(): 
 
 REVOKE EXECUTE ON FUNCTION
     tenancy.derive_tenant_trigger(),
-    tenancy.derive_source(regclass, text, name, name),
+    tenancy.derive_source(regclass, text, name),
     tenancy.derive_lookup(regclass),
     tenancy.derive_tenant_stmts(regclass, text, name, name),
     tenancy.derive_tenant_sql(regclass, text, name, name),
