@@ -3985,8 +3985,10 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.underive_tenant(regclass) IS 'undo derive_tenant(): drop the trigger and the policy for derived rows; returns the DDL run, NULL when there was nothing to do';
 
+-- derive_tenant_trigger() stays executable by PUBLIC: CREATE TRIGGER needs
+-- EXECUTE on it (derive_tenant() runs as the table owner), and it runs only
+-- as a trigger.
 REVOKE EXECUTE ON FUNCTION
-    tenancy.derive_tenant_trigger(),
     tenancy.derive_source(regclass, text, name),
     tenancy.derive_lookup(regclass),
     tenancy.derive_tenant_stmts(regclass, text, name, name),

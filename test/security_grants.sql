@@ -50,7 +50,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.derive_tenant(regclass,text,name,name)', ''),
     ('tenancy.derive_tenant_sql(regclass,text,name,name)', ''),
     ('tenancy.derive_tenant_stmts(regclass,text,name,name)', ''),
-    ('tenancy.derive_tenant_trigger()', ''),
+    ('tenancy.derive_tenant_trigger()', 'PUBLIC'),
     ('tenancy.derived_root(regclass)', 'PUBLIC'),
     ('tenancy.derived_write(regclass,anyelement)', 'PUBLIC'),
     ('tenancy.disable_rls(regclass)', 'PUBLIC'),
