@@ -3988,8 +3988,9 @@ COMMENT ON FUNCTION tenancy.underive_tenant(regclass) IS 'undo derive_tenant(): 
 -- derive_tenant_trigger() stays executable by PUBLIC: CREATE TRIGGER needs
 -- EXECUTE on it (derive_tenant() runs as the table owner), and it runs only
 -- as a trigger.
+-- derive_source() too, as backfill_value_sql(): verify() calls it as its
+-- caller.
 REVOKE EXECUTE ON FUNCTION
-    tenancy.derive_source(regclass, text, name),
     tenancy.derive_lookup(regclass),
     tenancy.derive_tenant_stmts(regclass, text, name, name),
     tenancy.derive_tenant_sql(regclass, text, name, name),

@@ -46,7 +46,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.current_tenant_text()', 'PUBLIC'),
     ('tenancy.derive_lookup(regclass)', ''),
     ('tenancy.derive_policy_stmt(regclass,regclass,name,text)', 'PUBLIC'),
-    ('tenancy.derive_source(regclass,text,name)', ''),
+    ('tenancy.derive_source(regclass,text,name)', 'PUBLIC'),
     ('tenancy.derive_tenant(regclass,text,name,name)', ''),
     ('tenancy.derive_tenant_sql(regclass,text,name,name)', ''),
     ('tenancy.derive_tenant_stmts(regclass,text,name,name)', ''),
