@@ -1484,6 +1484,10 @@ BEGIN
     LOOP
         RETURN NEXT l.undo_sql || ';';
     END LOOP;
+    -- the derived tenant's trigger (and its policy)
+    IF EXISTS (SELECT 1 FROM tenancy.derived_tenants d WHERE d.relation = tbl) THEN
+        RETURN NEXT format('SELECT tenancy.underive_tenant(%L);', tbl::text);
+    END IF;
     -- column defaults that call the extension's functions
     FOR l IN
         SELECT DISTINCT a.attname

@@ -72,7 +72,11 @@ SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
 INSERT INTO "Odd ""Schema"."It'em" (id, "shop ref") VALUES (16, 2);
 COMMIT;
 RESET ROLE;
-SELECT tenancy.disable_rls('"Odd ""Schema"."It''em"') IS NOT NULL AS disabled;
+-- rollback_table() undoes the derivation with the policy and the default.
+SELECT tenancy.rollback_table_sql('"Odd ""Schema"."It''em"');
+SELECT count(*) > 0 AS rolled_back FROM tenancy.rollback_table('"Odd ""Schema"."It''em"');
+SELECT count(*) AS derive_triggers FROM pg_trigger WHERE tgrelid = '"Odd ""Schema"."It''em"'::regclass AND tgname = 'tenancy_derive_tenant';
+SELECT count(*) AS policies FROM pg_policy WHERE polrelid = '"Odd ""Schema"."It''em"'::regclass;
 SELECT tenancy.underive_tenant('"Odd ""Schema"."It''em"');
 
 -- A partitioned table: the trigger on the parent is cloned on every
