@@ -1894,6 +1894,13 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     PERFORM tenancy.check_tenant_table(tbl);
+    IF fill_existing AND tenancy.implicit_tenant() IS NULL THEN
+        -- a derived table without an implicit tenant: nothing to fill with
+        RAISE EXCEPTION 'no implicit tenant is set'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'fill_existing gives existing rows the implicit tenant.',
+                  HINT = 'Backfill the column from the derivation''s source instead (tenancy.backfill(tbl, source => ...)).';
+    END IF;
     SELECT t.column_name INTO registered FROM tenancy.tables t WHERE t.relation = tbl;
     IF registered IS NOT NULL AND registered <> column_name THEN
         RAISE EXCEPTION 'table "%" is registered with tenant column "%"', tbl, registered

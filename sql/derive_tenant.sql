@@ -33,6 +33,7 @@ GRANT SELECT, INSERT ON rental.staff, rental.customer, rental.inventory, rental.
 -- one.  Its column defaults to the current tenant alone.
 SELECT tenancy.add_tenant_column('rental.staff');
 SELECT tenancy.derive_tenant('rental.staff', source => 't.store_id');
+SELECT tenancy.add_tenant_column('rental.staff', fill_existing => true);
 SELECT tenancy.add_tenant_column('rental.staff');
 SELECT pg_get_expr(d.adbin, d.adrelid) AS staff_default
   FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
@@ -90,6 +91,9 @@ SELECT polrelid::regclass, polname, polcmd, pg_get_expr(polwithcheck, polrelid) 
 SELECT count(*) AS visible_store2_inventory FROM rental.inventory WHERE store_id = 2;
 INSERT INTO rental.customer (customer_id, store_id, email) VALUES (1001, 2, 'new2@example.com');
 INSERT INTO rental.customer (customer_id, store_id, email) VALUES (1002, 1, 'new1@example.com');
+-- RETURNING reads the row back: only the bound tenant's rows.
+INSERT INTO rental.customer (customer_id, store_id, email) VALUES (1009, 2, 'ret2@example.com') RETURNING customer_id;
+INSERT INTO rental.customer (customer_id, store_id, email) VALUES (1010, 1, 'ret1@example.com') RETURNING customer_id;
 INSERT INTO rental.rental (rental_id, rental_date, inventory_id, customer_id, staff_id)
 VALUES (5001, '2022-02-01', 41, 1001, 21);
 -- A legacy write naming a third tenant is refused.
