@@ -648,6 +648,17 @@ tenant_guc_record(void)
 }
 
 /*
+ * Did the current tenant come from a default (the server's configuration,
+ * ALTER DATABASE / ALTER ROLE ... SET, as bind_role() writes) rather than
+ * from the client or the session (SET, set_tenant(), connection options)?
+ */
+bool
+tenant_context_is_default(void)
+{
+	return tenant_guc_record()->gen.source < PGC_S_CLIENT;
+}
+
+/*
  * Before commit, refuse a transaction that would leave a session-level
  * tenant behind when tenancy.allow_session_tenant is off.  This catches
  * every way of setting it (SET, set_config(), set_tenant(is_local => false),

@@ -24,6 +24,7 @@ extern void tenancy_assign_tenant_id(const char *newval, void *extra);
 extern void tenancy_assign_tenant_type(int newval, void *extra);
 extern const TenantKey *tenant_context_get(void);
 extern const TenantKey *tenant_context_peek(void);
+extern bool tenant_context_is_default(void);
 
 /* context_stats.c: cluster-wide tenant context counters */
 typedef enum TenancyCounter

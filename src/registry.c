@@ -275,6 +275,16 @@ tenancy_is_implicit_tenant(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(strcmp(implicit, key->text) == 0);
 }
 
+/* The implicit tenant's key into key_out; false when none is set. */
+bool
+registry_implicit_key(char *key_out)
+{
+	char		slug[TENANT_KEY_MAXLEN + 1];
+	char		status;
+
+	return registry_lookup_kind("", 'i', key_out, slug, &status);
+}
+
 /* Statement trigger on tenancy.tenants: tell every backend to forget. */
 PG_FUNCTION_INFO_V1(tenancy_registry_changed);
 Datum

@@ -399,6 +399,10 @@ shadow_count(FunctionCallInfo fcinfo, bool is_write, bool diverges,
 
 	if (shadow == NULL || !shadow_registered(relid))
 		return;
+	/* A legacy write whose tenant the derive trigger set (derive.c). */
+	if (diverges && is_write && !PG_ARGISNULL(1) &&
+		derive_accepts(relid, valtext(PG_GETARG_DATUM(1))))
+		diverges = false;
 	l = local_slot(relid);
 	l->checked++;
 	if (diverges)
@@ -415,6 +419,25 @@ shadow_count(FunctionCallInfo fcinfo, bool is_write, bool diverges,
 	}
 	if (++local_pending >= SHADOW_FLUSH_ROWS)
 		shadow_flush();
+}
+
+/*
+ * Count, for a table in shadow mode, a write that enforce mode would refuse
+ * because its stored tenant disagrees with its derived tenant (derive.c);
+ * false (nothing counted) when the table is not in shadow mode.
+ */
+bool
+shadow_note_derived(Oid relid)
+{
+	ShadowLocal *l;
+
+	if (shadow == NULL || !shadow_registered(relid))
+		return false;
+	l = local_slot(relid);
+	l->refused++;
+	if (++local_pending >= SHADOW_FLUSH_ROWS)
+		shadow_flush();
+	return true;
 }
 
 static char *

@@ -26,6 +26,7 @@
 extern void tenancy_registry_init(void);
 extern bool registry_lookup(const char *tenant, bool by_slug,
 							char *key_out, char *slug_out, char *status_out);
+extern bool registry_implicit_key(char *key_out);
 
 /* tenancy.c */
 extern bool tenancy_preloaded;
@@ -50,5 +51,9 @@ extern void shadow_shmem_request(void);
 extern void shadow_shmem_startup(void);
 extern void tenancy_rls_guard_init(void);
 extern bool tenant_switch_refused(const char **reason, const char **detail);
+extern bool shadow_note_derived(Oid relid);
+/* derive.c: tenants derived from the row or its parent */
+extern void tenancy_derive_init(void);
+extern bool derive_accepts(Oid relid, const char *tenant);
 
 #endif							/* TENANCY_H */

@@ -50,6 +50,7 @@ SELECT bag_eq(
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('create_personal_tenants', 'security', 'text type variable is not sanitized'),
+           ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),
            ('rollback_table', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
