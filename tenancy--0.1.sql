@@ -2962,6 +2962,8 @@ CREATE UNIQUE INDEX backfill_jobs_one_open ON tenancy.backfill_jobs (relation, c
     WHERE state OPERATOR(pg_catalog.<>) 'done';
 COMMENT ON TABLE tenancy.backfill_jobs IS 'backfill jobs: source, state, cursor, counters, rate, batch size, throttle reason, ETA';
 SELECT pg_catalog.pg_extension_config_dump('tenancy.backfill_jobs', '');
+-- The identity's sequence too: restored without it, the next job would get id 1.
+SELECT pg_catalog.pg_extension_config_dump('tenancy.backfill_jobs_id_seq', '');
 REVOKE ALL ON TABLE tenancy.backfill_jobs FROM PUBLIC;
 
 -- The only writers of the job table (src/backfill_job.c): a job runs as its
