@@ -79,6 +79,13 @@ UPDATE tenancy.tables SET stage = 'backfill' WHERE relation = 'sreg.notes'::regc
 SELECT check_name, relation, status, detail FROM tenancy.verify()
  WHERE check_name = 'policy_mode' ORDER BY relation::text;
 
+-- A tenancy_policy made by hand (not recorded by enable_rls()) has no known
+-- mode: a failure whatever the stage says.
+CREATE POLICY tenancy_policy ON sreg.inv USING (true);
+SELECT check_name, relation, status, detail FROM tenancy.verify('sreg.inv')
+ WHERE check_name = 'policy_mode';
+DROP POLICY tenancy_policy ON sreg.inv;
+
 -- Bad input changes nothing.
 SELECT tenancy.tables_set_stage(NULL, 'backfill');
 SELECT tenancy.tables_set_stage('sreg.inv', 'nonsense');
