@@ -2168,7 +2168,7 @@ CREATE FUNCTION tenancy.create_personal_tenants(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     keytype text := format_type(tenancy.key_type(), NULL);
-    owners  text[] := '{}';
+    owners  text[] := '{}'::text[];
     people  jsonb;
     keygen  text;
     slugx   text;
