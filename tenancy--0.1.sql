@@ -238,6 +238,28 @@ COMMENT ON TABLE tenancy.tables IS 'tables under migration: tenant column, tenan
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tables', '');
 REVOKE ALL ON TABLE tenancy.tables FROM PUBLIC;
 
+-- The writers of tenancy.tables (src/tables_writer.c; the policy stages are
+-- written by rls_record()).  No role may write it directly: it says which
+-- column holds the tenant and what stage a table is in, and verify(),
+-- enforce_not_null() and the contract phase act on it.  They run as the
+-- caller and write as the table's owner: registering needs SELECT on the
+-- table and UPDATE on the column; a stage change the privileges of the
+-- table's owner, except expand to backfill (what registering needs).
+CREATE FUNCTION tenancy.tables_register(tbl regclass, column_name name, source text DEFAULT NULL)
+RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_tables_register'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.tables_register(regclass, name, text)
+    IS 'register a table with its tenant column (or record the source of one that has none); true when a row was written';
+CREATE FUNCTION tenancy.tables_set_stage(tbl regclass, stage text, from_stage text DEFAULT NULL)
+RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_tables_set_stage'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.tables_set_stage(regclass, text, text)
+    IS 'set the stage (expand, backfill, contract) of a registered table, only from from_stage if given; true when it changed';
+REVOKE EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
+                           tenancy.tables_set_stage(regclass, text, text) FROM PUBLIC;
+
 ------------------------------------------------------------------------------
 -- Tenant context
 ------------------------------------------------------------------------------
@@ -923,6 +945,9 @@ DECLARE
     atleast  text;
     bad      integer;
     fix_rls  text;
+    pmode    text;
+    rmode    text;
+    ownkeys  text[];
     c        record;  conflicted text[];  ak record;  keyexpr text;  keynames text;  relname_re text;  qrel regclass;
     keys     text[] := ARRAY(SELECT k.id::text FROM tenancy.tenants k);
 BEGIN
@@ -1269,7 +1294,9 @@ BEGIN
         END IF;
 
         -- rls_enabled, rls_forced, tenancy_policy: the table and each partition
-        -- and inheritance child
+        -- and inheritance child; the mode is the one enable_rls()/set_mode()
+        -- recorded, not tenancy.tables.stage
+        rmode := (SELECT rt.mode FROM tenancy.rls_tables rt WHERE rt.relation = r.rel);
         FOR p IN
             SELECT c.oid::regclass AS prel, c.relrowsecurity, c.relforcerowsecurity,
                    EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = c.oid
@@ -1278,7 +1305,7 @@ BEGIN
                    (SELECT string_agg(quote_ident(l.name), ', ' ORDER BY l.name)
                       FROM unnest(tenancy.rls_legacy_policies()) l(name)
                      WHERE EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = c.oid AND pol.polname = l.name)
-                           IS DISTINCT FROM coalesce(r.stage = 'migrating', false)) AS legacy_wrong
+                           IS DISTINCT FROM coalesce(rmode = 'migrating', false)) AS legacy_wrong
             FROM (SELECT r.rel::oid AS relid, 0 AS level
                   UNION ALL
                   SELECT pt.relid, pt.level FROM tenancy.rls_tree(r.rel) pt WHERE pt.level > 0) tree
@@ -1303,9 +1330,9 @@ BEGIN
                     ('tenancy_policy', p.has_policy AND p.legacy_wrong IS NULL, 'policy tenancy_policy exists',
                      CASE WHEN NOT p.has_policy
                           THEN 'policy tenancy_policy is missing: nothing limits rows to the current tenant'
-                          WHEN r.stage = 'migrating'
+                          WHEN rmode = 'migrating'
                           THEN format('migrating-mode policies %s are missing: rows whose tenant is still NULL are hidden, or the implicit tenant cannot change them', p.legacy_wrong)
-                          ELSE format('migrating-mode policies %s are left in stage %s: rows whose tenant is NULL stay visible or changeable by every tenant', p.legacy_wrong, r.stage) END)
+                          ELSE format('migrating-mode policies %s are left in stage %s: rows whose tenant is NULL stay visible or changeable by every tenant', p.legacy_wrong, coalesce(rmode, r.stage)) END)
                 ) v(name, good, ok_detail, bad_detail)
             LOOP
                 check_name := c.name;
@@ -1319,14 +1346,29 @@ BEGIN
         END LOOP;
         relation := r.rel;
 
-        -- policy_mode: the stage must be enforce (or contract)
+        -- policy_mode: the policy must be enforced.  The mode is the one
+        -- enable_rls()/set_mode() recorded in tenancy.rls_tables, of a
+        -- tenancy_policy that exists (rls_enabled and rls_forced check row
+        -- security), never tenancy.tables.stage: a stage is only a record.
         check_name := 'policy_mode'; rows_affected := NULL;
         fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'enforce');
-        IF r.stage IN ('enforce', 'contract') THEN
-            status := 'ok'; detail := format('stage %s: the policy is enforced', r.stage); fix := NULL;
-        ELSIF r.stage IN ('migrating', 'shadow') THEN
+        pmode := (SELECT rt.mode FROM tenancy.rls_tables rt
+                   WHERE rt.relation = r.rel
+                     AND EXISTS (SELECT 1 FROM pg_policy pp
+                                  WHERE pp.polrelid = rt.relation AND pp.polname = 'tenancy_policy'));
+        IF pmode = 'enforce' THEN
+            status := 'ok'; fix := NULL;
+            detail := format('stage %s: the policy is enforced', CASE WHEN r.stage = 'contract' THEN r.stage ELSE pmode END);
+        ELSIF pmode IN ('migrating', 'shadow') THEN
             status := 'warning';
-            detail := format('stage %s: the policy does not hide rows yet; enforce once shadow divergences are drained', r.stage);
+            detail := format('stage %s: the policy does not hide rows yet; enforce once shadow divergences are drained', pmode);
+        ELSIF EXISTS (SELECT 1 FROM pg_policy pp WHERE pp.polrelid = r.rel AND pp.polname = 'tenancy_policy') THEN
+            status := 'failure'; fix := NULL;
+            detail := format('stage %s is recorded, but policy tenancy_policy was not made by tenancy.enable_rls() (it is not in tenancy.rls_tables): its mode is unknown', r.stage);
+        ELSIF r.stage IN ('migrating', 'shadow', 'enforce', 'contract') THEN
+            status := 'failure';
+            detail := format('stage %s is recorded, but the table carries no tenancy policy: it is not protected', r.stage);
+            fix := format('SELECT tenancy.enable_rls(%L, column_name => %L, mode => %L);', r.rel::text, r.col, 'migrating');
         ELSE
             status := 'failure';
             detail := format('stage %s: the table is not protected yet; finish the backfill, then migrating, shadow and enforce', r.stage);
@@ -1681,27 +1723,36 @@ BEGIN
         SELECT s.users, s.key_column, s.name_column, s.slug_prefix,
                array_agg(s.resource::text ORDER BY s.resource::text, s.owner_column) AS resources,
                array_agg(s.owner_column ORDER BY s.resource::text, s.owner_column) AS owners,
-               string_agg(format('EXISTS (SELECT 1 FROM %s o WHERE o.%I = u.%I)', s.resource, s.owner_column, s.key_column),
-                          ' OR ' ORDER BY s.resource::text, s.owner_column) AS owns
+               array_agg(s.resource ORDER BY s.resource::text, s.owner_column) AS rels
         FROM tenancy.identity_sources s
         GROUP BY s.users, s.key_column, s.name_column, s.slug_prefix
         ORDER BY s.users::text
     LOOP
         bad := bad + 1;
-        -- As the owner of the users table, with the member keys as a parameter.
+        -- Each table as its owner, one table per statement: the owner keys
+        -- of each resource table, then the users table, with the owner keys
+        -- and the member keys as parameters.
         BEGIN
+            ownkeys := '{}';
+            FOR i IN 1 .. cardinality(f.rels) LOOP
+                -- plpgsql_check: the table through %s of regclass, the column through %I.
+                ownkeys := ownkeys || coalesce((tenancy.table_query(f.rels[i], NULL,
+                             format('SELECT pg_catalog.array_agg(DISTINCT o.%1$I::pg_catalog.text) FROM %2$s o WHERE o.%1$I IS NOT NULL',
+                                    f.owners[i], f.rels[i])))[1]::text[], '{}');
+            END LOOP;
             n := (tenancy.table_query(f.users, NULL,
-                      format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE (%s) AND NOT EXISTS'
-                             ' (SELECT 1 FROM pg_catalog.unnest($1::text[]) mb(user_key) WHERE mb.user_key = u.%I::text) LIMIT %s) s',
-                             f.users, f.owns, f.key_column, lim),
-                      ARRAY(SELECT DISTINCT mb.user_key FROM tenancy.memberships mb)))[1]::bigint;
+                      format('SELECT count(*) FROM (SELECT 1 FROM %s u WHERE u.%I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])'
+                             ' AND NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($2::pg_catalog.text[]) mb(user_key)'
+                             ' WHERE mb.user_key OPERATOR(pg_catalog.=) u.%I::pg_catalog.text) LIMIT %s) s',
+                             f.users, f.key_column, f.key_column, lim),
+                      ownkeys, ARRAY(SELECT DISTINCT mb.user_key FROM tenancy.memberships mb)))[1]::bigint;
         EXCEPTION WHEN insufficient_privilege THEN
             n := NULL; txt := SQLERRM;
         END;
         relation := f.users; rows_affected := n;
         IF n IS NULL THEN
             status := 'warning';
-            detail := format('cannot count the users: the owner of %s cannot read every resource table (%s)', f.users, txt);
+            detail := format('cannot count the users: %s', txt);
             fix := NULL;
         ELSIF n > 0 THEN
             status := 'failure';
@@ -2334,7 +2385,7 @@ BEGIN
                 format('constraints are not tenant-scoped yet (SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec)', r.rel::text)
             END;
         IF why IS NULL THEN
-            UPDATE tenancy.tables t SET stage = 'contract' WHERE t.relation = r.rel;
+            PERFORM tenancy.tables_set_stage(r.rel, 'contract', 'enforce');
             done := done + 1;
         ELSIF tbl IS NOT NULL AND r.stage = 'enforce' THEN
             RAISE NOTICE 'table % stays in stage %: %', r.rel, r.stage, why;
@@ -2418,7 +2469,7 @@ BEGIN
         END IF;
     END IF;
     IF st IN ('migrating', 'shadow', 'enforce', 'contract') THEN
-        RETURN NEXT format('UPDATE tenancy.tables SET stage = %L WHERE relation = %L::regclass;', 'backfill', tbl::text);
+        RETURN NEXT format('SELECT tenancy.tables_set_stage(%L, %L);', tbl::text, 'backfill');
     END IF;
     RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation = %L::regclass AND undone_at IS NULL;',
                        tbl::text);
@@ -2500,7 +2551,8 @@ CREATE FUNCTION tenancy.create_personal_tenants(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     keytype text := format_type(tenancy.key_type(), NULL);
-    owns    text;
+    owners  text[] := '{}'::text[];
+    people  jsonb;
     keygen  text;
     slugx   text;
 BEGIN
@@ -2537,33 +2589,46 @@ BEGIN
         END IF;
     END LOOP;
 
-    SELECT string_agg(format('EXISTS (SELECT 1 FROM %s o WHERE o.%I = u.%I)', x.res, x.col, key_column), ' OR ')
-      INTO owns
-      FROM unnest(resource_tables, owner_columns) x(res, col);
+    -- Each table is read as its owner (tenancy.table_query()), one table per
+    -- statement: the code a table owner controls (triggers, index
+    -- expressions and predicates, policies) never runs with the caller's
+    -- rights nor with another table owner's.  Keys meet as text.
+    FOR i IN 1 .. cardinality(resource_tables) LOOP
+        -- plpgsql_check: the table through %s of regclass (quoted by its output), the column through %I.
+        owners := owners || coalesce((tenancy.table_query(resource_tables[i], NULL,
+                      format('SELECT pg_catalog.array_agg(DISTINCT o.%1$I::pg_catalog.text) FROM %2$s o WHERE o.%1$I IS NOT NULL',
+                             owner_columns[i], resource_tables[i])))[1]::text[], '{}');
+    END LOOP;
+    -- plpgsql_check: the table through %s of regclass, columns through %I, the owner keys as a parameter.
+    people := coalesce((tenancy.table_query(users, NULL,
+                  format('SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(u.%1$I::pg_catalog.text, u.%2$I::pg_catalog.text))'
+                         ' FROM %3$s u WHERE u.%1$I IS NOT NULL AND u.%1$I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])',
+                         key_column, name_column, users),
+                  owners))[1]::jsonb, '[]');
+
     keygen := CASE keytype WHEN 'uuid' THEN 'pg_catalog.gen_random_uuid()'
                            WHEN 'bigint' THEN 'pg_catalog.nextval(''tenancy.tenant_key_seq'')'
                            ELSE 'c.slug' END;
     -- A key that is already a valid slug fragment is used as is; anything
     -- else (upper case, e-mail addresses, long keys) gets a hash suffix so
     -- that two users never map to one slug.
-    slugx := format($x$CASE WHEN u.%1$I::text ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$' AND length(%2$L || u.%1$I::text) <= 63
-                          THEN %2$L || u.%1$I::text
-                          ELSE left(%2$L || trim(both '-' FROM regexp_replace(lower(u.%1$I::text), '[^a-z0-9]+', '-', 'g')), 54)
-                               || CASE WHEN trim(both '-' FROM regexp_replace(lower(u.%1$I::text), '[^a-z0-9]+', '-', 'g')) = '' AND %2$L = '' THEN '' ELSE '-' END
-                               || left(md5(u.%1$I::text), 8) END$x$,
-                    key_column, slug_prefix);
+    slugx := format($x$CASE WHEN u.k ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$' AND length(%1$L || u.k) <= 63
+                          THEN %1$L || u.k
+                          ELSE left(%1$L || trim(both '-' FROM regexp_replace(lower(u.k), '[^a-z0-9]+', '-', 'g')), 54)
+                               || CASE WHEN trim(both '-' FROM regexp_replace(lower(u.k), '[^a-z0-9]+', '-', 'g')) = '' AND %1$L = '' THEN '' ELSE '-' END
+                               || left(md5(u.k), 8) END$x$,
+                    slug_prefix);
 
-    -- plpgsql_check: tables through %s of regclass (quoted by its output), columns through %I, the prefix through %L.
+    -- plpgsql_check: the slug expression and key generator are built above (the prefix through %L); the users as a parameter.
     EXECUTE format($q$
         WITH c AS (
             SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
-            FROM (SELECT u.%1$I::text AS user_key, coalesce(u.%2$I::text, u.%1$I::text) AS name, %3$s AS slug
-                  FROM %4$s u
-                  WHERE u.%1$I IS NOT NULL AND (%5$s)) s
+            FROM (SELECT u.k AS user_key, coalesce(u.n, u.k) AS name, %1$s AS slug
+                  FROM (SELECT e.v ->> 0 AS k, e.v ->> 1 AS n FROM jsonb_array_elements($1) e(v)) u) s
         ),
         ins AS (
             INSERT INTO tenancy.tenants (id, slug, name)
-            SELECT %6$s, c.slug, c.name FROM c
+            SELECT %2$s, c.slug, c.name FROM c
             WHERE c.sharing = 1
               AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = c.slug)
             ON CONFLICT DO NOTHING
@@ -2583,8 +2648,8 @@ BEGIN
                    AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t JOIN tenancy.memberships m
                                      ON m.tenant = t.id AND m.role = 'owner'
                                    WHERE t.slug = c.slug AND m.user_key = c.user_key))
-        $q$, key_column, name_column, slugx, users, owns, keygen)
-        INTO users_with_resources, tenants_created, owners_added, conflicts;
+        $q$, slugx, keygen)
+        INTO users_with_resources, tenants_created, owners_added, conflicts USING people;
 
     INSERT INTO tenancy.identity_sources AS s (users, key_column, name_column, resource, owner_column, slug_prefix)
     SELECT create_personal_tenants.users, create_personal_tenants.key_column, create_personal_tenants.name_column,
@@ -2897,9 +2962,7 @@ BEGIN
         END;
     END LOOP;
     k := tenancy.implicit_tenant();
-    INSERT INTO tenancy.tables (relation, column_name, source)
-    VALUES (tbl, column_name, CASE WHEN fill_existing THEN 'tenant ' || k END)
-    ON CONFLICT (relation) DO NOTHING;
+    PERFORM tenancy.tables_register(tbl, column_name, CASE WHEN fill_existing THEN 'tenant ' || k END);
     IF cardinality(stmts) = 0 THEN
         RAISE NOTICE 'column "%" of relation "%" already exists with the tenant default, nothing to do', column_name, tbl;
         RETURN NULL;
@@ -3204,9 +3267,7 @@ BEGIN
                   HINT = 'Create unique indexes that include the tenant column after the backfill.';
     END IF;
     job_id := tenancy.backfill_job_insert(tbl, col, kind, src, val, caller_search_path, coalesce(options, '{}'));
-    INSERT INTO tenancy.tables (relation, column_name, source)
-    VALUES (tbl, col, replace(kind, '_', ' ') || ' ' || src)
-    ON CONFLICT (relation) DO UPDATE SET source = EXCLUDED.source WHERE tables.source IS NULL;
+    PERFORM tenancy.tables_register(tbl, col, replace(kind, '_', ' ') || ' ' || src);
     RETURN job_id;
 END
 $$;
@@ -3546,7 +3607,7 @@ BEGIN
     PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
         'state', 'running', 'pid', pg_catalog.pg_backend_pid(), 'started_at', coalesce(job.started_at, pg_catalog.now()),
         'throttle', NULL, 'last_error', NULL, 'batch_size', n, 'updated_at', pg_catalog.now()));
-    UPDATE tenancy.tables t SET stage = 'backfill' WHERE t.relation = tbl AND t.stage = 'expand';
+    PERFORM tenancy.tables_set_stage(tbl, 'backfill', 'expand');
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 

@@ -248,7 +248,9 @@ GRANT SELECT, UPDATE ON bf_role_t, bf_expr TO bf_migrator;
 GRANT USAGE ON SCHEMA tenancy TO bf_migrator;
 GRANT SELECT ON tenancy.tenants TO bf_migrator;
 GRANT SELECT ON tenancy.backfill_jobs TO bf_migrator;
-GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO bf_migrator;
+GRANT SELECT ON tenancy.tables TO bf_migrator;
+GRANT EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
+    tenancy.tables_set_stage(regclass, text, text) TO bf_migrator;
 GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text),
     tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
     tenancy.backfill_job_update(bigint, jsonb) TO bf_migrator;

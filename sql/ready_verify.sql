@@ -30,17 +30,12 @@ INSERT INTO ready_verify_parent (tenant_id, name) VALUES
 INSERT INTO ready_verify_child (tenant_id, parent_id) VALUES
     ('11111111-1111-1111-1111-111111111111', 1),
     ('22222222-2222-2222-2222-222222222222', 2);
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['ready_verify_parent', 'ready_verify_child'] LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format('CREATE POLICY tenancy_policy ON %I USING (tenant_id = tenancy.current_tenant())'
-                       ' WITH CHECK (tenant_id = tenancy.current_tenant())', t);
-        INSERT INTO tenancy.tables (relation, stage) VALUES (t::regclass, 'enforce');
-    END LOOP;
-END
-$$;
+-- Backfilled, then enforced by enable_rls() (policy_mode reads the mode
+-- from tenancy.rls_tables, not from the stage).
+INSERT INTO tenancy.tables (relation, stage) VALUES ('ready_verify_parent', 'backfill'), ('ready_verify_child', 'backfill');
+SET client_min_messages = warning;
+SELECT tenancy.enable_rls(t) IS NOT NULL AS enabled FROM unnest(ARRAY['ready_verify_parent', 'ready_verify_child']) t;
+RESET client_min_messages;
 
 \set report 'SELECT check_name, relation, status, rows_affected, detail, fix FROM tenancy.verify()'
 \set fixes 'SELECT fix FROM tenancy.verify()'
@@ -155,13 +150,15 @@ DELETE FROM tenancy.tables WHERE relation = 'ready_verify_part'::regclass;
 DROP TABLE ready_verify_part;
 
 -- policy_mode: shadow is a warning, backfill a failure
-UPDATE tenancy.tables SET stage = 'shadow' WHERE relation = 'ready_verify_child'::regclass;
+SELECT tenancy.set_mode('ready_verify_child', 'shadow') IS NOT NULL AS shadow;
 SELECT check_name, relation, status, detail, fix IS NOT NULL AS has_fix
   FROM tenancy.verify() WHERE status <> 'ok';
-UPDATE tenancy.tables SET stage = 'backfill' WHERE relation = 'ready_verify_child'::regclass;
+SELECT tenancy.disable_rls('ready_verify_child') IS NOT NULL AS disabled;
 SELECT check_name, relation, status, detail, fix IS NOT NULL AS has_fix
   FROM tenancy.verify() WHERE status <> 'ok';
-UPDATE tenancy.tables SET stage = 'enforce' WHERE relation = 'ready_verify_child'::regclass;
+SET client_min_messages = warning;
+SELECT tenancy.enable_rls('ready_verify_child') IS NOT NULL AS enabled;
+RESET client_min_messages;
 :report WHERE check_name = 'policy_mode';
 
 -- tenant_index

@@ -54,7 +54,9 @@ RESET ROLE;
 GRANT USAGE ON SCHEMA tenancy TO sbf_migrator, sbf_owner, sbf_other;
 GRANT SELECT ON tenancy.tenants TO sbf_migrator, sbf_owner;
 GRANT SELECT ON tenancy.backfill_jobs TO sbf_migrator, sbf_owner, sbf_other;
-GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO sbf_migrator, sbf_owner;
+GRANT SELECT ON tenancy.tables TO sbf_migrator, sbf_owner;
+GRANT EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
+    tenancy.tables_set_stage(regclass, text, text) TO sbf_migrator, sbf_owner;
 GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text),
     tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
     tenancy.backfill_job_update(bigint, jsonb) TO sbf_migrator, sbf_owner, sbf_other;

@@ -111,7 +111,9 @@ CREATE TABLE tap_bf_readonly (id int PRIMARY KEY, tenant_id uuid);
 GRANT SELECT ON tap_bf_readonly TO tap_backfill_owner;
 GRANT USAGE ON SCHEMA tenancy TO tap_backfill_owner;
 GRANT SELECT ON tenancy.backfill_jobs TO tap_backfill_owner;
-GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO tap_backfill_owner;
+GRANT SELECT ON tenancy.tables TO tap_backfill_owner;
+GRANT EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
+    tenancy.tables_set_stage(regclass, text, text) TO tap_backfill_owner;
 GRANT EXECUTE ON FUNCTION tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
     tenancy.backfill_job_update(bigint, jsonb) TO tap_backfill_owner;
 GRANT EXECUTE ON FUNCTION tenancy.queue_backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,integer,boolean,boolean)

@@ -49,7 +49,6 @@ SELECT bag_eq(
            ('backfill_null_source', 'warning extra', 'unused parameter "$1"'),
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
-           ('create_personal_tenants', 'security', 'text type variable is not sanitized'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),

@@ -129,6 +129,8 @@ INSERT INTO expected_routines VALUES
     ('tenancy.table_query(regclass,regrole,text)', 'PUBLIC'),
     ('tenancy.table_query(regclass,regrole,text,"any")', 'PUBLIC'),
     ('tenancy.tables_not_shared()', 'PUBLIC'),
+    ('tenancy.tables_register(regclass,name,text)', ''),
+    ('tenancy.tables_set_stage(regclass,text,text)', ''),
     ('tenancy.tenant_accessor()', ''),
     ('tenancy.tenant_default_sql()', 'PUBLIC'),
     ('tenancy.tenant_key(text)', ''),
