@@ -68,7 +68,9 @@ CREATE ROLE bft_migrator;
 GRANT USAGE ON SCHEMA tenancy TO bft_migrator;
 GRANT SELECT ON tenancy.tenants TO bft_migrator;
 GRANT SELECT ON tenancy.backfill_jobs TO bft_migrator;
-GRANT SELECT, INSERT, UPDATE ON tenancy.tables TO bft_migrator;
+GRANT SELECT ON tenancy.tables TO bft_migrator;
+GRANT EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
+    tenancy.tables_set_stage(regclass, text, text) TO bft_migrator;
 GRANT EXECUTE ON FUNCTION tenancy.tenant_key(text), tenancy.lookup_tenant(text),
     tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
     tenancy.backfill_job_update(bigint, jsonb) TO bft_migrator;
