@@ -6,40 +6,31 @@
 # standby catches up it runs to the end.
 # Starts its own primary and standby (make test's cluster has no standby).
 set -uo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/own_server.bash"
-DIR=$(mktemp -d "${TN_WORK:-/tmp}/bf-repl.XXXXXX")
-PORT=$((20000 + RANDOM % 20000))
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
+tap_tmpdir DIR bf-repl
+PORT=$(tap_free_port)
 SPORT=$((PORT + 1))
-stop() {
-    "$BINDIR/pg_ctl" -D "$DIR/standby" -m immediate -w stop >/dev/null 2>&1
-    "$BINDIR/pg_ctl" -D "$DIR/primary" -m immediate -w stop >/dev/null 2>&1
-}
-trap 'kill "$bf" 2>/dev/null; stop; rm -rf "$DIR"' EXIT
 bf=
+tap_at_exit 'kill "$bf" 2>/dev/null'
 
-echo "1..6"
+plan 6
 own_server_start "$DIR/primary" "$PORT" "$DIR" "shared_preload_libraries = 'tenancy'"
-"$BINDIR/pg_basebackup" -h "$DIR" -p "$PORT" -D "$DIR/standby" -R -X stream >"$DIR/basebackup.log" 2>&1 \
-    || { echo "Bail out! pg_basebackup failed"; cat "$DIR/basebackup.log" >&2; exit 1; }
-printf "port = %s\nrecovery_min_apply_delay = '3s'\nwal_receiver_status_interval = '1s'\n" "$SPORT" >>"$DIR/standby/postgresql.conf"
-"$BINDIR/pg_ctl" -D "$DIR/standby" -l "$DIR/standby.log" -w start >/dev/null || { echo "Bail out! standby did not start"; exit 1; }
+tap_run "$BINDIR/pg_basebackup" -h "$DIR" -p "$PORT" -U "$TAP_USER" -D "$DIR/standby" -R -X stream >"$DIR/basebackup.log" 2>&1 \
+    || { cat "$DIR/basebackup.log" >&2; bail "pg_basebackup failed"; }
+printf "port = %s\nrecovery_min_apply_delay = '3s'\nwal_receiver_status_interval = '1s'\n" "$SPORT" \
+    | tap_run tee -a "$DIR/standby/postgresql.conf" >/dev/null
+own_server_run "$DIR/standby"
 
-q() { psql -X -q -At -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
-qs() { psql -X -q -At -h "$DIR" -p "$SPORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+q() { psql_at "$DIR" "$PORT" -d postgres "$@"; }
+qs() { psql_at "$DIR" "$SPORT" -d postgres "$@"; }
 # until SECONDS SQL: poll the primary until SQL returns t; prints t or f
-until_true() {
-    local i
-    for i in $(seq $(($1 * 10))); do
-        [ "$(q -c "$2")" = t ] && { echo t; return; }
-        sleep 0.1
-    done
-    echo f
-}
+is_true() { [ "$(q -c "$1")" = t ]; }
+until_true() { if wait_for "$1" is_true "$2"; then echo t; else echo f; fi; }
 
 q -c "SET client_min_messages = warning" -c "CREATE EXTENSION tenancy" \
   -c "SELECT tenancy.create_tenant('acme', 'Acme', '11111111-1111-1111-1111-111111111111')" \
   -c "CREATE TABLE repl_t (id int PRIMARY KEY, tenant_id uuid)" \
-  -c "INSERT INTO repl_t SELECT g FROM generate_series(1, 2000) g" >/dev/null || { echo "Bail out! setup failed"; exit 1; }
+  -c "INSERT INTO repl_t SELECT g FROM generate_series(1, 2000) g" >/dev/null || bail "setup failed"
 
 # Commits on the primary until the standby's replay lag is measured over 1 s.
 lagging=f
@@ -48,28 +39,29 @@ for _ in $(seq 30); do
     [ "$(q -c "SELECT coalesce(max(replay_lag) > interval '1s', false) FROM pg_stat_replication")" = t ] && { lagging=t; break; }
     sleep 0.5
 done
-check 1 "the standby replays over 1 s behind" t "$lagging"
+expect "the standby replays over 1 s behind" t "$lagging"
 
-psql -X -q -h "$DIR" -p "$PORT" -d postgres -c \
+psql -X -q -h "$DIR" -p "$PORT" -U "$TAP_USER" -d postgres -c \
     "CALL tenancy.backfill('repl_t', tenant => 'acme', batch_size => 100, max_batch_size => 100, max_replication_lag => '1s')" \
     >"$DIR/backfill.out" 2>&1 &
 bf=$!
-check 2 "the backfill holds, and says why" t \
+expect "the backfill holds, and says why" t \
     "$(until_true 20 "SELECT coalesce(bool_and(throttle LIKE 'replication lag % > 00:00:01'), false) FROM tenancy.backfill_jobs WHERE relation = 'repl_t'::regclass")"
 sleep 2
-check 3 "no batch ran while the standby lagged" "0 2000" \
+expect "no batch ran while the standby lagged" "0 2000" \
     "$(q -c "SELECT (SELECT rows_done FROM tenancy.backfill_jobs WHERE relation = 'repl_t'::regclass) || ' ' || count(*) FROM repl_t WHERE tenant_id IS NULL")"
 
 qs -c "ALTER SYSTEM SET recovery_min_apply_delay = 0" -c "SELECT pg_reload_conf()" >/dev/null
-check 4 "once the standby catches up, the backfill runs to the end" t \
+expect "once the standby catches up, the backfill runs to the end" t \
     "$(until_true 60 "SELECT state = 'done' FROM tenancy.backfill_jobs WHERE relation = 'repl_t'::regclass")"
 wait "$bf"; rc=$?; bf=
-check 5 "the CALL succeeds" 0 "$rc"
+expect "the CALL succeeds" 0 "$rc"
 standby_nulls=
 for _ in $(seq 100); do
     standby_nulls=$(qs -c "SELECT count(*) FROM repl_t WHERE tenant_id IS NULL")
     [ "$standby_nulls" = 0 ] && break
     sleep 0.1
 done
-check 6 "every row is filled, and the standby has them" "0 0" \
+expect "every row is filled, and the standby has them" "0 0" \
     "$(q -c "SELECT count(*) FROM repl_t WHERE tenant_id IS NULL") $standby_nulls"
+tap_end

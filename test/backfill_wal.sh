@@ -7,24 +7,24 @@
 # are flushed.  Without the wake-up the flush position would stay behind.
 # Starts its own server (make test's cluster has the default WAL writer).
 set -uo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/own_server.bash"
-DIR=$(mktemp -d "${TN_WORK:-/tmp}/bf-wal.XXXXXX")
-PORT=$((20000 + RANDOM % 20000))
-trap 'kill "$bf" 2>/dev/null; "$BINDIR/pg_ctl" -D "$DIR/data" -m immediate -w stop >/dev/null 2>&1; rm -rf "$DIR"' EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
+tap_tmpdir DIR bf-wal
+PORT=$(tap_free_port)
 bf=
+tap_at_exit 'kill "$bf" 2>/dev/null'
 
-echo "1..7"
+plan 7
 own_server_start "$DIR/data" "$PORT" "$DIR" "autovacuum = off" "wal_writer_delay = '10s'" \
     "wal_writer_flush_after = '1MB'" "wal_buffers = '64MB'"
 
-q() { psql -X -q -At -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 "$@"; }
+q() { psql_at "$DIR" "$PORT" -d postgres "$@"; }
 
 q -c "SET client_min_messages = warning" -c "CREATE EXTENSION tenancy" \
   -c "SELECT tenancy.create_tenant('acme', 'Acme', '11111111-1111-1111-1111-111111111111')" \
   -c "CREATE TABLE wal_pad (v text)" \
   -c "CREATE TABLE wal_t (id int PRIMARY KEY, pad text, tenant_id uuid)" \
   -c "INSERT INTO wal_t SELECT g, repeat('x', 200) FROM generate_series(1, 40000) g" \
-  -c "VACUUM (FREEZE) wal_t" -c "CHECKPOINT" >/dev/null || { echo "Bail out! setup failed"; exit 1; }
+  -c "VACUUM (FREEZE) wal_t" -c "CHECKPOINT" >/dev/null || bail "setup failed"
 
 # One open transaction: insert ~3 MB of WAL, then see how far the flush
 # position gets in 0.5 s without the call (the control) and in up to 2 s
@@ -58,9 +58,9 @@ for _ in 1 2 3; do
     res=$(scenario 2>&1)
     [ "$res" = "t|7|t" ] && break
 done
-check 1 "without the call, the WAL writer leaves over 1 MB unflushed for 0.5 s" t "$(cut -d'|' -f1 <<<"$res")"
-check 2 "wal_flush_behind() returns its argument" 7 "$(cut -d'|' -f2 <<<"$res")"
-check 3 "after the calls, the transaction's WAL is flushed before it commits (to the last whole page)" t "$(cut -d'|' -f3 <<<"$res")"
+expect "without the call, the WAL writer leaves over 1 MB unflushed for 0.5 s" t "$(cut -d'|' -f1 <<<"$res")"
+expect "wal_flush_behind() returns its argument" 7 "$(cut -d'|' -f2 <<<"$res")"
+expect "after the calls, the transaction's WAL is flushed before it commits (to the last whole page)" t "$(cut -d'|' -f3 <<<"$res")"
 
 # A backfill batch that stalls 3 s at row 30000 (its source sleeps there):
 # while it is stalled, the WAL of the rows it has already updated is
@@ -68,7 +68,7 @@ check 3 "after the calls, the transaction's WAL is flushed before it commits (to
 # may have stopped at the end of the WAL buffer ring), although nothing has
 # committed.  Without the wake-ups it would be about 9 MB behind.
 q -c "SELECT pg_sleep(0.1)" >/dev/null
-psql -X -q -h "$DIR" -p "$PORT" -d postgres -c "CALL tenancy.backfill('wal_t', batch_size => 40000, max_batch_size => 40000,
+psql -X -q -h "$DIR" -p "$PORT" -U "$TAP_USER" -d postgres -c "CALL tenancy.backfill('wal_t', batch_size => 40000, max_batch_size => 40000,
         statement_timeout => '20s',
         source => '(SELECT tenancy.tenant_key(''acme'')::uuid FROM pg_sleep(CASE WHEN t.id = 30000 THEN 3 ELSE 0 END))')" \
     >"$DIR/backfill.log" 2>&1 &
@@ -82,8 +82,9 @@ for _ in $(seq 50); do
 done
 sleep 0.5
 behind=$(q -c "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn())")
-check 4 "the batch is stalled mid-statement" t "$stalled"
-check 5 "its WAL so far is flushed to within two steps (behind: $behind bytes)" t "$([ "${behind:-99999999}" -le 2300000 ] && echo t || echo f)"
+expect "the batch is stalled mid-statement" t "$stalled"
+expect "its WAL so far is flushed to within two steps (behind: $behind bytes)" t "$([ "${behind:-99999999}" -le 2300000 ] && echo t || echo f)"
 wait "$bf"; rc=$?; bf=
-check 6 "the backfill finishes" 0 "$rc"
-check 7 "every row has its tenant" 0 "$(q -c "SELECT count(*) FROM wal_t WHERE tenant_id IS DISTINCT FROM '11111111-1111-1111-1111-111111111111'")"
+expect "the backfill finishes" 0 "$rc"
+expect "every row has its tenant" 0 "$(q -c "SELECT count(*) FROM wal_t WHERE tenant_id IS DISTINCT FROM '11111111-1111-1111-1111-111111111111'")"
+tap_end

@@ -6,12 +6,10 @@
 # tenancy.tenant_type; the counts per tenant must be those of the leader.
 # The database- and role-level settings are in pg_regress parallel_keys.
 set -u
-source "$(dirname "$0")/own_server.bash"
-DIR=$TN_WORK/parallel-keys
-port=$(for p in $(seq 56400 56500); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; break; }; done)
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$port" "$@" 2>&1; }
-cleanup() { "$BINDIR/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1; rm -rf "$DIR"; }
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
+tap_tmpdir DIR parallel-keys
+port=$(tap_free_port)
+q() { psql_at "$DIR" "$port" "$@" 2>&1; }
 
 # setup DB TYPE K1 K2: the extension, a plain, an RLS and a partitioned table.
 setup() {
@@ -60,7 +58,7 @@ SELECT count(*) FROM par_rls WHERE id > 0;
 COMMIT;
 SQL
 }
-plan() {
+explain_count() {
     q -d "$1" <<SQL | grep -c "$2"
 SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0; SET min_parallel_index_scan_size = 0;
@@ -73,45 +71,45 @@ EXPLAIN (COSTS OFF) SELECT count(*) FROM par_rls WHERE id > 0;
 SQL
 }
 
-echo "1..10"
-mkdir -p "$DIR"
+plan 10
 own_server_start "$DIR/data" "$port" "$DIR" "shared_preload_libraries = 'tenancy'" \
     "tenancy.worker_enabled = off" "max_worker_processes = 8" "max_parallel_workers = 8"
 q -d postgres -c "CREATE ROLE par_app" >/dev/null
 
 # bigint in postgresql.conf, reloaded.
-echo "tenancy.tenant_type = 'bigint'" >>"$DIR/data/postgresql.conf"
-"$BINDIR/pg_ctl" -D "$DIR/data" reload >/dev/null
+echo "tenancy.tenant_type = 'bigint'" | tap_run tee -a "$DIR/data/postgresql.conf" >/dev/null
+own_server_reload "$DIR/data"
 sleep 1
-check 1 "postgresql.conf: tenancy.tenant_type = bigint after a reload" "bigint" \
+expect "postgresql.conf: tenancy.tenant_type = bigint after a reload" "bigint" \
     "$(q -d postgres -c 'SHOW tenancy.tenant_type')"
 setup par_bigint bigint 1 12
-check 2 "bigint: the plans have parallel seq scans, a parallel append, a parallel index scan" "5" \
-    "$(plan par_bigint 'Parallel' 'tenancy.current_tenant_bigint()')"
-check 3 "bigint, superuser, tenant 1: no error, counts of tenant 1 (RLS not for superusers)" \
+expect "bigint: the plans have parallel seq scans, a parallel append, a parallel index scan" "5" \
+    "$(explain_count par_bigint 'Parallel' 'tenancy.current_tenant_bigint()')"
+expect "bigint, superuser, tenant 1: no error, counts of tenant 1 (RLS not for superusers)" \
     "f
 10000|10000|30000
 30000" "$(counts par_bigint postgres 1 'tenancy.current_tenant_bigint()')"
-check 4 "bigint, application role, tenant 1" "f
+expect "bigint, application role, tenant 1" "f
 10000|10000|10000
 10000" "$(counts par_bigint par_app 1 'tenancy.current_tenant_bigint()')"
-check 5 "bigint, application role, tenant 12" "f
+expect "bigint, application role, tenant 12" "f
 20000|20000|20000
 20000" "$(counts par_bigint par_app 12 'tenancy.current_tenant_bigint()')"
 
 # text with ALTER SYSTEM (postgresql.auto.conf), reloaded.
 q -d postgres -c "ALTER SYSTEM SET tenancy.tenant_type = 'text'" -c "SELECT pg_reload_conf()" >/dev/null
 sleep 1
-check 6 "ALTER SYSTEM: tenancy.tenant_type = text after a reload" "text" \
+expect "ALTER SYSTEM: tenancy.tenant_type = text after a reload" "text" \
     "$(q -d postgres -c 'SHOW tenancy.tenant_type')"
 setup par_text text 'store 1' 'Store/12'
-check 7 "text: the plans have parallel seq scans, a parallel append, a parallel index scan" "5" \
-    "$(plan par_text 'Parallel' 'tenancy.current_tenant_text()')"
-check 8 "text, superuser, tenant 'store 1'" "f
+expect "text: the plans have parallel seq scans, a parallel append, a parallel index scan" "5" \
+    "$(explain_count par_text 'Parallel' 'tenancy.current_tenant_text()')"
+expect "text, superuser, tenant 'store 1'" "f
 10000|10000|30000
 30000" "$(counts par_text postgres 'store 1' 'tenancy.current_tenant_text()')"
-check 9 "text, application role, tenant 'Store/12'" "f
+expect "text, application role, tenant 'Store/12'" "f
 20000|20000|20000
 20000" "$(counts par_text par_app 'Store/12' 'tenancy.current_tenant_text()')"
-check 10 "the server log has no invalid tenant key" "0" \
+expect "the server log has no invalid tenant key" "0" \
     "$(grep -c 'invalid tenant key' "$DIR/data.log")"
+tap_end

@@ -31,43 +31,20 @@ PGBOUNCER=${PGBOUNCER:-$(command -v pgbouncer || echo /usr/sbin/pgbouncer)}
 SERVER_HOST=${PGHOST:-/var/run/postgresql}
 SERVER_PORT=${PGPORT:-5432}
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/tenancy-pgbouncer.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
-declare -a CW=() CR=() CPID=() BPID=()
-
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
+TAP_TIMEOUT=$TIMEOUT
+tap_tmpdir TMP tenancy-pgbouncer
+declare -a BPID=()
 cleanup() {
-    local fd pid i
-    for fd in "${CW[@]}" "${CR[@]}"; do exec {fd}>&- 2>/dev/null; done
-    for pid in "${CPID[@]}" "${BPID[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${CPID[@]}" "${BPID[@]}"; do
-        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-    done
+    [ ${#BPID[@]} -gt 0 ] && tap_kill "${BPID[@]}"
     admin postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
         -c "DROP ROLE IF EXISTS $APP" -c "DROP ROLE IF EXISTS $GUARDED" </dev/null >/dev/null
-    rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-# admin DB PSQL-ARGS...: as PGUSER, straight to the server (stdin: a script or nothing)
-admin() { local db=$1; shift; PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"; }
-
-# ---- TAP ------------------------------------------------------------------
-n=0
-pass() { n=$((n + 1)); echo "ok $n - $1"; }
-fail() { n=$((n + 1)); echo "not ok $n - $1"; shift; local l; for l in "$@"; do printf '#   %s\n' "$l"; done; }
-skip() { n=$((n + 1)); echo "ok $n # SKIP $1"; }
-bail() { echo "Bail out! $*"; for f in "$TMP"/pgbouncer-*.log; do [ -f "$f" ] && sed 's/^/# /' "$f"; done; exit 1; }
-# is DESCRIPTION GOT WANT
-is() {
-    if [ "$2" = "$3" ]; then pass "$1"
-    else fail "$1" "got:  $(printf '%s' "$2" | tr '\n' '|')" "want: $(printf '%s' "$3" | tr '\n' '|')"
-    fi
-}
+tap_at_exit cleanup
+# on a bail out, the PgBouncer logs
+tap_bail_hook() { local f; for f in "$TMP"/pgbouncer-*.log; do [ -f "$f" ] && sed 's/^/# /' "$f"; done; }
 
 # ---- PgBouncer ----------------------------------------------------------------
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # start_bouncer NAME [extra [pgbouncer] lines...]: sets BOUNCER_PORT
 start_bouncer() {
     local name=$1; shift
@@ -75,8 +52,7 @@ start_bouncer() {
     local srv="host=$SERVER_HOST port=$SERVER_PORT dbname=$DB"
     local try port pid i line
     for try in $(seq 20); do
-        port=$((20000 + (RANDOM % 20000)))
-        port_free "$port" || continue
+        port=$(tap_free_port) || continue
         mkdir -p "$TMP/sock-$name"
         cat >"$ini" <<EOF
 [databases]
@@ -115,42 +91,12 @@ EOF
 }
 
 # ---- clients ------------------------------------------------------------------
-# start_client N PORT DBALIAS: psql reading fifo c<N>.in, writing c<N>.out
-start_client() {
-    local i=$1 port=$2 alias=$3 fd
-    mkfifo "$TMP/c$i.in" "$TMP/c$i.out" || bail "mkfifo failed"
-    stdbuf -oL -eL psql -X -q -A -t -v VERBOSITY=terse -h 127.0.0.1 -p "$port" -d "$alias" \
-        <"$TMP/c$i.in" >"$TMP/c$i.out" 2>&1 &
-    CPID[i]=$!
-    exec {fd}>"$TMP/c$i.in"; CW[i]=$fd
-    exec {fd}<"$TMP/c$i.out"; CR[i]=$fd
-}
-
-seq_no=0
-# send N SQL...: each argument is one line; ends with a marker carrying SQLSTATE
-send() {
-    local i=$1; shift
-    seq_no=$((seq_no + 1))
-    MARK[i]="@@$seq_no@@"
-    printf '%s\n' "$@" "\\echo ${MARK[i]} :SQLSTATE" >&"${CW[i]}" || bail "client $i is gone"
-}
-# recv N: the client's output up to its marker in OUT, the last SQLSTATE in STATE
-declare -a MARK=()
-recv() {
-    local i=$1 line deadline=$((SECONDS + TIMEOUT))
-    OUT=
-    while [ "$SECONDS" -le "$deadline" ]; do
-        if ! IFS= read -r -t "$TIMEOUT" line <&"${CR[i]}"; then
-            bail "client $i: no answer within ${TIMEOUT}s (got so far: $(printf '%s' "$OUT" | tr '\n' '|'))"
-        fi
-        case $line in
-            "${MARK[i]} "*) STATE=${line#"${MARK[i]} "}; OUT=${OUT%$'\n'}; return 0 ;;
-            *) OUT+=$line$'\n' ;;
-        esac
-    done
-    bail "client $i: no marker within ${TIMEOUT}s"
-}
-q() { send "$@"; recv "$1"; }
+# start_client N PORT DBALIAS: a psql session through PgBouncer
+start_client() { client_start "$1" -h 127.0.0.1 -p "$2" -d "$3"; }
+# send N SQL... / recv N / q N SQL...: see client_send, client_recv, client_q
+send() { client_send "$@"; }
+recv() { client_recv "$@"; }
+q() { client_q "$@"; }
 
 CUR="SELECT 'tenant=' || coalesce(tenancy.current_tenant()::text, 'NULL');"
 PID="SELECT 'pid=' || pg_backend_pid();"
@@ -171,8 +117,8 @@ ALTER ROLE $GUARDED IN DATABASE $DB SET tenancy.allow_session_tenant = off;
 EOF
 
 start_bouncer main || bail "pgbouncer did not start"
-echo "1..$PLAN"
-echo "# pgbouncer $BOUNCER_VERSION on 127.0.0.1:$BOUNCER_PORT, pool_mode = transaction, one server connection per pool"
+plan $PLAN
+diag "pgbouncer $BOUNCER_VERSION on 127.0.0.1:$BOUNCER_PORT, pool_mode = transaction, one server connection per pool"
 
 # ---- pool "open": the guard is off ------------------------------------------
 start_client 1 "$BOUNCER_PORT" open
@@ -212,7 +158,7 @@ done
 is "interleaved transactions ($ROUNDS rounds) share the one server connection" "$bad_pid" 0
 is "inside its transaction each client sees only its own tenant ($ROUNDS rounds)" "$bad_in" 0
 is "outside a transaction each client sees no tenant ($ROUNDS rounds)" "$bad_out" 0
-[ -n "$detail" ] && echo "# mismatches:$(printf '%s' "$detail" | tr '\n' '|' | cut -c1-2000)"
+[ -n "$detail" ] && diag "mismatches:$(printf '%s' "$detail" | tr '\n' '|' | cut -c1-2000)"
 
 # Rolled-back work leaves nothing for the next client on the connection.
 q 1 "BEGIN;" "SELECT 'set=' || tenancy.set_tenant('$A');" "ROLLBACK;"
@@ -297,4 +243,4 @@ else
     skip "track_extra_parameters needs PgBouncer 1.20 or later (found $BOUNCER_VERSION); the guard covers this case"
 fi
 
-[ "$n" -eq "$PLAN" ] || echo "# ran $n tests, planned $PLAN"
+tap_end

@@ -2,20 +2,15 @@
 # TAP: tenancy.refresh_status() without shared_preload_libraries, on a
 # throwaway cluster of its own (no launcher, no worker, same counting code).
 set -u
-DIR=$TN_WORK/refresh-plain
-n=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi; }
-port=$(for p in $(seq 56100 56200); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; break; }; done)
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$port" -d postgres "$@"; }
-cleanup() { "$TN_BINDIR/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1; rm -rf "$DIR"; }
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
+tap_tmpdir DIR refresh-plain
+port=$(tap_free_port)
+q() { psql_at "$DIR" "$port" -d postgres "$@"; }
 
-echo "1..5"
-mkdir -p "$DIR"
-"$TN_BINDIR/initdb" -D "$DIR/data" -A trust --no-sync >/dev/null 2>&1
-printf "port = %s\nlisten_addresses = ''\nunix_socket_directories = '%s'\nfsync = off\n" "$port" "$DIR" \
-    >> "$DIR/data/postgresql.conf"
-"$TN_BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+plan 5
+own_server_init "$DIR/data" "$port" "$DIR"
+tap_at_exit "own_server_stop '$DIR/data'"
+tap_run "$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/data.log" -w start >/dev/null
 ok $? "a cluster without shared_preload_libraries starts"
 
 [ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'tenancy%'")" = 0 ]
@@ -42,3 +37,4 @@ out=$(q -c "UPDATE plain_orders SET tenant_id = gen_random_uuid() WHERE tenant_i
         -c "SELECT unmigrated || ' ' || method FROM tenancy.refresh_status()")
 [ "$out" = "0 proof" ]
 ok $? "and by proof once NOT NULL (got: $out)"
+tap_end

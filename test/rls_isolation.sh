@@ -8,17 +8,19 @@
 # a session only ever owns rows of its own tenants.
 # TENANCY_SEED=N replays a run; the seed is printed.
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 SEED=${TENANCY_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 + 1 ))}
 SESSIONS=3
 STEPS=${TENANCY_ISO_STEPS:-1200}
 TENANTS=24
 DB=rls_isolation
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -At)
+tap_tmpdir TMP rls-isolation
 
-echo "1..$((SESSIONS + 2))"
-echo "# seed: $SEED (replay with TENANCY_SEED=$SEED)"
+plan $((SESSIONS + 2))
+diag "seed: $SEED (replay with TENANCY_SEED=$SEED)"
 
-"${PSQL[@]}" -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null || { echo "Bail out! cannot create database"; exit 1; }
+"${PSQL[@]}" -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null || bail "cannot create database"
 "${PSQL[@]}" -d postgres -c "DROP ROLE IF EXISTS rls_iso_app" >/dev/null 2>&1
 
 setup=$("${PSQL[@]}" -d $DB 2>&1 <<SQL
@@ -119,11 +121,11 @@ END
 GRANT EXECUTE ON PROCEDURE iso_run(int, int, int, float8, int) TO rls_iso_app;
 SQL
 )
-[ $? -eq 0 ] || { echo "Bail out! setup failed: $setup"; exit 1; }
+[ $? -eq 0 ] || bail "setup failed: $setup"
 
 pids=() outs=()
 for s in $(seq 0 $((SESSIONS - 1))); do
-    out=$(mktemp)
+    out=$(mktemp "$TMP/session.XXXXXX")
     outs+=("$out")
     seedf=$(awk -v a="$SEED" -v s="$s" 'BEGIN { printf "%.9f", ((a * 7 + s * 104729) % 1000003) / 1000003 }')
     "${PSQL[@]}" -d $DB -c "SET client_min_messages = error" -c "SET ROLE rls_iso_app" \
@@ -131,27 +133,18 @@ for s in $(seq 0 $((SESSIONS - 1))); do
     pids+=($!)
 done
 for i in "${!pids[@]}"; do
-    if wait "${pids[$i]}"; then
-        echo "ok $((i + 1)) - session $i: $STEPS random steps matched the shadow copy"
-    else
-        echo "not ok $((i + 1)) - session $i"
-        sed 's/^/# /' "${outs[$i]}"
-    fi
+    wait "${pids[$i]}"; rc=$?
+    ok $rc "session $i: $STEPS random steps matched the shadow copy"
+    [ $rc -eq 0 ] || sed 's/^/# /' "${outs[$i]}"
     rm -f "${outs[$i]}"
 done
 
 diff=$("${PSQL[@]}" -d $DB -c "SELECT count(*) FROM ((TABLE items EXCEPT TABLE expected) UNION ALL (TABLE expected EXCEPT TABLE items)) d")
 rows=$("${PSQL[@]}" -d $DB -c "SELECT count(*) FROM items")
-if [ "$diff" = 0 ]; then
-    echo "ok $((SESSIONS + 1)) - final table ($rows rows) equals the shadow copy"
-else
-    echo "not ok $((SESSIONS + 1)) - final table differs from the shadow copy in $diff rows"
-fi
+is "final table ($rows rows) equals the shadow copy (rows that differ)" "$diff" 0
 foreign=$("${PSQL[@]}" -d $DB -c "SELECT count(*) FROM items i WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.id = i.tenant_id)")
-if [ "$foreign" = 0 ] && [ "$rows" -gt 0 ]; then
-    echo "ok $((SESSIONS + 2)) - every row carries a registered tenant"
-else
-    echo "not ok $((SESSIONS + 2)) - unexpected tenants ($foreign) or empty table"
-fi
+[ "$foreign" = 0 ] && [ "$rows" -gt 0 ]
+ok $? "every row carries a registered tenant (unexpected tenants: $foreign, rows: $rows)"
 
 "${PSQL[@]}" -d postgres -c "DROP DATABASE $DB" -c "DROP ROLE rls_iso_app" >/dev/null
+tap_end

@@ -6,18 +6,15 @@
 # application role makes up take no room, shared memory is left for the
 # rest of the server, and a reset frees the entries.
 set -u
-source "$(dirname "$0")/own_server.bash"
-DIR=$TN_WORK/security-shadow
-port=$(for p in $(seq 56300 56400); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; break; }; done)
-q() { psql -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$port" -d postgres "$@"; }
-cleanup() { "$BINDIR/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1; rm -rf "$DIR"; }
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
+tap_tmpdir DIR security-shadow
+port=$(tap_free_port)
+q() { psql_at "$DIR" "$port" -d postgres "$@"; }
 
-echo "1..9"
-mkdir -p "$DIR"
+plan 9
 own_server_start "$DIR/data" "$port" "$DIR" "shared_preload_libraries = 'tenancy'" \
     "tenancy.shadow_max_tables = 16" "tenancy.worker_enabled = off"
-check 1 "a server with tenancy.shadow_max_tables = 16 starts" "16" "$(q -c 'SHOW tenancy.shadow_max_tables')"
+expect "a server with tenancy.shadow_max_tables = 16 starts" "16" "$(q -c 'SHOW tenancy.shadow_max_tables')"
 
 # 20 tables in shadow mode, each read by an application role without a
 # tenant: every row diverges.
@@ -38,13 +35,13 @@ SQL
 read_all='SET ROLE shadow_app;
 DO $$ BEGIN FOR i IN 1..20 LOOP EXECUTE format($q$SELECT count(*) FROM s%s$q$, i); END LOOP; END $$;'
 q -c "$read_all" >/dev/null
-check 2 "16 of 20 shadow tables counted: the hash does not grow" "16" \
+expect "16 of 20 shadow tables counted: the hash does not grow" "16" \
     "$(q -c 'SELECT count(*) FROM tenancy.shadow_stats')"
-check 3 "the other 4 tables' rows and divergences are reported as dropped" "8|8" \
+expect "the other 4 tables' rows and divergences are reported as dropped" "8|8" \
     "$(q -c 'SELECT rows_dropped || $$|$$ || divergences_dropped FROM tenancy.shadow_stats_dropped()')"
 uncounted=$(q -c "SELECT relname FROM pg_class WHERE relname ~ '^s[0-9]+$'
                   AND oid NOT IN (SELECT relation FROM tenancy.shadow_stats) ORDER BY oid LIMIT 1")
-check 4 "verify() on a table that did not fit: shadow counters incomplete" \
+expect "verify() on a table that did not fit: shadow counters incomplete" \
     "failure|shadow counters incomplete: 8 rows" \
     "$(q -c "SELECT status || '|' || substr(detail, 1, 34) FROM tenancy.verify('$uncounted')
              WHERE check_name = 'shadow_divergence'")"
@@ -53,17 +50,18 @@ check 4 "verify() on a table that did not fit: shadow counters incomplete" \
 out=$(q -c "SET ROLE shadow_app" \
         -c "SELECT count(*) FROM generate_series(1, 100000) g
             WHERE tenancy.shadow_read((3000000000 + g)::oid::regclass, NULL::uuid)" 2>&1)
-check 5 "100,000 made-up OIDs from an application role: no error" "100000" "$out"
-check 6 "and no entry: still 16 tables counted, nothing more dropped" "16|8" \
+expect "100,000 made-up OIDs from an application role: no error" "100000" "$out"
+expect "and no entry: still 16 tables counted, nothing more dropped" "16|8" \
     "$(q -c 'SELECT (SELECT count(*) FROM tenancy.shadow_stats) || $$|$$ || rows_dropped FROM tenancy.shadow_stats_dropped()')"
 out=$(q -c "BEGIN" -c "SELECT count(pg_advisory_xact_lock(g)) FROM generate_series(1, 4000) g" -c "COMMIT" 2>&1)
-check 7 "4,000 advisory locks in one transaction still fit in shared memory" "4000" "$out"
+expect "4,000 advisory locks in one transaction still fit in shared memory" "4000" "$out"
 
 # A reset frees the entries and clears what was dropped; the tables that
 # did not fit are then counted.
 q -c "SELECT tenancy.reset_shadow_stats()" >/dev/null
-check 8 "reset_shadow_stats(): no entry, nothing dropped" "0|0" \
+expect "reset_shadow_stats(): no entry, nothing dropped" "0|0" \
     "$(q -c 'SELECT (SELECT count(*) FROM tenancy.shadow_stats) || $$|$$ || rows_dropped FROM tenancy.shadow_stats_dropped()')"
 q -c "SET ROLE shadow_app" -c "SELECT count(*) FROM $uncounted" >/dev/null
-check 9 "a table that did not fit before is counted after the reset" "1" \
+expect "a table that did not fit before is counted after the reset" "1" \
     "$(q -c "SELECT count(*) FROM tenancy.shadow_stats WHERE relation = '$uncounted'::regclass AND rows_hidden = 2")"
+tap_end

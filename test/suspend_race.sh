@@ -7,6 +7,7 @@
 # sessions on a database of its own, driven over fifos; every wait is bounded
 # by a marker the session echoes after each batch.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 
 PLAN=6
 DB=tenancy_suspend_race
@@ -14,66 +15,23 @@ APP=tenancy_suspend_race_app
 A=52000000-0000-4000-8000-00000000000a
 TIMEOUT=${RACE_TIMEOUT:-30}
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/tenancy-race.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
-declare -a CW=() CR=() CPID=() MARK=()
-
-admin() { local db=$1; shift; PGOPTIONS="-c client_min_messages=warning" psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"; }
+TAP_TIMEOUT=$TIMEOUT
 cleanup() {
-    local fd pid i
-    for fd in "${CW[@]}" "${CR[@]}"; do exec {fd}>&- 2>/dev/null; done
-    for pid in "${CPID[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${CPID[@]}"; do
-        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-    done
     admin postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" </dev/null >/dev/null
-    rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+tap_at_exit cleanup
 
-n=0
-bail() { echo "Bail out! $*"; exit 1; }
-is() {
-    n=$((n + 1))
-    if [ "$2" = "$3" ]; then echo "ok $n - $1"
-    else echo "not ok $n - $1"; printf '#   got:  %s\n#   want: %s\n' "$(printf '%s' "$2" | tr '\n' '|')" "$3"
-    fi
-}
-
-# start_client N ROLE: a psql session reading fifo c<N>.in
-start_client() {
-    local i=$1 role=$2 fd
-    mkfifo "$TMP/c$i.in" "$TMP/c$i.out" || bail "mkfifo failed"
-    stdbuf -oL -eL psql -X -q -A -t -v VERBOSITY=terse -U "$role" -d "$DB" \
-        <"$TMP/c$i.in" >"$TMP/c$i.out" 2>&1 &
-    CPID[i]=$!
-    exec {fd}>"$TMP/c$i.in"; CW[i]=$fd
-    exec {fd}<"$TMP/c$i.out"; CR[i]=$fd
-}
-seq_no=0
+# start_client N ROLE: a psql session of ROLE on the test database
+start_client() { client_start "$1" -U "$2" -d "$DB"; }
 # q N SQL...: run the lines, wait for the marker; output in OUT, last SQLSTATE in STATE
-q() {
-    local i=$1 line deadline; shift
-    seq_no=$((seq_no + 1)); MARK[i]="@@$seq_no@@"
-    printf '%s\n' "$@" "\\echo ${MARK[i]} :SQLSTATE" >&"${CW[i]}" || bail "session $i is gone"
-    OUT=; deadline=$((SECONDS + TIMEOUT))
-    while [ "$SECONDS" -le "$deadline" ]; do
-        IFS= read -r -t "$TIMEOUT" line <&"${CR[i]}" || bail "session $i: no answer within ${TIMEOUT}s"
-        case $line in
-            "${MARK[i]} "*) STATE=${line#"${MARK[i]} "}; OUT=${OUT%$'\n'}; return 0 ;;
-            *) OUT+=$line$'\n' ;;
-        esac
-    done
-    bail "session $i: no marker within ${TIMEOUT}s"
-}
+q() { client_q "$@"; }
 
 admin postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP ROLE IF EXISTS $APP" \
     -c "CREATE ROLE $APP LOGIN" -c "CREATE DATABASE $DB" </dev/null >/dev/null || bail "cannot create $DB"
 admin "$DB" -c "CREATE EXTENSION tenancy" \
     -c "SELECT tenancy.create_tenant('race-a', 'A', '$A')" </dev/null >/dev/null || bail "cannot set up $DB"
 
-echo "1..$PLAN"
+plan $PLAN
 start_client 1 "$APP"        # the application
 start_client 2 "$PGUSER"     # the administrator
 
@@ -105,3 +63,4 @@ q 1 "BEGIN ISOLATION LEVEL REPEATABLE READ;" "SELECT 1;"
 q 2 "SELECT tenancy.create_tenant('race-c', 'C', '52000000-0000-4000-8000-00000000000c');"
 q 1 "SELECT 'set=' || tenancy.set_tenant('race-c');" "COMMIT;"
 is "a tenant created after the snapshot was taken can be set" "$OUT" "set=52000000-0000-4000-8000-00000000000c"
+tap_end

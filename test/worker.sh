@@ -5,17 +5,11 @@
 # DATABASE is not blocked by the worker.  Runs on the preloaded TAP cluster
 # (test/preload.conf: tenancy.worker_interval = 1); reads its server log.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 LOG=$TN_WORK/tap/server.log
 DB=worker_tap_db
 MISSING=worker_tap_missing
 q() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
-n=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi; }
-# wait_for SECONDS COMMAND...: poll every 0.1 s until COMMAND succeeds.
-wait_for() {
-    local deadline=$((SECONDS + $1)); shift
-    until "$@"; do [ $SECONDS -ge $deadline ] && return 1; sleep 0.1; done
-}
 log_count() { grep -c -- "$1" "$LOG" || true; }
 log_has() { [ "$(log_count "$1")" -ge 1 ]; }
 cleanup() {
@@ -23,9 +17,9 @@ cleanup() {
       -c "ALTER SYSTEM RESET log_min_messages" -c "SELECT pg_reload_conf()" >/dev/null
     "$TN_BINDIR/dropdb" --if-exists "$DB" 2>/dev/null
 }
-trap cleanup EXIT
+tap_at_exit cleanup
 
-echo "1..8"
+plan 8
 "$TN_BINDIR/createdb" "$DB"
 q -d postgres -c "ALTER SYSTEM SET log_min_messages = 'log'" \
   -c "ALTER SYSTEM SET tenancy.worker_databases = 'tenancy_tap,$DB,$MISSING'" \
@@ -69,3 +63,4 @@ ok $? "the dropped database is reported as missing"
 
 [ "$(q -d postgres -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'tenancy launcher'")" = 1 ]
 ok $? "the launcher is still running"
+tap_end

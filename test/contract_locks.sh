@@ -3,10 +3,9 @@
 # lock_timeout, retries with backoff, and gives up with 55P03 after
 # max_attempts having changed nothing; once the lock goes away it finishes.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 q() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
-echo "1..6"
-t=0
-check() { t=$((t + 1)); if [ "$1" = "$2" ]; then echo "ok $t - $3"; else echo "not ok $t - $3"; echo "#   got: '$1', expected: '$2'"; fi; }
+plan 6
 
 q <<'SQL'
 CREATE EXTENSION tenancy;
@@ -27,19 +26,20 @@ hold() {
 
 hold 5
 out=$(psql -X -q -v VERBOSITY=verbose -c "CALL tenancy.enforce_not_null('ready_locks_t', lock_timeout => '100ms', max_attempts => 2)" 2>&1)
-check "$(echo "$out" | grep -o '55P03' | head -1)" "55P03" "gives up with 55P03 while a reader holds the table"
-check "$(echo "$out" | grep -c 'Step 1 of 4 (add_check) did not run')" "1" "the error says which step did not run"
-check "$(q -c "SELECT count(*) FROM pg_constraint WHERE conrelid = 'ready_locks_t'::regclass AND contype = 'c'")" "0" "nothing was added"
-check "$(q -c "SELECT count(*) FROM tenancy.contract_log")" "0" "nothing was recorded"
+is "gives up with 55P03 while a reader holds the table" "$(echo "$out" | grep -o '55P03' | head -1)" "55P03"
+is "the error says which step did not run" "$(echo "$out" | grep -c 'Step 1 of 4 (add_check) did not run')" "1"
+is "nothing was added" "$(q -c "SELECT count(*) FROM pg_constraint WHERE conrelid = 'ready_locks_t'::regclass AND contype = 'c'")" "0"
+is "nothing was recorded" "$(q -c "SELECT count(*) FROM tenancy.contract_log")" "0"
 q -c "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE application_name = 'ready_locks_holder'" >/dev/null
 wait "$holder" 2>/dev/null
 
 hold 1
 q -c "CALL tenancy.enforce_not_null('ready_locks_t', lock_timeout => '100ms', max_attempts => 20)" 2>&1
-check "$(q -c "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'ready_locks_t'::regclass AND attname = 'tenant_id'")" "t" \
-      "retries until the reader is gone, then finishes"
-check "$(q -c "SELECT string_agg(step, ',' ORDER BY id) FROM tenancy.contract_log")" "add_check,validate_check,set_not_null,drop_check" \
-      "every step is recorded once"
+is "retries until the reader is gone, then finishes" \
+   "$(q -c "SELECT attnotnull FROM pg_attribute WHERE attrelid = 'ready_locks_t'::regclass AND attname = 'tenant_id'")" "t"
+is "every step is recorded once" \
+   "$(q -c "SELECT string_agg(step, ',' ORDER BY id) FROM tenancy.contract_log")" "add_check,validate_check,set_not_null,drop_check"
 wait "$holder" 2>/dev/null
 
 q -c "DROP EXTENSION tenancy CASCADE; DROP TABLE ready_locks_t;"
+tap_end
