@@ -1113,6 +1113,9 @@ BEGIN
         -- them: cross_tenant_reference's one-line fix through one key would
         -- break the other, so it gives none for the keys involved.  One row
         -- per pair of keys; no row for a table with fewer than two keys.
+        -- Keys declared on partitions count (foreign_keys()): a pair of
+        -- keys on the same partition, or one on the table and one on a
+        -- partition, is compared on that partition.
         check_name := 'conflicting_parents'; bad := 0; cnt := 0; conflicted := '{}';
         SELECT string_agg(format('x.%I', a.attname), ', ' ORDER BY k.i),
                '(' || string_agg(quote_ident(a.attname), ', ' ORDER BY k.i) || ')'
@@ -1122,34 +1125,31 @@ BEGIN
          WHERE i.indrelid = r.rel AND i.indisprimary AND a.attrelid = r.rel;
         FOR f IN
             WITH fk AS (
-                SELECT c.conname, c.conkey, c.confkey, c.confrelid::regclass AS parent,
+                SELECT k.conoid, k.conname, k.partition, k.cols, k.refcols, k.confrelid AS parent,
                        pt.column_name AS pcol, pa.atttypid AS ptype
-                FROM pg_constraint c
-                JOIN tenancy.tables pt ON pt.relation = c.confrelid
-                JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                FROM tenancy.foreign_keys(r.rel) k
+                JOIN tenancy.tables pt ON pt.relation = k.confrelid
+                JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attname = pt.column_name
                                     AND pa.attnum > 0 AND NOT pa.attisdropped
-                WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
             )
             SELECT a.conname AS con1, b.conname AS con2, a.parent AS parent1, b.parent AS parent2,
+                   coalesce(a.partition, b.partition, r.rel) AS src,
                    CASE WHEN a.ptype = b.ptype THEN format('p1.%I <> p2.%I', a.pcol, b.pcol)
                         ELSE format('p1.%I::text <> p2.%I::text', a.pcol, b.pcol) END AS cond,
-                   (SELECT string_agg(format('x.%I = p1.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
-                    FROM unnest(a.conkey, a.confkey) WITH ORDINALITY AS k(ck, pk, i)
-                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
-                    JOIN pg_attribute ra ON ra.attrelid = a.parent AND ra.attnum = k.pk) AS join1,
-                   (SELECT string_agg(format('x.%I = p2.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
-                    FROM unnest(b.conkey, b.confkey) WITH ORDINALITY AS k(ck, pk, i)
-                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
-                    JOIN pg_attribute ra ON ra.attrelid = b.parent AND ra.attnum = k.pk) AS join2
-            FROM fk a JOIN fk b ON a.conname < b.conname
-            ORDER BY a.conname, b.conname
+                   (SELECT string_agg(format('x.%I = p1.%I', u.ck, u.pk), ' AND ' ORDER BY u.i)
+                    FROM unnest(a.cols, a.refcols) WITH ORDINALITY AS u(ck, pk, i)) AS join1,
+                   (SELECT string_agg(format('x.%I = p2.%I', u.ck, u.pk), ' AND ' ORDER BY u.i)
+                    FROM unnest(b.cols, b.refcols) WITH ORDINALITY AS u(ck, pk, i)) AS join2
+            FROM fk a JOIN fk b ON (a.conname, a.conoid) < (b.conname, b.conoid)
+            WHERE a.partition IS NULL OR b.partition IS NULL OR a.partition = b.partition
+            ORDER BY coalesce(a.partition, b.partition, r.rel)::text, a.conname, b.conname
         LOOP
             cnt := cnt + 1;
             txt := current_setting('enable_nestloop');
             PERFORM set_config('enable_nestloop', 'off', true);
             txt2 := format(' FROM %s x JOIN %s p1 ON %s JOIN %s p2 ON %s WHERE %s',
-                           r.rel, f.parent1, f.join1, f.parent2, f.join2, f.cond);
-            qrel := r.rel;
+                           f.src, f.parent1, f.join1, f.parent2, f.join2, f.cond);
+            qrel := f.src;
             BEGIN
                 n := (tenancy.table_query(qrel, NULL,
                           format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
@@ -1187,7 +1187,8 @@ BEGIN
                 bad := bad + 1;
                 conflicted := conflicted || ARRAY[f.con1::text, f.con2::text];
                 status := 'failure'; rows_affected := n; fix := NULL;
-                detail := format('%s%s rows reference through %I a row of %s and through %I a row of %s whose tenants differ (%s %s %s): no tenant is right for both, so a person must decide, row by row, which parent the row keeps and change the other reference; no fix is suggested',
+                detail := format('%s%s%s rows reference through %I a row of %s and through %I a row of %s whose tenants differ (%s %s %s): no tenant is right for both, so a person must decide, row by row, which parent the row keeps and change the other reference; no fix is suggested',
+                                 CASE WHEN f.src <> r.rel THEN format('partition %s: ', f.src) ELSE '' END,
                                  CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n, f.con1, f.parent1, f.con2, f.parent2,
                                  CASE WHEN n > 5 THEN 'for example' ELSE 'namely' END,
                                  coalesce(keynames, 'ctid'), txt2);
