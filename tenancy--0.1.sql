@@ -1293,8 +1293,9 @@ BEGIN
                               f.child, r.col, f.pcol, f.parent, f.joincond, cond);
                 IF f.conname = ANY (conflicted) THEN
                     -- the parents disagree for some rows (conflicting_parents)
-                    detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
-                                     atleast, n, f.conname, f.parent);
+                    detail := format('%s%s rows %sreference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
+                                     atleast, n, CASE WHEN f.partition IS NOT NULL THEN format('of partition %s ', f.partition) ELSE '' END,
+                                     f.conname, f.parent);
                     fix := NULL;
                 END IF;
                 RETURN NEXT;
@@ -1423,13 +1424,16 @@ BEGIN
         fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'enforce');
         IF r.stage IN ('enforce', 'contract') THEN
             status := 'ok'; detail := format('stage %s: the policy is enforced', r.stage); fix := NULL;
-        ELSIF r.stage IN ('migrating', 'shadow') THEN
+        ELSIF r.stage = 'shadow' THEN
             status := 'warning';
-            detail := format('stage %s: the policy does not hide rows yet; enforce once shadow divergences are drained', r.stage);
+            detail := 'stage shadow: the policy hides no rows yet; then migrating while the backfill runs, and enforce once it is finished and the shadow divergences are drained';
+        ELSIF r.stage = 'migrating' THEN
+            status := 'warning';
+            detail := 'stage migrating: rows not backfilled yet are visible to every tenant; enforce once the backfill is finished and the shadow divergences are drained';
         ELSE
             status := 'failure';
-            detail := format('stage %s: the table is not protected yet; finish the backfill, then migrating, shadow and enforce', r.stage);
-            fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'migrating');
+            detail := format('stage %s: the table is not protected yet; shadow first, then migrating while the backfill runs, and enforce once it is finished', r.stage);
+            fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'shadow');
         END IF;
         RETURN NEXT;
 
@@ -4156,7 +4160,7 @@ BEGIN
         IF mode IS NULL OR mode <> ALL (ARRAY['migrating', 'shadow', 'enforce']) THEN
             RAISE EXCEPTION 'unknown row level security mode "%"', mode
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'The modes are migrating, shadow and enforce.';
+                      HINT = 'The modes are shadow, migrating and enforce.';
         END IF;
         -- Only what enable_rls() records (rls_record() is executable by
         -- every role, and the worker and verify() trust this table): a table
@@ -4312,7 +4316,7 @@ BEGIN
     IF mode IS NULL OR mode <> ALL (ARRAY['migrating', 'shadow', 'enforce']) THEN
         RAISE EXCEPTION 'unknown row level security mode "%"', coalesce(mode, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The modes are migrating, shadow and enforce.';
+                  HINT = 'The modes are shadow, migrating and enforce.';
     END IF;
     IF mode = 'shadow' THEN
         PERFORM tenancy.shadow_require_preload();
@@ -4755,7 +4759,7 @@ CREATE FUNCTION tenancy.set_mode(tbl regclass, mode text) RETURNS text
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT tenancy.rls_run(tenancy.rls_mode_stmts(tbl, mode));
 $$;
-COMMENT ON FUNCTION tenancy.set_mode(regclass, text) IS 'switch the tenant policy of a table to migrating, shadow or enforce, in one transaction; returns the DDL it ran';
+COMMENT ON FUNCTION tenancy.set_mode(regclass, text) IS 'switch the tenant policy of a table to shadow, migrating or enforce, in one transaction; returns the DDL it ran';
 
 CREATE FUNCTION tenancy.rls_disable_stmts(tbl regclass) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
