@@ -578,16 +578,102 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name) IS 'refuse a contract step while the foreign key or index it swaps in is missing or not valid, or a primary key column is nullable';
 
+-- The guard of a contract step that swaps in or attaches an index a step
+-- before built under a name the plan chose (CREATE ... IF NOT EXISTS skips
+-- an index the table's owner may have made under that name first): the
+-- index must be the one the plan builds, read from pg_index as it is (never
+-- through the relcache, which evaluates predicates and expressions).  kind:
+-- 'unique_index' or 'index'; key_columns: its key columns (or expressions)
+-- in order as pg_get_indexdef() shows them, the tenant column first;
+-- original: the index it replaces, whose INCLUDE columns, predicate and
+-- access method it must have (NULL: none of them, btree).
+CREATE FUNCTION tenancy.contract_guard(rel regclass, kind text, object_name name, key_columns text[], original regclass)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    i      record;
+    o      record;
+    hint   text := 'Drop or rename the index of that name (the plan did not build it), then run the plan again.';
+BEGIN
+    IF kind IS NULL OR kind NOT IN ('unique_index', 'index') THEN
+        RAISE EXCEPTION 'unknown object kind "%"', kind
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds of an index shape guard are unique_index and index.';
+    END IF;
+    SELECT x.indisunique, x.indisvalid AND x.indisready AND x.indislive AS usable, ic.relam,
+           ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) FROM generate_series(1, x.indnkeyatts) k) AS keys,
+           ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) FROM generate_series(x.indnkeyatts + 1, x.indnatts) k) AS incs,
+           pg_get_expr(x.indpred, x.indrelid, true) AS pred
+      INTO i
+      FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
+     WHERE x.indrelid = rel AND ic.relname = object_name;
+    IF NOT FOUND OR NOT i.usable THEN
+        RAISE EXCEPTION 'index % of % is missing or not valid', quote_ident(object_name), rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The index it replaces is left in place.',
+                  HINT = 'Run the step that creates it first (drop an invalid index an interrupted CREATE INDEX CONCURRENTLY left, then run it again).';
+    END IF;
+    IF original IS NULL THEN
+        SELECT am.oid AS relam, '{}'::text[] AS incs, NULL::text AS pred INTO o FROM pg_am am WHERE am.amname = 'btree';
+    ELSE
+        SELECT ic.relam,
+               ARRAY(SELECT pg_get_indexdef(x.indexrelid, k, true) FROM generate_series(x.indnkeyatts + 1, x.indnatts) k) AS incs,
+               pg_get_expr(x.indpred, x.indrelid, true) AS pred
+          INTO o
+          FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
+         WHERE x.indexrelid = original;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '% is not an index', original
+                USING ERRCODE = 'wrong_object_type';
+        END IF;
+    END IF;
+    IF i.indisunique IS DISTINCT FROM (kind = 'unique_index') THEN
+        RAISE EXCEPTION 'index % of % is %unique', quote_ident(object_name), rel,
+                        CASE WHEN i.indisunique THEN '' ELSE 'not ' END
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The contract step uses only the index the plan builds; the one it replaces is left in place.',
+                  HINT = hint;
+    ELSIF i.keys IS DISTINCT FROM key_columns THEN
+        RAISE EXCEPTION 'index % of % has the key columns (%), not (%)', quote_ident(object_name), rel,
+                        array_to_string(i.keys, ', '), array_to_string(key_columns, ', ')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The contract step uses only the index the plan builds; the one it replaces is left in place.',
+                  HINT = hint;
+    ELSIF i.incs IS DISTINCT FROM o.incs THEN
+        RAISE EXCEPTION 'index % of % has the INCLUDE columns (%), not (%)', quote_ident(object_name), rel,
+                        array_to_string(i.incs, ', '), array_to_string(o.incs, ', ')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The contract step uses only the index the plan builds; the one it replaces is left in place.',
+                  HINT = hint;
+    ELSIF i.pred IS DISTINCT FROM o.pred THEN
+        RAISE EXCEPTION 'index % of % has the predicate %, not %', quote_ident(object_name), rel,
+                        coalesce(i.pred, 'none'), coalesce(o.pred, 'none')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The contract step uses only the index the plan builds; the one it replaces is left in place.',
+                  HINT = hint;
+    ELSIF i.relam IS DISTINCT FROM o.relam THEN
+        RAISE EXCEPTION 'index % of % uses the access method %, not %', quote_ident(object_name), rel,
+                        (SELECT am.amname FROM pg_am am WHERE am.oid = i.relam),
+                        (SELECT am.amname FROM pg_am am WHERE am.oid = o.relam)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The contract step uses only the index the plan builds; the one it replaces is left in place.',
+                  HINT = hint;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.contract_guard(regclass, text, name, text[], regclass) IS 'refuse a contract step while the index it swaps in or attaches is missing, not valid, or not the shape the plan builds (uniqueness, key columns, INCLUDE, predicate, access method)';
+
 -- The partitions of a partitioned table, at every level (parents first),
 -- for the contract steps that build an index on each partition
 -- CONCURRENTLY and attach it to an index made ON ONLY its parent: each with
 -- the name of its own new index (the name of its index attached to
 -- old_index, else its name and base, then suffix, through object_name()),
 -- the index it attaches to (root_index for rel's own partitions) and, when
--- it has one, the constraint of its index attached to old_index.
+-- it has one, the constraint of its index attached to old_index (and
+-- that index).
 CREATE FUNCTION tenancy.partition_indexes(rel regclass, old_index regclass, base text, suffix text, root_index name)
 RETURNS TABLE (part regclass, relkind "char", nsp name, index_name name, parent_nsp name, parent_index name,
-               old_con name, level integer)
+               old_con name, level integer, old_idx regclass)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE tree (part, parent, old_idx, parent_index, level) AS (
         SELECT ih.inhrelid, rel::oid,
@@ -609,7 +695,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                         c.relname || '_' || base), suffix)::name,
            pn.nspname, t.parent_index,
            (SELECT con.conname FROM pg_constraint con WHERE con.conindid = t.old_idx AND con.conrelid = t.part),
-           t.level
+           t.level, t.old_idx::regclass
       FROM tree t
       JOIN pg_class c ON c.oid = t.part
       JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -626,9 +712,13 @@ COMMENT ON FUNCTION tenancy.partition_indexes(regclass, regclass, text, text, na
 -- the parent's index is valid.  tail: the columns, INCLUDE, NULLS NOT
 -- DISTINCT and WHERE, as SQL.  Each step is rerun-safe (IF NOT EXISTS; an
 -- attached index attaches again as a no-op); the non-concurrent ones start
--- with SET LOCAL lock_timeout = lt.
+-- with SET LOCAL lock_timeout = lt.  keys: the key columns as
+-- pg_get_indexdef() shows them, for contract_guard(): each partition's
+-- index is checked before it is attached, and the attach (which makes
+-- PostgreSQL load the indexes' predicates and expressions) runs as the
+-- partition's owner, through table_exec().
 CREATE FUNCTION tenancy.partitioned_index_steps(rel regclass, old_index regclass, index_name name, base text,
-                                                suffix text, is_unique boolean, tail text, lt text)
+                                                suffix text, is_unique boolean, tail text, lt text, keys text[])
 RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_array(jsonb_build_object(
@@ -652,12 +742,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 'undo', format('DROP INDEX IF EXISTS %I.%I', p.nsp, p.index_name))),
         (2, jsonb_build_object(
                 'rel', p.part::text, 'action', 'attach_partition_index',
-                'sql', format('SET LOCAL lock_timeout = %L; ALTER INDEX %I.%I ATTACH PARTITION %I.%I',
-                              lt, p.parent_nsp, p.parent_index, p.nsp, p.index_name),
+                'sql', format('SET LOCAL lock_timeout = %L; %sSELECT tenancy.table_exec(%L, NULL, %L)',
+                              lt,
+                              CASE WHEN p.relkind = 'r'
+                                   THEN format('SELECT tenancy.contract_guard(%L, %L, %L, %L, %L); ',
+                                               p.part::text, CASE WHEN is_unique THEN 'unique_index' ELSE 'index' END,
+                                               p.index_name, keys::text, p.old_idx::text)
+                                   ELSE '' END,
+                              p.part::text,
+                              format('ALTER INDEX %I.%I ATTACH PARTITION %I.%I',
+                                     p.parent_nsp, p.parent_index, p.nsp, p.index_name)),
                 'undo', NULL))
     ) x(n, step);
 $$;
-COMMENT ON FUNCTION tenancy.partitioned_index_steps(regclass, regclass, name, text, text, boolean, text, text) IS 'contract steps building an index on a partitioned table: ON ONLY the parent, CONCURRENTLY per partition, attached';
+COMMENT ON FUNCTION tenancy.partitioned_index_steps(regclass, regclass, name, text, text, boolean, text, text, text[]) IS 'contract steps building an index on a partitioned table: ON ONLY the parent, CONCURRENTLY per partition, attached';
 
 ------------------------------------------------------------------------------
 -- Shared tables: reference data every tenant reads (films, countries, ...).
@@ -1040,6 +1138,9 @@ BEGIN
         -- them: cross_tenant_reference's one-line fix through one key would
         -- break the other, so it gives none for the keys involved.  One row
         -- per pair of keys; no row for a table with fewer than two keys.
+        -- Keys declared on partitions count (foreign_keys()): a pair of
+        -- keys on the same partition, or one on the table and one on a
+        -- partition, is compared on that partition.
         check_name := 'conflicting_parents'; bad := 0; cnt := 0; conflicted := '{}';
         SELECT string_agg(format('x.%I', a.attname), ', ' ORDER BY k.i),
                '(' || string_agg(quote_ident(a.attname), ', ' ORDER BY k.i) || ')'
@@ -1049,34 +1150,31 @@ BEGIN
          WHERE i.indrelid = r.rel AND i.indisprimary AND a.attrelid = r.rel;
         FOR f IN
             WITH fk AS (
-                SELECT c.conname, c.conkey, c.confkey, c.confrelid::regclass AS parent,
+                SELECT k.conoid, k.conname, k.partition, k.cols, k.refcols, k.confrelid AS parent,
                        pt.column_name AS pcol, pa.atttypid AS ptype
-                FROM pg_constraint c
-                JOIN tenancy.tables pt ON pt.relation = c.confrelid
-                JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                FROM tenancy.foreign_keys(r.rel) k
+                JOIN tenancy.tables pt ON pt.relation = k.confrelid
+                JOIN pg_attribute pa ON pa.attrelid = k.confrelid AND pa.attname = pt.column_name
                                     AND pa.attnum > 0 AND NOT pa.attisdropped
-                WHERE c.contype = 'f' AND c.conrelid = r.rel AND c.conparentid = 0
             )
             SELECT a.conname AS con1, b.conname AS con2, a.parent AS parent1, b.parent AS parent2,
+                   coalesce(a.partition, b.partition, r.rel) AS src,
                    CASE WHEN a.ptype = b.ptype THEN format('p1.%I <> p2.%I', a.pcol, b.pcol)
                         ELSE format('p1.%I::text <> p2.%I::text', a.pcol, b.pcol) END AS cond,
-                   (SELECT string_agg(format('x.%I = p1.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
-                    FROM unnest(a.conkey, a.confkey) WITH ORDINALITY AS k(ck, pk, i)
-                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
-                    JOIN pg_attribute ra ON ra.attrelid = a.parent AND ra.attnum = k.pk) AS join1,
-                   (SELECT string_agg(format('x.%I = p2.%I', ca.attname, ra.attname), ' AND ' ORDER BY k.i)
-                    FROM unnest(b.conkey, b.confkey) WITH ORDINALITY AS k(ck, pk, i)
-                    JOIN pg_attribute ca ON ca.attrelid = r.rel AND ca.attnum = k.ck
-                    JOIN pg_attribute ra ON ra.attrelid = b.parent AND ra.attnum = k.pk) AS join2
-            FROM fk a JOIN fk b ON a.conname < b.conname
-            ORDER BY a.conname, b.conname
+                   (SELECT string_agg(format('x.%I = p1.%I', u.ck, u.pk), ' AND ' ORDER BY u.i)
+                    FROM unnest(a.cols, a.refcols) WITH ORDINALITY AS u(ck, pk, i)) AS join1,
+                   (SELECT string_agg(format('x.%I = p2.%I', u.ck, u.pk), ' AND ' ORDER BY u.i)
+                    FROM unnest(b.cols, b.refcols) WITH ORDINALITY AS u(ck, pk, i)) AS join2
+            FROM fk a JOIN fk b ON (a.conname, a.conoid) < (b.conname, b.conoid)
+            WHERE a.partition IS NULL OR b.partition IS NULL OR a.partition = b.partition
+            ORDER BY coalesce(a.partition, b.partition, r.rel)::text, a.conname, b.conname
         LOOP
             cnt := cnt + 1;
             txt := current_setting('enable_nestloop');
             PERFORM set_config('enable_nestloop', 'off', true);
             txt2 := format(' FROM %s x JOIN %s p1 ON %s JOIN %s p2 ON %s WHERE %s',
-                           r.rel, f.parent1, f.join1, f.parent2, f.join2, f.cond);
-            qrel := r.rel;
+                           f.src, f.parent1, f.join1, f.parent2, f.join2, f.cond);
+            qrel := f.src;
             BEGIN
                 n := (tenancy.table_query(qrel, NULL,
                           format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
@@ -1114,7 +1212,8 @@ BEGIN
                 bad := bad + 1;
                 conflicted := conflicted || ARRAY[f.con1::text, f.con2::text];
                 status := 'failure'; rows_affected := n; fix := NULL;
-                detail := format('%s%s rows reference through %I a row of %s and through %I a row of %s whose tenants differ (%s %s %s): no tenant is right for both, so a person must decide, row by row, which parent the row keeps and change the other reference; no fix is suggested',
+                detail := format('%s%s%s rows reference through %I a row of %s and through %I a row of %s whose tenants differ (%s %s %s): no tenant is right for both, so a person must decide, row by row, which parent the row keeps and change the other reference; no fix is suggested',
+                                 CASE WHEN f.src <> r.rel THEN format('partition %s: ', f.src) ELSE '' END,
                                  CASE WHEN n = max_rows THEN 'at least ' ELSE '' END, n, f.con1, f.parent1, f.con2, f.parent2,
                                  CASE WHEN n > 5 THEN 'for example' ELSE 'namely' END,
                                  coalesce(keynames, 'ctid'), txt2);
@@ -1219,8 +1318,9 @@ BEGIN
                               f.child, r.col, f.pcol, f.parent, f.joincond, cond);
                 IF f.conname = ANY (conflicted) THEN
                     -- the parents disagree for some rows (conflicting_parents)
-                    detail := format('%s%s rows reference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
-                                     atleast, n, f.conname, f.parent);
+                    detail := format('%s%s rows %sreference through %I a row of %s that belongs to another tenant: once enforced, the reference dangles; for some of these rows the parents disagree with each other (see conflicting_parents), so no fix is suggested: decide those rows first',
+                                     atleast, n, CASE WHEN f.partition IS NOT NULL THEN format('of partition %s ', f.partition) ELSE '' END,
+                                     f.conname, f.parent);
                     fix := NULL;
                 END IF;
                 RETURN NEXT;
@@ -1359,20 +1459,23 @@ BEGIN
         IF pmode = 'enforce' THEN
             status := 'ok'; fix := NULL;
             detail := format('stage %s: the policy is enforced', CASE WHEN r.stage = 'contract' THEN r.stage ELSE pmode END);
-        ELSIF pmode IN ('migrating', 'shadow') THEN
+        ELSIF pmode = 'shadow' THEN
             status := 'warning';
-            detail := format('stage %s: the policy does not hide rows yet; enforce once shadow divergences are drained', pmode);
+            detail := 'stage shadow: the policy hides no rows yet; then migrating while the backfill runs, and enforce once it is finished and the shadow divergences are drained';
+        ELSIF pmode = 'migrating' THEN
+            status := 'warning';
+            detail := 'stage migrating: rows not backfilled yet are visible to every tenant; enforce once the backfill is finished and the shadow divergences are drained';
         ELSIF EXISTS (SELECT 1 FROM pg_policy pp WHERE pp.polrelid = r.rel AND pp.polname = 'tenancy_policy') THEN
             status := 'failure'; fix := NULL;
             detail := format('stage %s is recorded, but policy tenancy_policy was not made by tenancy.enable_rls() (it is not in tenancy.rls_tables): its mode is unknown', r.stage);
         ELSIF r.stage IN ('migrating', 'shadow', 'enforce', 'contract') THEN
             status := 'failure';
             detail := format('stage %s is recorded, but the table carries no tenancy policy: it is not protected', r.stage);
-            fix := format('SELECT tenancy.enable_rls(%L, column_name => %L, mode => %L);', r.rel::text, r.col, 'migrating');
+            fix := format('SELECT tenancy.enable_rls(%L, column_name => %L, mode => %L);', r.rel::text, r.col, 'shadow');
         ELSE
             status := 'failure';
-            detail := format('stage %s: the table is not protected yet; finish the backfill, then migrating, shadow and enforce', r.stage);
-            fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'migrating');
+            detail := format('stage %s: the table is not protected yet; shadow first, then migrating while the backfill runs, and enforce once it is finished', r.stage);
+            fix := format('SELECT tenancy.set_mode(%L, %L);', r.rel::text, 'shadow');
         END IF;
         RETURN NEXT;
 
@@ -2036,6 +2139,8 @@ BEGIN
                    u.conoid, con.conname, con.contype, con.condeferrable, con.condeferred, u.keys,
                    (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
                       FROM generate_series(1, i.indnkeyatts) k) AS keycols,
+                   quote_ident(r.col) || ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
+                                                 FROM generate_series(1, i.indnkeyatts) k) AS keyarr,
                    (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
                       FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
                    pg_get_expr(i.indpred, i.indrelid, true) AS pred
@@ -2085,15 +2190,19 @@ BEGIN
                                                         WHERE con.conrelid = pi.part AND con.conname = pi.index_name) THEN
                         phases[1] := phases[1] || jsonb_build_object(
                             'rel', pi.part::text, 'action', 'add_partition_constraint',
-                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I%s',
-                                          setlt, pi.part, pi.index_name, pi.index_name, acts),
+                            'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); SELECT tenancy.table_exec(%L, NULL, %L)',
+                                          setlt, pi.part::text, 'unique_index', pi.index_name, f.keyarr::text, pi.old_idx::text,
+                                          pi.part::text,
+                                          format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I%s',
+                                                 pi.part, pi.index_name, pi.index_name, acts)),
                             'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, pi.index_name));
                     END IF;
-                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ',
-                                               pi.part::text, 'index', pi.index_name);
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L, %L, %L); ',
+                                               pi.part::text, 'unique_index', pi.index_name, f.keyarr::text, pi.old_idx::text);
                     IF f.contype = 'p' THEN
-                        pks := pks || format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I%s; ',
-                                             pi.part, coalesce(pi.old_con, pi.index_name), pi.index_name, acts);
+                        pks := pks || format('SELECT tenancy.table_exec(%L, NULL, %L); ', pi.part::text,
+                                             format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I%s',
+                                                    pi.part, coalesce(pi.old_con, pi.index_name), pi.index_name, acts));
                     END IF;
                 END LOOP;
                 phases[5] := phases[5] || jsonb_build_object(
@@ -2103,8 +2212,9 @@ BEGIN
                                    THEN format('SELECT tenancy.contract_guard(%L, %L, %L); ', r.rel::text, 'not_null', r.col)
                                    ELSE '' END
                            || format('ALTER TABLE %s DROP CONSTRAINT %I; ', r.rel, f.conname) || pks
-                           || format('ALTER TABLE %s ADD CONSTRAINT %I %s (%I, %s)%s%s', r.rel, f.conname,
-                                     CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, inc, acts),
+                           || format('SELECT tenancy.table_exec(%L, NULL, %L)', r.rel::text,
+                                     format('ALTER TABLE %s ADD CONSTRAINT %I %s (%I, %s)%s%s', r.rel, f.conname,
+                                            CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, inc, acts)),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
                 -- (not a parent index a foreign key can use in step 2: it
@@ -2115,9 +2225,10 @@ BEGIN
                 -- constraint in one step (the index build blocks writes)
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'rebuild_constraint',
-                    'sql', format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
-                                  setlt, r.rel, f.conname, f.conname,
-                                  CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts),
+                    'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt, r.rel::text,
+                                  format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
+                                         r.rel, f.conname, f.conname,
+                                         CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts)),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
                 -- (not a parent index a foreign key can use in step 2: it
@@ -2128,7 +2239,7 @@ BEGIN
                 -- a unique index of a partitioned table: ON ONLY, then each
                 -- partition's CONCURRENTLY, attached
                 FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
-                             r.rel, f.indexrelid::regclass, newname, newname, '_tenant', true, tail, lt)) x LOOP
+                             r.rel, f.indexrelid::regclass, newname, newname, '_tenant', true, tail, lt, f.keyarr)) x LOOP
                     phases[1] := phases[1] || e;
                 END LOOP;
             ELSE
@@ -2144,16 +2255,19 @@ BEGIN
             IF f.contype IN ('p', 'u') THEN
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_constraint',
-                    'sql', format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
-                                  setlt, r.rel, f.conname, f.conname,
-                                  CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts),
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); SELECT tenancy.table_exec(%L, NULL, %L)',
+                                  setlt, r.rel::text, 'unique_index', newname, f.keyarr::text, f.indexrelid::regclass::text,
+                                  r.rel::text,
+                                  format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
+                                         r.rel, f.conname, f.conname,
+                                         CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts)),
                     'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
                                    r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
             ELSE
                 phases[5] := phases[5] || jsonb_build_object(
                     'rel', r.rel::text, 'action', 'swap_index',
-                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
-                                  setlt, r.rel::text, 'index', newname,
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
+                                  setlt, r.rel::text, 'unique_index', newname, f.keyarr::text, f.indexrelid::regclass::text,
                                   r.nsp, f.idxname, r.nsp, newname, f.idxname),
                     'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
                                    r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
@@ -2173,7 +2287,10 @@ BEGIN
                    tenancy.column_list(c.conrelid::regclass, c.confdelsetcols) AS delsetcols,
                    (SELECT string_agg(a.attname, '_' ORDER BY k.i)
                       FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
-                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames
+                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames,
+                   quote_ident(pt.column_name) || ARRAY(SELECT quote_ident(a.attname)
+                      FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
+                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.i) AS refarr
             FROM tenancy.foreign_keys(r.rel) k
             JOIN pg_constraint c ON c.oid = k.conoid
             JOIN pg_class cc ON cc.oid = k.conrelid
@@ -2201,7 +2318,7 @@ BEGIN
                     IF f.prelkind = 'p' THEN
                         FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
                                      f.parent, NULL, idx, f.pcol || '_' || f.refnames, '_key', true,
-                                     format('(%I, %s)', f.pcol, f.refcols), lt)) x LOOP
+                                     format('(%I, %s)', f.pcol, f.refcols), lt, f.refarr)) x LOOP
                             phases[1] := phases[1] || e;
                         END LOOP;
                     ELSE
@@ -2240,7 +2357,8 @@ BEGIN
                 IF f.childkind = 'p' THEN
                     FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
                                  f.child, NULL, idx, r.col || '_' || array_to_string(f.colnames, '_'), '_idx', false,
-                                 format('(%I, %s)', r.col, f.cols), lt)) x LOOP
+                                 format('(%I, %s)', r.col, f.cols), lt,
+                                 ARRAY(SELECT quote_ident(x) FROM unnest(r.col::text || f.colnames::text[]) WITH ORDINALITY u(x, o) ORDER BY o))) x LOOP
                         phases[1] := phases[1] || e;
                     END LOOP;
                 ELSE
@@ -4105,7 +4223,7 @@ BEGIN
         IF mode IS NULL OR mode <> ALL (ARRAY['migrating', 'shadow', 'enforce']) THEN
             RAISE EXCEPTION 'unknown row level security mode "%"', mode
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'The modes are migrating, shadow and enforce.';
+                      HINT = 'The modes are shadow, migrating and enforce.';
         END IF;
         -- Only what enable_rls() records (rls_record() is executable by
         -- every role, and the worker and verify() trust this table): a table
@@ -4261,7 +4379,7 @@ BEGIN
     IF mode IS NULL OR mode <> ALL (ARRAY['migrating', 'shadow', 'enforce']) THEN
         RAISE EXCEPTION 'unknown row level security mode "%"', coalesce(mode, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The modes are migrating, shadow and enforce.';
+                  HINT = 'The modes are shadow, migrating and enforce.';
     END IF;
     IF mode = 'shadow' THEN
         PERFORM tenancy.shadow_require_preload();
@@ -4704,7 +4822,7 @@ CREATE FUNCTION tenancy.set_mode(tbl regclass, mode text) RETURNS text
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT tenancy.rls_run(tenancy.rls_mode_stmts(tbl, mode));
 $$;
-COMMENT ON FUNCTION tenancy.set_mode(regclass, text) IS 'switch the tenant policy of a table to migrating, shadow or enforce, in one transaction; returns the DDL it ran';
+COMMENT ON FUNCTION tenancy.set_mode(regclass, text) IS 'switch the tenant policy of a table to shadow, migrating or enforce, in one transaction; returns the DDL it ran';
 
 CREATE FUNCTION tenancy.rls_disable_stmts(tbl regclass) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
