@@ -308,6 +308,8 @@ GRANT EXECUTE ON FUNCTION tenancy.context_stats() TO pg_read_all_stats;
 -- Legacy code path: bind a role to a tenant (by default the implicit one)
 ------------------------------------------------------------------------------
 
+-- squawk: ignore require-lock-timeout: ALTER ROLE ... SET locks no table, and bind_role() runs this text itself (SET lines would change its caller's session)
+-- squawk: ignore require-statement-timeout: as above
 CREATE FUNCTION tenancy.bind_role_sql(role regrole, tenant text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1020,6 +1022,8 @@ REVOKE ALL ON FUNCTION tenancy.unacknowledge(text, text) FROM PUBLIC;
 -- that can read both (the child's, then the parent's), else is a warning.
 -- The registry is passed as a parameter (table owners cannot read it).
 -- max_rows caps each count.
+-- squawk: ignore require-lock-timeout: each fix is one statement for a DBA to run by itself; its index fixes are CONCURRENTLY (no lock blocking reads or writes)
+-- squawk: ignore require-statement-timeout: as above: a statement_timeout would cancel the concurrent build
 CREATE FUNCTION tenancy.verify(tbl regclass DEFAULT NULL, max_rows bigint DEFAULT NULL)
 RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
                detail text, fix text)
@@ -1964,9 +1968,41 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.enforce_not_null_plan(regclass) IS 'steps enforce_not_null() would run, with their undo SQL';
 
+-- A preview run with \gexec takes the locks its statements need: it carries
+-- its own timeouts (a DBA's session has none), so that a blocked lock fails
+-- fast instead of queueing the application behind it; a statement_timeout of
+-- 0 where it builds an index concurrently or validates (a timeout would
+-- cancel them), and puts both back at its end.
+CREATE FUNCTION tenancy.preview_set(slow boolean) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[format('SET lock_timeout = %L', '100ms'),
+                 CASE WHEN slow THEN 'SET statement_timeout = 0'
+                      ELSE format('SET statement_timeout = %L', '1min') END];
+$$;
+CREATE FUNCTION tenancy.preview_reset() RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY['RESET lock_timeout', 'RESET statement_timeout'];
+$$;
+-- a preview script (statements ending with ';') between them
+CREATE FUNCTION tenancy.preview_wrap(script text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT array_to_string(tenancy.preview_set(script ~ '(CONCURRENTLY|VALIDATE CONSTRAINT) '), ';' || chr(10))
+           || ';' || chr(10) || script || chr(10)
+           || array_to_string(tenancy.preview_reset(), ';' || chr(10)) || ';';
+$$;
+
+-- squawk: ignore prefer-robust-stmts: the steps are computed from the catalog; rerun after a failure, the preview holds only the steps still to do (no transaction on purpose: no lock is held across steps)
 CREATE FUNCTION tenancy.enforce_not_null_sql(tbl regclass) RETURNS SETOF text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p.sql || ';' FROM tenancy.enforce_not_null_plan(tbl) p;
+    SELECT x.s FROM (
+        SELECT 0 AS n, NULL::bigint AS o, u.s || ';' AS s FROM unnest(tenancy.preview_set(true)) WITH ORDINALITY u(s, o)
+         WHERE EXISTS (SELECT 1 FROM tenancy.enforce_not_null_plan(tbl))
+        UNION ALL
+        SELECT 1, p.o, p.sql || ';' FROM tenancy.enforce_not_null_plan(tbl) WITH ORDINALITY p(step, sql, undo_sql, o)
+        UNION ALL
+        SELECT 2, u.o, u.s || ';' FROM unnest(tenancy.preview_reset()) WITH ORDINALITY u(s, o)
+         WHERE EXISTS (SELECT 1 FROM tenancy.enforce_not_null_plan(tbl))) x
+    ORDER BY x.n, x.o;
 $$;
 COMMENT ON FUNCTION tenancy.enforce_not_null_sql(regclass) IS 'preview of enforce_not_null(): the statements, one per row';
 
@@ -2085,6 +2121,13 @@ COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'm
 --   5. swap each unique constraint (or index) for its scoped index.
 -- Steps 4 and 5 first call contract_guard(); names only ever appear quoted
 -- (%I, or %L for literals), and names the plan makes go through object_name().
+-- squawk: ignore require-lock-timeout: the plan's rows are steps, not a script: scope_constraints_sql() (the \gexec form) sets the timeouts around them
+-- squawk: ignore require-statement-timeout: as above
+-- squawk: ignore prefer-robust-stmts: computed from the catalog: a rerun plans only the steps still to do
+-- squawk: ignore require-concurrent-index-deletion: undo_sql runs in rollback_table()'s one transaction, where CONCURRENTLY is not allowed
+-- squawk: ignore constraint-missing-not-valid: undo_sql puts back the original constraint USING INDEX the index it kept (no table scan)
+-- squawk: ignore disallowed-unique-constraint: as above, USING INDEX of an existing index
+-- squawk: ignore adding-serial-primary-key-field: as above, a primary key USING INDEX of an existing index
 CREATE FUNCTION tenancy.scope_constraints_plan(tbl regclass DEFAULT NULL)
 RETURNS TABLE (step integer, relation regclass, action text, sql text, undo_sql text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -2458,10 +2501,15 @@ COMMENT ON FUNCTION tenancy.scope_constraints_plan(regclass) IS 'the steps that 
 
 -- The plan as statements for psql's \gexec: each step, then its record in
 -- tenancy.contract_log.  Run with \set ON_ERROR_STOP on.
+-- squawk: ignore prefer-robust-stmts: the steps are computed from the catalog; rerun after a failure, the preview holds only the steps still to do (no transaction on purpose: no lock is held across steps)
 CREATE FUNCTION tenancy.scope_constraints_sql(tbl regclass DEFAULT NULL) RETURNS SETOF text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.stmt FROM (
-    SELECT p.step, s.n, s.stmt
+    SELECT 0 AS g, NULL::int AS step, u.o::int AS n, u.s AS stmt FROM unnest(tenancy.preview_set(true)) WITH ORDINALITY u(s, o)
+    UNION ALL
+    SELECT 3, NULL, u.o::int, u.s FROM unnest(tenancy.preview_reset()) WITH ORDINALITY u(s, o)
+    UNION ALL
+    SELECT 1, p.step, s.n, s.stmt
     FROM tenancy.scope_constraints_plan(tbl) p,
          LATERAL (VALUES (0, CASE WHEN p.sql ~ '^CREATE (UNIQUE )?INDEX CONCURRENTLY '
                                   THEN format('SET lock_timeout = %L', '100ms') END),
@@ -2471,9 +2519,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE s.stmt IS NOT NULL
     UNION ALL
     -- last: the tables whose contract phase is now complete reach stage contract
-    SELECT NULL, NULL, format('SELECT tenancy.finish_contract(%L)', tbl::text)
+    SELECT 2, NULL, NULL, format('SELECT tenancy.finish_contract(%L)', tbl::text)
     ) x
-    ORDER BY x.step NULLS LAST, x.n;
+    ORDER BY x.g, x.step, x.n;
 $$;
 COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step(), then finish_contract()';
 
@@ -2518,6 +2566,9 @@ COMMENT ON FUNCTION tenancy.finish_contract(regclass) IS 'set stage contract on 
 -- Rollback: undo what the extension added for a table, keep the data
 ------------------------------------------------------------------------------
 
+-- squawk: ignore prefer-robust-stmts: computed from contract_log and the catalog: rerun after a failure, it holds only what is still to undo
+-- squawk: ignore require-concurrent-index-deletion: rollback_table() runs these in one transaction, where DROP INDEX CONCURRENTLY is not allowed
+-- squawk: ignore ban-drop-not-null: the rollback restores the schema from before the migration, nullable tenant column included
 CREATE FUNCTION tenancy.rollback_table_sql(tbl regclass) RETURNS SETOF text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -2530,6 +2581,9 @@ BEGIN
         RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
+    -- the preview's timeouts (rollback_table() runs the rest in one transaction);
+    -- no statement_timeout: undoing a scoped key validates the original again
+    RETURN QUERY SELECT u.s || ';' FROM unnest(tenancy.preview_set(true)) u(s);
     -- contract steps, newest first (those of its partitions too)
     FOR l IN
         SELECT c.undo_sql FROM tenancy.contract_log c
@@ -2596,6 +2650,7 @@ BEGIN
         RETURN NEXT format('UPDATE tenancy.contract_log SET undone_at = pg_catalog.now() WHERE relation IN (SELECT relid FROM pg_catalog.pg_partition_tree(%L) WHERE level > 0) AND undone_at IS NULL;',
                            tbl::text);
     END IF;
+    RETURN QUERY SELECT u.s || ';' FROM unnest(tenancy.preview_reset()) u(s);
 END
 $$;
 COMMENT ON FUNCTION tenancy.rollback_table_sql(regclass) IS 'preview of rollback_table(): the statements, newest step first';
@@ -2607,6 +2662,8 @@ DECLARE
 BEGIN
     -- plpgsql_check: VOLATILE: the statements are DDL.
     FOR stmt IN SELECT s FROM tenancy.rollback_table_sql(tbl) s LOOP
+        -- the preview's SET/RESET of its timeouts: not for one transaction
+        CONTINUE WHEN stmt ~ '^(SET|RESET) (lock|statement)_timeout';
         -- plpgsql_check: from rollback_table_sql(): names through %I, literals through %L.
         EXECUTE stmt;
         RETURN NEXT stmt;
@@ -2989,7 +3046,7 @@ BEGIN
       FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE a.attrelid = tbl AND a.attname = column_name AND NOT a.attisdropped;
     IF NOT FOUND THEN
-        stmts := stmts || format('ALTER TABLE %s ADD COLUMN %I %s%s', tbl, column_name, keytype,
+        stmts := stmts || format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS %I %s%s', tbl, column_name, keytype,
                                  CASE WHEN fill_existing
                                       THEN format(' DEFAULT %L::%s', tenancy.implicit_tenant(), keytype)
                                       ELSE '' END);
@@ -3008,6 +3065,7 @@ BEGIN
 END
 $$;
 
+-- squawk: ignore prefer-robust-stmts: no transaction on purpose (each lock as brief as can be); computed from the catalog, a rerun emits only what is missing, and ADD COLUMN has IF NOT EXISTS
 CREATE FUNCTION tenancy.add_tenant_column_sql(tbl regclass, column_name name DEFAULT 'tenant_id',
                                               fill_existing boolean DEFAULT false)
 RETURNS text
@@ -3025,7 +3083,7 @@ BEGIN
     END IF;
     -- A line break in a quoted name would end the comment: each line of the
     -- undo gets its own '-- '.
-    RETURN array_to_string(stmts, ';' || chr(10)) || ';' || chr(10)
+    RETURN tenancy.preview_wrap(array_to_string(stmts, ';' || chr(10)) || ';') || chr(10)
         || '-- undo: '
         || regexp_replace(format('ALTER TABLE %s %s %I%s;', tbl,
                                  CASE WHEN adds THEN 'DROP COLUMN' ELSE 'ALTER COLUMN' END,
@@ -4712,11 +4770,12 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.rls_advisories(regclass, name) IS 'what would still leak or be slow with the tenant policy on this table';
 
+-- squawk: ignore prefer-robust-stmts: the policy statements are computed from the catalog (a rerun emits what is still to do); a transaction is the DBA's choice
 CREATE FUNCTION tenancy.policy_sql(tbl regclass, column_name name DEFAULT 'tenant_id',
                                    roles regrole[] DEFAULT NULL, mode text DEFAULT 'enforce')
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT tenancy.rls_script(tenancy.rls_enable_stmts(tbl, column_name, roles, mode));
+    SELECT tenancy.preview_wrap(tenancy.rls_script(tenancy.rls_enable_stmts(tbl, column_name, roles, mode)));
 $$;
 COMMENT ON FUNCTION tenancy.policy_sql(regclass, name, regrole[], text) IS 'the DDL enable_rls() would run, for review or a migration file';
 
@@ -4758,11 +4817,12 @@ BEGIN
 END
 $$;
 
+-- squawk: ignore prefer-robust-stmts: the policy statements are computed from the catalog (a rerun emits what is still to do); a transaction is the DBA's choice
 CREATE FUNCTION tenancy.set_mode_sql(tbl regclass, mode text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM tenancy.rls_root_row(tbl);     -- 55000 unless registered
-    RETURN tenancy.rls_script(tenancy.rls_mode_stmts(tbl, mode));
+    RETURN tenancy.preview_wrap(tenancy.rls_script(tenancy.rls_mode_stmts(tbl, mode)));
 END
 $$;
 
@@ -4860,9 +4920,10 @@ BEGIN
 END
 $$;
 
+-- squawk: ignore prefer-robust-stmts: the policy statements are computed from the catalog (a rerun emits what is still to do); a transaction is the DBA's choice
 CREATE FUNCTION tenancy.disable_rls_sql(tbl regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT tenancy.rls_script(tenancy.rls_disable_stmts(tbl));
+    SELECT tenancy.preview_wrap(tenancy.rls_script(tenancy.rls_disable_stmts(tbl)));
 $$;
 COMMENT ON FUNCTION tenancy.disable_rls_sql(regclass) IS 'the DDL disable_rls() would run';
 
@@ -5149,6 +5210,7 @@ BEGIN
 END
 $$;
 
+-- squawk: ignore prefer-robust-stmts: the policy statements are computed from the catalog (a rerun emits what is still to do); a transaction is the DBA's choice
 CREATE FUNCTION tenancy.derive_tenant_sql(tbl regclass, source text DEFAULT NULL, via name DEFAULT NULL,
                                           column_name name DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -5158,7 +5220,7 @@ BEGIN
     IF cardinality(stmts) = 0 THEN
         RETURN '';
     END IF;
-    RETURN tenancy.rls_script(stmts) || chr(10)
+    RETURN tenancy.preview_wrap(tenancy.rls_script(stmts)) || chr(10)
         || regexp_replace(format('-- undo: SELECT tenancy.underive_tenant(%L);', tbl::text),
                           '\r\n|[\r\n]', chr(10) || '-- ', 'g');
 END

@@ -7,6 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
+TN_SRC=$PWD   # the source tree (shell TAP tests read scripts and tools from it)
 
 scripts/deps.sh || exit 1
 export WERROR=${WERROR:-1}     # tests build warning-free: warnings are errors
@@ -65,7 +66,7 @@ if [ -n "$tap_files" ]; then
                 *.sql) (cd "$WORK" && tn_run env PGHOST="$PGHOST" PGPORT="$PGPORT" \
                             pg_prove --verbose -d tenancy_tap "$f") ;;
                 *.sh)  (cd "$WORK" && tn_run env PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE=tenancy_tap \
-                            PGUSER="$PGUSER" TN_BINDIR="$TN_BINDIR" TN_WORK="$WORK" \
+                            PGUSER="$PGUSER" TN_BINDIR="$TN_BINDIR" TN_WORK="$WORK" TN_SRC="$TN_SRC" \
                             prove --verbose -e bash "$f") ;;
             esac > "$WORK/tap.out" 2>&1
             rc=$?
