@@ -75,7 +75,28 @@ SELECT count(*) FILTER (WHERE as_superuser) AS ran_as_superuser FROM sec_oc.ran;
 -- no superuser or BYPASSRLS needed.
 GRANT SELECT ON tenancy.tables, tenancy.tenants, tenancy.memberships, tenancy.identity_sources, tenancy.shadow_stats TO sec_oc_owner;
 GRANT EXECUTE ON FUNCTION tenancy.verify(regclass, bigint), tenancy.column_list(regclass, smallint[]),
-    tenancy.unscoped_unique_indexes(regclass, smallint) TO sec_oc_owner;
+    tenancy.unscoped_unique_indexes(regclass, smallint),
+    tenancy.verify_tenant_column(regclass, name, boolean, smallint, oid),
+    tenancy.verify_null_tenant(regclass, name, bigint),
+    tenancy.verify_unknown_tenant(regclass, name, oid, bigint),
+    tenancy.verify_conflicting_parents(regclass, bigint),
+    tenancy.verify_derived_tenant_mismatch(regclass, name, bigint),
+    tenancy.verify_cross_tenant_reference(regclass, name, oid, bigint, text[]),
+    tenancy.verify_unique_scope(regclass, name, smallint),
+    tenancy.verify_foreign_key_scope(regclass, name),
+    tenancy.verify_row_security(regclass, name, text),
+    tenancy.verify_policy_mode(regclass, name, text),
+    tenancy.verify_shadow_divergence(regclass),
+    tenancy.verify_tenant_index(regclass, name, smallint, "char"),
+    tenancy.verify_view_security_invoker(regclass),
+    tenancy.verify_materialized_view(regclass),
+    tenancy.verify_security_definer_function(regclass),
+    tenancy.verify_bypassrls_role(regclass),
+    tenancy.verify_unregistered_reference(regclass),
+    tenancy.verify_shared_table(),
+    tenancy.verify_user_without_tenant(bigint),
+    tenancy.verify_tenant_without_owner()
+    TO sec_oc_owner;
 GRANT pg_read_all_stats TO sec_oc_owner;
 SELECT tenancy.enable_rls('sec_oc.parent') IS NOT NULL AS enabled;
 SET ROLE sec_oc_owner;
@@ -120,7 +141,28 @@ SELECT count(*) FILTER (WHERE as_superuser) AS ran_as_superuser FROM sec_oc.ran;
 
 REVOKE ALL ON tenancy.tables, tenancy.tenants, tenancy.memberships, tenancy.identity_sources, tenancy.shadow_stats FROM sec_oc_owner;
 REVOKE ALL ON FUNCTION tenancy.verify(regclass, bigint), tenancy.column_list(regclass, smallint[]),
-    tenancy.unscoped_unique_indexes(regclass, smallint) FROM sec_oc_owner;
+    tenancy.unscoped_unique_indexes(regclass, smallint),
+    tenancy.verify_tenant_column(regclass, name, boolean, smallint, oid),
+    tenancy.verify_null_tenant(regclass, name, bigint),
+    tenancy.verify_unknown_tenant(regclass, name, oid, bigint),
+    tenancy.verify_conflicting_parents(regclass, bigint),
+    tenancy.verify_derived_tenant_mismatch(regclass, name, bigint),
+    tenancy.verify_cross_tenant_reference(regclass, name, oid, bigint, text[]),
+    tenancy.verify_unique_scope(regclass, name, smallint),
+    tenancy.verify_foreign_key_scope(regclass, name),
+    tenancy.verify_row_security(regclass, name, text),
+    tenancy.verify_policy_mode(regclass, name, text),
+    tenancy.verify_shadow_divergence(regclass),
+    tenancy.verify_tenant_index(regclass, name, smallint, "char"),
+    tenancy.verify_view_security_invoker(regclass),
+    tenancy.verify_materialized_view(regclass),
+    tenancy.verify_security_definer_function(regclass),
+    tenancy.verify_bypassrls_role(regclass),
+    tenancy.verify_unregistered_reference(regclass),
+    tenancy.verify_shared_table(),
+    tenancy.verify_user_without_tenant(bigint),
+    tenancy.verify_tenant_without_owner()
+    FROM sec_oc_owner;
 DROP SCHEMA sec_oc CASCADE;
 DROP ROLE sec_oc_owner;
 DROP ROLE sec_oc_other;

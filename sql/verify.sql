@@ -206,7 +206,29 @@ DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE status <> 'ok'); END
 CREATE ROLE ready_verify_dba;
 GRANT SELECT ON ready_verify_parent, ready_verify_child TO ready_verify_dba;
 GRANT SELECT ON tenancy.tables, tenancy.tenants, tenancy.memberships, tenancy.identity_sources TO ready_verify_dba;
-GRANT EXECUTE ON FUNCTION tenancy.verify(regclass, bigint) TO ready_verify_dba;
+-- (verify()'s checks run as its caller: it needs them too)
+GRANT EXECUTE ON FUNCTION tenancy.verify(regclass, bigint),
+    tenancy.verify_tenant_column(regclass, name, boolean, smallint, oid),
+    tenancy.verify_null_tenant(regclass, name, bigint),
+    tenancy.verify_unknown_tenant(regclass, name, oid, bigint),
+    tenancy.verify_conflicting_parents(regclass, bigint),
+    tenancy.verify_derived_tenant_mismatch(regclass, name, bigint),
+    tenancy.verify_cross_tenant_reference(regclass, name, oid, bigint, text[]),
+    tenancy.verify_unique_scope(regclass, name, smallint),
+    tenancy.verify_foreign_key_scope(regclass, name),
+    tenancy.verify_row_security(regclass, name, text),
+    tenancy.verify_policy_mode(regclass, name, text),
+    tenancy.verify_shadow_divergence(regclass),
+    tenancy.verify_tenant_index(regclass, name, smallint, "char"),
+    tenancy.verify_view_security_invoker(regclass),
+    tenancy.verify_materialized_view(regclass),
+    tenancy.verify_security_definer_function(regclass),
+    tenancy.verify_bypassrls_role(regclass),
+    tenancy.verify_unregistered_reference(regclass),
+    tenancy.verify_shared_table(),
+    tenancy.verify_user_without_tenant(bigint),
+    tenancy.verify_tenant_without_owner()
+    TO ready_verify_dba;
 SET ROLE ready_verify_dba;
 SELECT count(*) FROM tenancy.verify();
 RESET ROLE;
