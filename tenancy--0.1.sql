@@ -1190,8 +1190,8 @@ BEGIN
         txt := current_setting('enable_nestloop');
         PERFORM set_config('enable_nestloop', 'off', true);
         txt2 := format(' FROM %s x JOIN %s p1 ON %s JOIN %s p2 ON %s WHERE %s',
-                       rel, f.parent1, f.join1, f.parent2, f.join2, f.cond);
-        qrel := rel;
+                       f.src, f.parent1, f.join1, f.parent2, f.join2, f.cond);
+        qrel := f.src;
         BEGIN
             n := (tenancy.table_query(qrel, NULL,
                       format('SELECT count(*) FROM (SELECT 1%s LIMIT %s) s', txt2, lim)))[1]::bigint;
