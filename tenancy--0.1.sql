@@ -260,6 +260,55 @@ COMMENT ON FUNCTION tenancy.tables_set_stage(regclass, text, text)
 REVOKE EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
                            tenancy.tables_set_stage(regclass, text, text) FROM PUBLIC;
 
+-- Registry lookups, one of each.  A table that exists but is not in
+-- tenancy.tables is not in the state these functions need: 55000
+-- (object_not_in_prerequisite_state), as src/status.c raises it too;
+-- 42704 (undefined_object) stays for names that do not exist at all.
+CREATE FUNCTION tenancy.registered_table(tbl regclass) RETURNS tenancy.tables
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t tenancy.tables;
+BEGIN
+    SELECT * INTO t FROM tenancy.tables r WHERE r.relation = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register it with tenancy.add_tenant_column().';
+    END IF;
+    RETURN t;
+END
+$$;
+COMMENT ON FUNCTION tenancy.registered_table(regclass)
+    IS 'the tenancy.tables row of a registered table; 55000 when it is not registered';
+
+-- The tenant column of a table: its registered one, else the default name.
+CREATE FUNCTION tenancy.tenant_column(tbl regclass) RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id'::name);
+$$;
+COMMENT ON FUNCTION tenancy.tenant_column(regclass)
+    IS 'the registered tenant column of a table, tenant_id when it is not registered';
+
+-- The wait before retry number attempt (1, 2, ...) of a lock that timed
+-- out: base doubled per attempt up to cap, times a jitter in [0.5, 1.5)
+-- so that waiters spread out.  The one backoff of add_tenant_column(),
+-- enforce_not_null() and backfill().
+CREATE FUNCTION tenancy.backoff_delay(attempt integer, base interval, cap interval) RETURNS interval
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF attempt IS NULL OR base IS NULL OR cap IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF attempt < 1 OR base <= interval '0' OR cap < base THEN
+        RAISE EXCEPTION 'attempt must be at least 1, base positive and cap at least base'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN least(base * 2 ^ least(attempt - 1, 30), cap) * (0.5 + random());
+END
+$$;
+COMMENT ON FUNCTION tenancy.backoff_delay(integer, interval, interval)
+    IS 'the jittered exponential wait before retry number attempt of a lock: least(base * 2^(attempt-1), cap) * [0.5, 1.5)';
+
 ------------------------------------------------------------------------------
 -- Tenant context
 ------------------------------------------------------------------------------
@@ -1818,12 +1867,7 @@ DECLARE
     chk     text;
     con     record;
 BEGIN
-    SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Register it with tenancy.add_tenant_column().';
-    END IF;
+    col := (tenancy.registered_table(tbl)).column_name;
     SELECT a.attnotnull INTO is_notnull FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
@@ -1940,7 +1984,7 @@ BEGIN
                                                   i, cardinality(steps), steps[i]),
                                   HINT = 'Call tenancy.enforce_not_null() again when the table is less busy: it goes on where it stopped.';
                     END IF;
-                    PERFORM pg_catalog.pg_sleep(least(0.05 * 2 ^ attempt, 2));
+                    PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(attempt, '100ms', '2s'));
                 WHEN check_violation THEN
                     -- A NULL arrived between the count and VALIDATE.
                     raced := true;
@@ -2010,10 +2054,8 @@ DECLARE
     -- (relation, key columns) of the unique indexes the plan creates
     leads   jsonb := '[]'::jsonb;
 BEGIN
-    IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
-        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Register it with tenancy.add_tenant_column().';
+    IF tbl IS NOT NULL THEN
+        PERFORM tenancy.registered_table(tbl);
     END IF;
 
     -- Two passes: the unique indexes of every table first, so that a foreign
@@ -2407,11 +2449,7 @@ DECLARE
     st  text;
     pn  name;
 BEGIN
-    SELECT t.stage INTO st FROM tenancy.tables t WHERE t.relation = tbl;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
+    st := (tenancy.registered_table(tbl)).stage;
     -- contract steps, newest first (those of its partitions too)
     FOR l IN
         SELECT c.undo_sql FROM tenancy.contract_log c
@@ -2927,7 +2965,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     stmts text[];
-    wait_ms integer := 10;
     k text;
 BEGIN
     IF lock_timeout IS NULL OR lock_timeout <= interval '0' OR max_attempts IS NULL OR max_attempts < 1 THEN
@@ -2957,8 +2994,7 @@ BEGIN
                                          round(extract(epoch FROM lock_timeout) * 1000)),
                           HINT = 'Long transactions on the table hold it; retry later or raise lock_timeout.';
             END IF;
-            PERFORM pg_sleep((wait_ms * (0.5 + random())) / 1000.0);
-            wait_ms := least(wait_ms * 2, 2000);
+            PERFORM pg_sleep_for(tenancy.backoff_delay(attempt, '10ms', '2s'));
         END;
     END LOOP;
     k := tenancy.implicit_tenant();
@@ -3092,7 +3128,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Name a foreign key constraint of the table (\d shows them).';
     END IF;
-    pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
+    pcol := tenancy.tenant_column(con.parent);
     SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
      WHERE a.attrelid = con.parent AND a.attname = pcol AND NOT a.attisdropped;
     IF pcoltype IS DISTINCT FROM tenancy.key_type() THEN
@@ -3160,7 +3196,7 @@ BEGIN
     END IF;
     PERFORM tenancy.check_tenant_table(tbl, true);
     IF col IS NULL THEN
-        col := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+        col := tenancy.tenant_column(tbl);
     END IF;
     SELECT a.atttypid::regtype INTO coltype FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
@@ -3911,7 +3947,7 @@ BEGIN
                                                                               ELSE err_msg END, failures)));
                 COMMIT;
                 PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-                PERFORM pg_catalog.pg_sleep(least(0.01 * 2 ^ least(failures, 10), 5) * (0.5 + pg_catalog.random()));
+                PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(failures, '20ms', '5s'));
             END IF;
         ELSIF outcome = 'error' AND n > 1 THEN
             -- An error from the data: narrow the batch down to the failing row.
@@ -4893,7 +4929,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Name a foreign key constraint of the table (\d shows them).';
     END IF;
-    pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
+    pcol := tenancy.tenant_column(con.parent);
     SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
      WHERE a.attrelid = con.parent AND a.attname = pcol AND a.attnum > 0 AND NOT a.attisdropped;
     IF pcoltype IS DISTINCT FROM tenancy.key_type() THEN
@@ -4987,7 +5023,7 @@ BEGIN
     IF NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
-    col := coalesce(column_name, (SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+    col := coalesce(column_name, tenancy.tenant_column(tbl));
     s := tenancy.derive_source(tbl, source, via);
     SELECT a.atttypid INTO coltype FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
@@ -5057,7 +5093,7 @@ DECLARE
     col name;
 BEGIN
     stmts := tenancy.derive_tenant_stmts(tbl, source, via, column_name);
-    col := coalesce(column_name, (SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+    col := coalesce(column_name, tenancy.tenant_column(tbl));
     s := tenancy.derive_source(tbl, source, via);
     -- The trigger's DDL takes a SHARE ROW EXCLUSIVE lock: writers wait, readers do not.
     INSERT INTO tenancy.derived_tenants (relation, column_name, source_kind, source)
