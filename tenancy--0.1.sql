@@ -3422,6 +3422,158 @@ $$;
 COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean, boolean)
     IS 'record a backfill job (state queued) for the background worker or a later CALL tenancy.backfill(tbl); returns its id';
 
+-- The statements of a job's batches, from the job row and the catalog
+-- (the table's indexes, triggers and column privileges as they are now).
+-- Pure: it only builds text; backfill() runs them through table_query() /
+-- table_exec() as the job's creator.  sp_set applies the job's
+-- search_path to the source; setv is the SET list.
+CREATE FUNCTION tenancy.backfill_batch_sql(job tenancy.backfill_jobs,
+    OUT setv text, OUT sp_set text, OUT sql_hi_first text, OUT sql_hi text, OUT sql_up_first text,
+    OUT sql_up text, OUT sql_tid text, OUT sql_sweep text, OUT sql_find text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    tbl       regclass := job.relation;
+    qtbl      text;               -- the table, always schema-qualified
+    is_parted boolean;
+    kcols     text;
+    rowk      text;
+    lo_e      text;
+    hi_e      text;
+    ktext     text;
+    keytypes  text[];
+    gt        text;
+    le        text;
+BEGIN
+    SELECT pg_catalog.format('%I.%I', ns.nspname, c.relname), c.relkind = 'p'
+      INTO qtbl, is_parted
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    -- The SET list.  Unless compact_indexes is on, it also names the columns
+    -- of the table's non-unique indexes, as "col = t.col": no value and no
+    -- lock strength changes (both are decided on the values), but btree then
+    -- knows these indexes were not "unchanged by the update" and skips its
+    -- bottom-up deletion passes.  Those passes remove the index entries of
+    -- rows earlier batches moved (dead once committed) and so keep the
+    -- indexes compact, at a high price on indexes in random order; a single
+    -- UPDATE never pays it, since its own old versions are not dead yet.
+    -- Columns of unique indexes, generated columns, columns named by UPDATE
+    -- OF triggers and columns the caller may not update are never named.
+    -- The value goes through tenancy.wal_flush_behind(), which keeps the
+    -- batch's WAL flushed behind it (src/backfill_wal.c).
+    -- The batches that write the value run the job's search_path, for the
+    -- user's expression (every other name in them is qualified).
+    sp_set := pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, true); ', 'search_path', job.search_path);
+    setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
+    IF NOT coalesce((job.options->>'compact_indexes')::boolean, false) THEN
+        setv := setv || coalesce((
+            SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attname <> job.column_name
+               AND EXISTS (SELECT FROM pg_catalog.pg_index x
+                            WHERE x.indrelid = tbl AND NOT x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x
+                                WHERE x.indrelid = tbl AND x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                                WHERE g.tgrelid = tbl AND NOT g.tgisinternal AND a.attnum = ANY (g.tgattr))
+               AND pg_catalog.has_column_privilege(tbl, a.attnum, 'UPDATE')), '');
+    END IF;
+
+    -- The statements of a batch.  The row is aliased t; keys travel as text
+    -- arrays cast back to the key types, so composite keys need nothing else.
+    IF job.method = 'primary key' THEN
+        SELECT array_agg(tenancy.type_sql(a.atttypid) ORDER BY k.i),
+               -- Built-in key types: their built-in comparison operators.
+               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.>)' ELSE '>' END,
+               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.<=)' ELSE '<=' END
+          INTO keytypes, gt, le
+          FROM unnest(job.key_columns) WITH ORDINALITY AS k(name, i)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name
+          JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid;
+        SELECT string_agg(pg_catalog.format('t.%I', k), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('$1[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('$2[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ' ORDER BY i)
+          INTO kcols, lo_e, hi_e, ktext
+          FROM unnest(job.key_columns) WITH ORDINALITY AS u(k, i);
+        rowk := '(' || kcols || ')';
+        lo_e := '(' || lo_e || ')';
+        hi_e := '(' || hi_e || ')';
+        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s AND %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, gt, lo_e, rowk, le, hi_e, kcols);
+        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, le, hi_e, kcols);
+        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND %s %s %s AND t.%I IS NULL',
+                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
+                                    rowk, gt, lo_e, rowk, le, hi_e, job.column_name);
+        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND t.%I IS NULL',
+                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
+                                          rowk, le, hi_e, job.column_name);
+        sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
+                                      '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
+                                          || pg_catalog.repeat('%s, ', cardinality(job.key_columns) - 1) || '%s)',
+                                      kcols, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name);
+    ELSE
+        sql_find := pg_catalog.format('SELECT pg_catalog.format(''ctid %%s'', t.ctid) FROM ONLY %s t WHERE t.%I IS NULL LIMIT 1',
+                                      qtbl, job.column_name);
+    END IF;
+    -- Block ranges (tables without a primary key, and the sweep).
+    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid OPERATOR(pg_catalog.>=) $1 AND t.ctid OPERATOR(pg_catalog.<) $2 AND t.%I IS NULL',
+                                 qtbl, setv, job.column_name);
+    -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
+    sql_sweep := pg_catalog.format(
+        'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
+        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
+        'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
+        qtbl, job.column_name, qtbl, setv, job.column_name);
+END
+$$;
+
+-- Rows per heap block, for the block ranges of a batch (100 before the
+-- first ANALYZE).
+CREATE FUNCTION tenancy.backfill_rows_per_block(tbl regclass) RETURNS numeric
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
+      FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+$$;
+
+-- The size of the next batch and the wait before it, from the outcome of
+-- the last one (ok, retry, timeout, error).  ok: adapt to the target
+-- duration: smoothed per-row cost, growth at most 1.2x a step, halving
+-- after a batch over twice the target (a sweep may grow to 10x the
+-- maximum).  retry (lock timeout, deadlock) and timeout: back off with
+-- jitter, halving the batch after every third failure in a row (at once
+-- after a statement timeout).  error: halve, to narrow down to the
+-- failing row.
+CREATE FUNCTION tenancy.backfill_next_size(outcome text, batch integer, min_batch integer, max_batch integer,
+                                           batch_ms numeric, target_ms numeric, per_row numeric,
+                                           failures integer, sweep boolean,
+                                           OUT next_batch integer, OUT next_per_row numeric, OUT sleep interval)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    next_batch := batch;
+    next_per_row := per_row;
+    IF outcome = 'ok' THEN
+        next_per_row := CASE WHEN per_row IS NULL THEN batch_ms / batch ELSE 0.7 * per_row + 0.3 * batch_ms / batch END;
+        IF batch_ms > 2 * target_ms THEN
+            next_batch := greatest(batch / 2, min_batch);
+        ELSE
+            next_batch := least(ceil(batch * 1.2)::bigint,
+                                greatest(floor(target_ms / greatest(next_per_row, 0.00001))::bigint, batch / 2))::integer;
+            next_batch := least(greatest(next_batch, min_batch), CASE WHEN sweep THEN 10 * max_batch ELSE max_batch END);
+        END IF;
+    ELSIF outcome IN ('retry', 'timeout') THEN
+        IF outcome = 'timeout' OR failures % 3 = 0 THEN
+            next_batch := greatest(batch / 2, 1);
+        END IF;
+        sleep := tenancy.backoff_delay(failures, '20ms', '5s');
+    ELSIF outcome = 'error' THEN
+        next_batch := greatest(batch / 2, 1);
+    END IF;
+END
+$$;
+
 -- The engine.  A procedure that commits after each batch: it cannot carry
 -- SET clauses or SECURITY DEFINER, so every name in it is qualified, and it
 -- runs as its caller (who needs UPDATE on the table).
@@ -3469,23 +3621,7 @@ DECLARE
     max_lag     interval;
     progress_s  numeric;
     retry_limit integer;
-    kcols       text;
-    rowk        text;
-    lo_e        text;
-    hi_e        text;
-    ktext       text;
-    keytypes    text[];
-    sql_hi_first text;
-    sql_hi      text;
-    sql_up_first text;
-    sql_up      text;
-    setv        text;
-    sql_tid     text;
-    sql_sweep   text;
-    sql_find    text;
-    sp_set      text;               -- applies the job's search_path to the source
-    gt          text;
-    le          text;
+    b           record;             -- the batch statements (backfill_batch_sql)
     lo          text[];
     hi          text[];
     ub          text[];
@@ -3502,6 +3638,7 @@ DECLARE
     v_eta       interval;
     next_notice timestamptz;
     failures    integer := 0;
+    backoff     interval;           -- the wait before the next retry
     outcome     text;
     err_state   text;
     err_msg     text;
@@ -3647,88 +3784,10 @@ BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
-    -- The SET list.  Unless compact_indexes is on, it also names the columns
-    -- of the table's non-unique indexes, as "col = t.col": no value and no
-    -- lock strength changes (both are decided on the values), but btree then
-    -- knows these indexes were not "unchanged by the update" and skips its
-    -- bottom-up deletion passes.  Those passes remove the index entries of
-    -- rows earlier batches moved (dead once committed) and so keep the
-    -- indexes compact, at a high price on indexes in random order; a single
-    -- UPDATE never pays it, since its own old versions are not dead yet.
-    -- Columns of unique indexes, generated columns, columns named by UPDATE
-    -- OF triggers and columns the caller may not update are never named.
-    -- The value goes through tenancy.wal_flush_behind(), which keeps the
-    -- batch's WAL flushed behind it (src/backfill_wal.c).
-    -- The batches that write the value run the job's search_path, for the
-    -- user's expression (every other name in them is qualified).
-    sp_set := pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, true); ', 'search_path', job.search_path);
-    setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
-    IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
-        setv := setv || coalesce((
-            SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)
-              FROM pg_catalog.pg_attribute a
-             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-               AND a.attname <> job.column_name
-               AND EXISTS (SELECT FROM pg_catalog.pg_index x
-                            WHERE x.indrelid = tbl AND NOT x.indisunique AND a.attnum = ANY (x.indkey))
-               AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x
-                                WHERE x.indrelid = tbl AND x.indisunique AND a.attnum = ANY (x.indkey))
-               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
-                                WHERE g.tgrelid = tbl AND NOT g.tgisinternal AND a.attnum = ANY (g.tgattr))
-               AND pg_catalog.has_column_privilege(tbl, a.attnum, 'UPDATE')), '');
-    END IF;
-
-    -- The statements of a batch.  The row is aliased t; keys travel as text
-    -- arrays cast back to the key types, so composite keys need nothing else.
-    IF job.method = 'primary key' THEN
-        SELECT array_agg(tenancy.type_sql(a.atttypid) ORDER BY k.i),
-               -- Built-in key types: their built-in comparison operators.
-               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.>)' ELSE '>' END,
-               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.<=)' ELSE '<=' END
-          INTO keytypes, gt, le
-          FROM unnest(job.key_columns) WITH ORDINALITY AS k(name, i)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name
-          JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid;
-        SELECT string_agg(pg_catalog.format('t.%I', k), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('$1[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('$2[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ' ORDER BY i)
-          INTO kcols, lo_e, hi_e, ktext
-          FROM unnest(job.key_columns) WITH ORDINALITY AS u(k, i);
-        rowk := '(' || kcols || ')';
-        lo_e := '(' || lo_e || ')';
-        hi_e := '(' || hi_e || ')';
-        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s AND %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
-                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, gt, lo_e, rowk, le, hi_e, kcols);
-        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
-                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, le, hi_e, kcols);
-        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND %s %s %s AND t.%I IS NULL',
-                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
-                                    rowk, gt, lo_e, rowk, le, hi_e, job.column_name);
-        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND t.%I IS NULL',
-                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
-                                          rowk, le, hi_e, job.column_name);
-        sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
-                                      '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
-                                          || pg_catalog.repeat('%s, ', cardinality(job.key_columns) - 1) || '%s)',
-                                      kcols, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name);
-    ELSE
-        sql_find := pg_catalog.format('SELECT pg_catalog.format(''ctid %%s'', t.ctid) FROM ONLY %s t WHERE t.%I IS NULL LIMIT 1',
-                                      qtbl, job.column_name);
-    END IF;
-    -- Block ranges (tables without a primary key, and the sweep).
-    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid OPERATOR(pg_catalog.>=) $1 AND t.ctid OPERATOR(pg_catalog.<) $2 AND t.%I IS NULL',
-                                 qtbl, setv, job.column_name);
-    -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
-    sql_sweep := pg_catalog.format(
-        'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
-        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
-        'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
-        qtbl, job.column_name, qtbl, setv, job.column_name);
-    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
-      INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    b := tenancy.backfill_batch_sql(job);
+    rows_per_block := tenancy.backfill_rows_per_block(tbl);
     PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object('value_sql', job.value_sql,
-        'batch_sql', CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END));
+        'batch_sql', CASE WHEN job.method = 'primary key' THEN b.sql_up ELSE b.sql_tid END));
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- The user triggers the batches fire (an audit trigger rewriting a
@@ -3797,21 +3856,21 @@ BEGIN
             -- table's owner when the creator has its privileges, under
             -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
             IF job.phase = 'batches' AND job.method = 'primary key' THEN
-                hi := (tenancy.table_query(tbl, job.created_by, CASE WHEN lo IS NULL THEN sql_hi_first ELSE sql_hi END,
+                hi := (tenancy.table_query(tbl, job.created_by, CASE WHEN lo IS NULL THEN b.sql_hi_first ELSE b.sql_hi END,
                                            lo, ub, n - 1))[1]::text[];
                 last_batch := hi IS NULL;
                 hi := coalesce(hi, ub);
                 updated := tenancy.table_exec(tbl, job.created_by,
-                                              sp_set || CASE WHEN lo IS NULL THEN sql_up_first ELSE sql_up END, lo, hi);
+                                              b.sp_set || CASE WHEN lo IS NULL THEN b.sql_up_first ELSE b.sql_up END, lo, hi);
             ELSIF is_parted THEN
-                r := tenancy.table_query(tbl, job.created_by, sp_set || sql_sweep, n);
+                r := tenancy.table_query(tbl, job.created_by, b.sp_set || b.sql_sweep, n);
                 found_rows := r[1]::bigint;
                 updated := r[2]::bigint;
                 last_batch := found_rows = 0;
             ELSE
                 hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
                 last_batch := hi[1]::bigint >= ub[1]::bigint;
-                updated := tenancy.table_exec(tbl, job.created_by, sp_set || sql_tid,
+                updated := tenancy.table_exec(tbl, job.created_by, b.sp_set || b.sql_tid,
                                               pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
             END IF;
             IF no_triggers THEN
@@ -3865,18 +3924,10 @@ BEGIN
             run_rows := run_rows + updated;
             job.rows_done := job.rows_done + updated;
             job.batches := job.batches + 1;
-            -- Adapt the batch size to the target duration: smoothed per-row
-            -- cost, growth at most 1.2x a step, halving after a batch over
-            -- twice the target.
-            per_row := CASE WHEN per_row IS NULL THEN ms / n ELSE 0.7 * per_row + 0.3 * ms / n END;
-            IF ms > 2 * target_ms THEN
-                n := greatest(n / 2, nmin);
-            ELSE
-                n := least(pg_catalog.ceil(n * 1.2)::bigint,
-                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2))::integer;
-                n := least(greatest(n, nmin),
-                                      CASE WHEN job.phase = 'sweep' THEN 10 * nmax ELSE nmax END);
-            END IF;
+            -- Adapt the batch size to the target duration.
+            SELECT s.next_batch, s.next_per_row INTO n, per_row
+              FROM tenancy.backfill_next_size(outcome, n, nmin, nmax, ms, target_ms, per_row, failures,
+                                              job.phase = 'sweep') s;
             v_rate := run_rows / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - t_start), 0.001);
             v_eta := CASE WHEN job.phase = 'batches' AND run_scanned > 0 THEN
                         pg_catalog.make_interval(secs => (greatest(job.rows_total - job.rows_scanned, 0)
@@ -3895,8 +3946,7 @@ BEGIN
                     per_row := NULL;
                     lo := ARRAY['0'];
                     ub := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
-                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
-                      INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+                    rows_per_block := tenancy.backfill_rows_per_block(tbl);
                 END IF;
             END IF;
             job.max_batch_ms := greatest(job.max_batch_ms, round(ms, 1));
@@ -3934,9 +3984,9 @@ BEGIN
             -- batch after repeats (at once after a statement timeout).
             failures := failures + 1;
             job.retries := job.retries + 1;
-            IF outcome = 'timeout' OR failures % 3 = 0 THEN
-                n := greatest(n / 2, 1);
-            END IF;
+            SELECT s.next_batch, s.sleep INTO n, backoff
+              FROM tenancy.backfill_next_size(outcome, n, nmin, nmax, ms, target_ms, per_row, failures,
+                                              job.phase = 'sweep') s;
             IF failures > retry_limit THEN
                 err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tname, retry_limit, err_msg);
                 outcome := 'fail';
@@ -3947,11 +3997,12 @@ BEGIN
                                                                               ELSE err_msg END, failures)));
                 COMMIT;
                 PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-                PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(failures, '20ms', '5s'));
+                PERFORM pg_catalog.pg_sleep_for(backoff);
             END IF;
         ELSIF outcome = 'error' AND n > 1 THEN
             -- An error from the data: narrow the batch down to the failing row.
-            n := greatest(n / 2, 1);
+            n := (tenancy.backfill_next_size(outcome, n, nmin, nmax, ms, target_ms, per_row, failures,
+                                             job.phase = 'sweep')).next_batch;
             outcome := 'narrow';
         END IF;
 
@@ -3962,7 +4013,7 @@ BEGIN
                       INTO failing FROM unnest(job.key_columns) k;
                 ELSE
                     BEGIN
-                        failing := (tenancy.table_query(tbl, job.created_by, sql_find))[1];
+                        failing := (tenancy.table_query(tbl, job.created_by, b.sql_find))[1];
                     EXCEPTION WHEN OTHERS THEN
                         failing := NULL;
                     END;
