@@ -3427,12 +3427,22 @@ COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, int
 -- Pure: it only builds text; backfill() runs them through table_query() /
 -- table_exec() as the job's creator.  sp_set applies the job's
 -- search_path to the source; setv is the SET list.
-CREATE FUNCTION tenancy.backfill_batch_sql(job tenancy.backfill_jobs,
-    OUT setv text, OUT sp_set text, OUT sql_hi_first text, OUT sql_hi text, OUT sql_up_first text,
-    OUT sql_up text, OUT sql_tid text, OUT sql_sweep text, OUT sql_find text)
+CREATE TYPE tenancy.backfill_statements AS (
+    setv text, sp_set text, sql_hi_first text, sql_hi text, sql_up_first text,
+    sql_up text, sql_tid text, sql_sweep text, sql_find text);
+CREATE FUNCTION tenancy.backfill_batch_sql(job tenancy.backfill_jobs) RETURNS tenancy.backfill_statements
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
+    setv         text;
+    sp_set       text;
+    sql_hi_first text;
+    sql_hi       text;
+    sql_up_first text;
+    sql_up       text;
+    sql_tid      text;
+    sql_sweep    text;
+    sql_find     text;
     tbl       regclass := job.relation;
     qtbl      text;               -- the table, always schema-qualified
     is_parted boolean;
@@ -3527,6 +3537,7 @@ BEGIN
         'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
         'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
         qtbl, job.column_name, qtbl, setv, job.column_name);
+    RETURN ROW(setv, sp_set, sql_hi_first, sql_hi, sql_up_first, sql_up, sql_tid, sql_sweep, sql_find)::tenancy.backfill_statements;
 END
 $$;
 
@@ -3571,6 +3582,81 @@ BEGIN
     ELSIF outcome = 'error' THEN
         next_batch := greatest(batch / 2, 1);
     END IF;
+END
+$$;
+
+-- One batch of a job: the statements of b on the rows after lo (up to ub),
+-- n keys or rows, as the job's creator (src/as_owner.c), under the batch's
+-- lock_timeout and statement timeout.  The outcome is ok, retry (lock
+-- timeout, deadlock), timeout (statement timeout), cancel or error (from
+-- the data), with the error's SQLSTATE, message and detail.  hi (the
+-- failing batch's upper key, for the error) and err_detail keep the
+-- caller's values where the batch did not get to set them.  A function,
+-- so no COMMIT: backfill() commits after it.
+CREATE FUNCTION tenancy.backfill_run_batch(job tenancy.backfill_jobs, b tenancy.backfill_statements,
+    lo text[], ub text[], n integer, rows_per_block numeric, is_parted boolean,
+    lt_ms integer, st_ms integer, no_triggers boolean, orig_srr text, appname text,
+    INOUT hi text[], INOUT err_detail text, OUT last_batch boolean, OUT updated bigint, OUT found_rows bigint,
+    OUT err_state text, OUT err_msg text, OUT outcome text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+-- plpgsql_check: err_detail is passed through unread: it keeps the caller's value unless an error sets it
+DECLARE
+    r text[];
+BEGIN
+    outcome := 'ok';
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
+                pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
+                    CASE WHEN job.phase = 'sweep' THEN 'sweep'
+                         ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
+                tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
+        -- user_triggers => false: this batch only (local to its
+        -- subtransaction, set back after it); other sessions' writes
+        -- fire their triggers as ever.
+        IF no_triggers THEN
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        END IF;
+        -- Each statement on the table runs as the job's creator, or as the
+        -- table's owner when the creator has its privileges, under
+        -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
+        IF job.phase = 'batches' AND job.method = 'primary key' THEN
+            hi := (tenancy.table_query(job.relation, job.created_by, CASE WHEN lo IS NULL THEN b.sql_hi_first ELSE b.sql_hi END,
+                                       lo, ub, n - 1))[1]::text[];
+            last_batch := hi IS NULL;
+            hi := coalesce(hi, ub);
+            updated := tenancy.table_exec(job.relation, job.created_by,
+                                          b.sp_set || CASE WHEN lo IS NULL THEN b.sql_up_first ELSE b.sql_up END, lo, hi);
+        ELSIF is_parted THEN
+            r := tenancy.table_query(job.relation, job.created_by, b.sp_set || b.sql_sweep, n);
+            found_rows := r[1]::bigint;
+            updated := r[2]::bigint;
+            last_batch := found_rows = 0;
+        ELSE
+            hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
+            last_batch := hi[1]::bigint >= ub[1]::bigint;
+            updated := tenancy.table_exec(job.relation, job.created_by, b.sp_set || b.sql_tid,
+                                          pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
+        END IF;
+        IF no_triggers THEN
+            PERFORM pg_catalog.set_config('session_replication_role', orig_srr, true);
+        END IF;
+        PERFORM tenancy.batch_timeout(0);
+    EXCEPTION
+        WHEN lock_not_available OR deadlock_detected THEN
+            PERFORM tenancy.batch_timeout(0);
+            outcome := 'retry';
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
+        WHEN query_canceled THEN
+            PERFORM tenancy.batch_timeout(0);
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
+            outcome := CASE WHEN err_msg LIKE '%statement timeout%' THEN 'timeout' ELSE 'cancel' END;
+        WHEN OTHERS THEN
+            PERFORM tenancy.batch_timeout(0);
+            outcome := 'error';
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL;
+    END;
 END
 $$;
 
@@ -3621,7 +3707,8 @@ DECLARE
     max_lag     interval;
     progress_s  numeric;
     retry_limit integer;
-    b           record;             -- the batch statements (backfill_batch_sql)
+    b           tenancy.backfill_statements;
+    res         record;             -- the outcome of a batch (backfill_run_batch)
     lo          text[];
     hi          text[];
     ub          text[];
@@ -3655,7 +3742,6 @@ DECLARE
     lsn0        pg_lsn;
     caller_sp   text := pg_catalog.current_setting('search_path');
     tname       text := tbl::text;      -- the table as the caller names it, for messages
-    r           text[];
     no_triggers boolean;                -- user_triggers => false: batches under session_replication_role replica
     orig_srr    text := pg_catalog.current_setting('session_replication_role');
     firing      text;
@@ -3840,58 +3926,19 @@ BEGIN
         END IF;
         lsn0 := pg_catalog.pg_current_wal_insert_lsn();
         t0 := pg_catalog.clock_timestamp();
-        BEGIN
-            PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
-                    pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
-                        CASE WHEN job.phase = 'sweep' THEN 'sweep'
-                             ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
-                    tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
-            -- user_triggers => false: this batch only (local to its
-            -- subtransaction, set back after it); other sessions' writes
-            -- fire their triggers as ever.
-            IF no_triggers THEN
-                PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-            END IF;
-            -- Each statement on the table runs as the job's creator, or as the
-            -- table's owner when the creator has its privileges, under
-            -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
-            IF job.phase = 'batches' AND job.method = 'primary key' THEN
-                hi := (tenancy.table_query(tbl, job.created_by, CASE WHEN lo IS NULL THEN b.sql_hi_first ELSE b.sql_hi END,
-                                           lo, ub, n - 1))[1]::text[];
-                last_batch := hi IS NULL;
-                hi := coalesce(hi, ub);
-                updated := tenancy.table_exec(tbl, job.created_by,
-                                              b.sp_set || CASE WHEN lo IS NULL THEN b.sql_up_first ELSE b.sql_up END, lo, hi);
-            ELSIF is_parted THEN
-                r := tenancy.table_query(tbl, job.created_by, b.sp_set || b.sql_sweep, n);
-                found_rows := r[1]::bigint;
-                updated := r[2]::bigint;
-                last_batch := found_rows = 0;
-            ELSE
-                hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
-                last_batch := hi[1]::bigint >= ub[1]::bigint;
-                updated := tenancy.table_exec(tbl, job.created_by, b.sp_set || b.sql_tid,
-                                              pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
-            END IF;
-            IF no_triggers THEN
-                PERFORM pg_catalog.set_config('session_replication_role', orig_srr, true);
-            END IF;
-            PERFORM tenancy.batch_timeout(0);
-        EXCEPTION
-            WHEN lock_not_available OR deadlock_detected THEN
-                PERFORM tenancy.batch_timeout(0);
-                outcome := 'retry';
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
-            WHEN query_canceled THEN
-                PERFORM tenancy.batch_timeout(0);
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
-                outcome := CASE WHEN err_msg LIKE '%statement timeout%' THEN 'timeout' ELSE 'cancel' END;
-            WHEN OTHERS THEN
-                PERFORM tenancy.batch_timeout(0);
-                outcome := 'error';
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
-                                        err_detail = PG_EXCEPTION_DETAIL;
-        END;
+        -- One batch, in a subtransaction: its outcome (ok, retry, timeout,
+        -- cancel, error) decides what comes next.
+        res := tenancy.backfill_run_batch(job, b, lo, ub, n, rows_per_block, is_parted, lt_ms, st_ms,
+                                          no_triggers, orig_srr, appname,
+                                          hi, err_detail);
+        hi := res.hi;
+        last_batch := res.last_batch;
+        updated := res.updated;
+        found_rows := res.found_rows;
+        err_state := res.err_state;
+        err_msg := res.err_msg;
+        err_detail := res.err_detail;
+        outcome := res.outcome;
         ms := extract(epoch FROM pg_catalog.clock_timestamp() - t0) * 1000;
 
         IF outcome = 'ok' THEN

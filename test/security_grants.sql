@@ -36,6 +36,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.backfill_null_source(anyelement)', 'PUBLIC'),
     ('tenancy.backfill_options(integer,integer,integer,interval,interval,interval,interval,interval,interval,interval,integer,boolean)', 'PUBLIC'),
     ('tenancy.backfill_rows_per_block(regclass)', 'PUBLIC'),
+    ('tenancy.backfill_run_batch(tenancy.backfill_jobs,tenancy.backfill_statements,text[],text[],integer,numeric,boolean,integer,integer,boolean,text,text,text[],text)', 'PUBLIC'),
     ('tenancy.backfill_try_lock(regclass)', ''),
     ('tenancy.backfill_unlock(regclass)', ''),
     ('tenancy.backfill_user_triggers(regclass,name,boolean)', 'PUBLIC'),
