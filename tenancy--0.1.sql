@@ -3585,6 +3585,66 @@ BEGIN
 END
 $$;
 
+-- The first run of a job: choose the method (the primary key, else block
+-- ranges), estimate the rows, freeze the upper bound, or find nothing NULL
+-- (phase done at once); recorded with the job, and returned.  tname is the
+-- table as the caller names it, for the error.
+CREATE FUNCTION tenancy.backfill_first_run(job tenancy.backfill_jobs, tname text) RETURNS tenancy.backfill_jobs
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    tbl        regclass := job.relation;
+    qtbl       text;               -- the table, always schema-qualified
+    is_parted  boolean;
+    last_batch boolean;
+BEGIN
+    SELECT pg_catalog.format('%I.%I', ns.nspname, c.relname), c.relkind = 'p'
+      INTO qtbl, is_parted
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    SELECT array_agg(a.attname ORDER BY k.i) INTO job.key_columns
+      FROM pg_catalog.pg_index x
+      CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+     WHERE x.indrelid = tbl AND x.indisprimary;
+    job.method := CASE WHEN job.key_columns IS NULL THEN 'ctid' ELSE 'primary key' END;
+    IF job.method = 'ctid' AND is_parted THEN
+        RAISE EXCEPTION 'partitioned table "%" has no primary key', tname
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Backfill each partition on its own, or add a primary key.';
+    END IF;
+    SELECT sum(greatest(c.reltuples, 0))::bigint INTO job.rows_total
+      FROM pg_catalog.pg_partition_tree(tbl) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+     WHERE pt.isleaf;
+    IF coalesce(job.rows_total, 0) = 0 OR pg_catalog.pg_total_relation_size(tbl) < 64 * 1024 * 1024 THEN
+        job.rows_total := (tenancy.table_query(tbl, job.created_by,
+            pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)))[1]::bigint;
+    END IF;
+    -- Nothing NULL (a second run): done at once, after one scan.
+    last_batch := (tenancy.table_query(tbl, job.created_by,
+        pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
+                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)))[1]::boolean;
+    IF last_batch THEN
+        job.phase := 'done';
+    ELSIF job.method = 'primary key' THEN
+        job.upper_bound := (tenancy.table_query(tbl, job.created_by,
+            pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
+                (SELECT string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ') FROM unnest(job.key_columns) k),
+                CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
+                (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))))[1]::text[];
+        job.phase := 'batches';
+    ELSE
+        job.upper_bound := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
+        job.cursor := ARRAY['0'];
+        job.phase := 'batches';
+    END IF;
+    PERFORM tenancy.backfill_job_update(job.id, jsonb_build_object(
+        'method', job.method, 'key_columns', job.key_columns, 'upper_bound', job.upper_bound,
+        'cursor', job.cursor, 'phase', job.phase, 'rows_total', job.rows_total));
+    RETURN job;
+END
+$$;
+
 -- One batch of a job: the statements of b on the rows after lo (up to ub),
 -- n keys or rows, as the job's creator (src/as_owner.c), under the batch's
 -- lock_timeout and statement timeout.  The outcome is ok, retry (lock
@@ -3822,46 +3882,7 @@ BEGIN
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
      WHERE c.oid = tbl;
     IF job.method IS NULL THEN
-        -- First run: choose the method and freeze the upper bound.
-        SELECT array_agg(a.attname ORDER BY k.i) INTO job.key_columns
-          FROM pg_catalog.pg_index x
-          CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-         WHERE x.indrelid = tbl AND x.indisprimary;
-        job.method := CASE WHEN job.key_columns IS NULL THEN 'ctid' ELSE 'primary key' END;
-        IF job.method = 'ctid' AND is_parted THEN
-            RAISE EXCEPTION 'partitioned table "%" has no primary key', tname
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Backfill each partition on its own, or add a primary key.';
-        END IF;
-        SELECT sum(greatest(c.reltuples, 0))::bigint INTO job.rows_total
-          FROM pg_catalog.pg_partition_tree(tbl) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
-         WHERE pt.isleaf;
-        IF coalesce(job.rows_total, 0) = 0 OR pg_catalog.pg_total_relation_size(tbl) < 64 * 1024 * 1024 THEN
-            job.rows_total := (tenancy.table_query(tbl, job.created_by,
-                pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)))[1]::bigint;
-        END IF;
-        -- Nothing NULL (a second run): done at once, after one scan.
-        last_batch := (tenancy.table_query(tbl, job.created_by,
-            pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
-                              CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)))[1]::boolean;
-        IF last_batch THEN
-            job.phase := 'done';
-        ELSIF job.method = 'primary key' THEN
-            job.upper_bound := (tenancy.table_query(tbl, job.created_by,
-                pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
-                    (SELECT string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ') FROM unnest(job.key_columns) k),
-                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
-                    (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))))[1]::text[];
-            job.phase := 'batches';
-        ELSE
-            job.upper_bound := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
-            job.cursor := ARRAY['0'];
-            job.phase := 'batches';
-        END IF;
-        PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
-            'method', job.method, 'key_columns', job.key_columns, 'upper_bound', job.upper_bound,
-            'cursor', job.cursor, 'phase', job.phase, 'rows_total', job.rows_total));
+        job := tenancy.backfill_first_run(job, tname);
     END IF;
     PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
         'state', 'running', 'pid', pg_catalog.pg_backend_pid(), 'started_at', coalesce(job.started_at, pg_catalog.now()),
