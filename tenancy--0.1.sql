@@ -3720,6 +3720,30 @@ BEGIN
 END
 $$;
 
+-- The row a batch narrowed down to one failed on, for the error: its key
+-- (hi, the batch's upper key), or the first row still NULL as the job's
+-- creator finds it (NULL when that fails too).
+CREATE FUNCTION tenancy.backfill_failing_row(job tenancy.backfill_jobs, b tenancy.backfill_statements, hi text[])
+RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    failing text;
+BEGIN
+    IF job.phase = 'batches' AND job.method = 'primary key' THEN
+        SELECT '(' || string_agg(pg_catalog.quote_ident(k), ', ') || ')=(' || pg_catalog.array_to_string(hi, ', ') || ')'
+          INTO failing FROM unnest(job.key_columns) k;
+    ELSE
+        BEGIN
+            failing := (tenancy.table_query(job.relation, job.created_by, b.sql_find))[1];
+        EXCEPTION WHEN OTHERS THEN
+            failing := NULL;
+        END;
+    END IF;
+    RETURN failing;
+END
+$$;
+
 -- The engine.  A procedure that commits after each batch: it cannot carry
 -- SET clauses or SECURITY DEFINER, so every name in it is qualified, and it
 -- runs as its caller (who needs UPDATE on the table).
@@ -4076,16 +4100,7 @@ BEGIN
 
         IF outcome IN ('cancel', 'fail', 'error') THEN
             IF outcome = 'error' THEN
-                IF job.phase = 'batches' AND job.method = 'primary key' THEN
-                    SELECT '(' || string_agg(pg_catalog.quote_ident(k), ', ') || ')=(' || pg_catalog.array_to_string(hi, ', ') || ')'
-                      INTO failing FROM unnest(job.key_columns) k;
-                ELSE
-                    BEGIN
-                        failing := (tenancy.table_query(tbl, job.created_by, b.sql_find))[1];
-                    EXCEPTION WHEN OTHERS THEN
-                        failing := NULL;
-                    END;
-                END IF;
+                failing := tenancy.backfill_failing_row(job, b, hi);
                 err_msg := pg_catalog.format('backfill of %s failed at row %s: %s', tname, coalesce(failing, '?'), err_msg);
             END IF;
             PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(

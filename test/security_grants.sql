@@ -29,6 +29,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.backfill(regclass,text,text,name,name,integer,integer,integer,interval,interval,interval,interval,interval,interval,interval,integer,boolean,boolean)', ''),
     ('tenancy.backfill_batch_sql(tenancy.backfill_jobs)', 'PUBLIC'),
     ('tenancy.backfill_check_no_triggers(regclass,name)', 'PUBLIC'),
+    ('tenancy.backfill_failing_row(tenancy.backfill_jobs,tenancy.backfill_statements,text[])', 'PUBLIC'),
     ('tenancy.backfill_first_run(tenancy.backfill_jobs,text)', 'PUBLIC'),
     ('tenancy.backfill_job(regclass,name,text,text,name,jsonb,text)', 'PUBLIC'),
     ('tenancy.backfill_job_insert(regclass,name,text,text,text,text,jsonb)', ''),
