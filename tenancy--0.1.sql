@@ -1939,7 +1939,7 @@ BEGIN
     SELECT coalesce(array_agg(p.step), '{}'), coalesce(array_agg(p.sql), '{}'), coalesce(array_agg(p.undo_sql), '{}')
       INTO steps, sqls, undos
       FROM tenancy.enforce_not_null_plan(tbl) p;
-    SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
+    col := (tenancy.registered_table(tbl)).column_name;
     IF 'set_not_null' = ANY (steps) THEN
         -- As the table owner: the planner evaluates the owner's index
         -- expressions and predicates.
