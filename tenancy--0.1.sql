@@ -260,6 +260,55 @@ COMMENT ON FUNCTION tenancy.tables_set_stage(regclass, text, text)
 REVOKE EXECUTE ON FUNCTION tenancy.tables_register(regclass, name, text),
                            tenancy.tables_set_stage(regclass, text, text) FROM PUBLIC;
 
+-- Registry lookups, one of each.  A table that exists but is not in
+-- tenancy.tables is not in the state these functions need: 55000
+-- (object_not_in_prerequisite_state), as src/status.c raises it too;
+-- 42704 (undefined_object) stays for names that do not exist at all.
+CREATE FUNCTION tenancy.registered_table(tbl regclass) RETURNS tenancy.tables
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t tenancy.tables;
+BEGIN
+    SELECT * INTO t FROM tenancy.tables r WHERE r.relation = tbl;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register it with tenancy.add_tenant_column().';
+    END IF;
+    RETURN t;
+END
+$$;
+COMMENT ON FUNCTION tenancy.registered_table(regclass)
+    IS 'the tenancy.tables row of a registered table; 55000 when it is not registered';
+
+-- The tenant column of a table: its registered one, else the default name.
+CREATE FUNCTION tenancy.tenant_column(tbl regclass) RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id'::name);
+$$;
+COMMENT ON FUNCTION tenancy.tenant_column(regclass)
+    IS 'the registered tenant column of a table, tenant_id when it is not registered';
+
+-- The wait before retry number attempt (1, 2, ...) of a lock that timed
+-- out: base doubled per attempt up to cap, times a jitter in [0.5, 1.5)
+-- so that waiters spread out.  The one backoff of add_tenant_column(),
+-- enforce_not_null() and backfill().
+CREATE FUNCTION tenancy.backoff_delay(attempt integer, base interval, cap interval) RETURNS interval
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF attempt IS NULL OR base IS NULL OR cap IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF attempt < 1 OR base <= interval '0' OR cap < base THEN
+        RAISE EXCEPTION 'attempt must be at least 1, base positive and cap at least base'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN least(base * 2 ^ least(attempt - 1, 30), cap) * (0.5 + random());
+END
+$$;
+COMMENT ON FUNCTION tenancy.backoff_delay(integer, interval, interval)
+    IS 'the jittered exponential wait before retry number attempt of a lock: least(base * 2^(attempt-1), cap) * [0.5, 1.5)';
+
 ------------------------------------------------------------------------------
 -- Tenant context
 ------------------------------------------------------------------------------
@@ -2328,12 +2377,7 @@ DECLARE
     chk     text;
     con     record;
 BEGIN
-    SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Register it with tenancy.add_tenant_column().';
-    END IF;
+    col := (tenancy.registered_table(tbl)).column_name;
     SELECT a.attnotnull INTO is_notnull FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
@@ -2437,7 +2481,7 @@ BEGIN
     SELECT coalesce(array_agg(p.step), '{}'), coalesce(array_agg(p.sql), '{}'), coalesce(array_agg(p.undo_sql), '{}')
       INTO steps, sqls, undos
       FROM tenancy.enforce_not_null_plan(tbl) p;
-    SELECT t.column_name INTO col FROM tenancy.tables t WHERE t.relation = tbl;
+    col := (tenancy.registered_table(tbl)).column_name;
     IF 'set_not_null' = ANY (steps) THEN
         -- As the table owner: the planner evaluates the owner's index
         -- expressions and predicates.
@@ -2482,7 +2526,7 @@ BEGIN
                                                   i, cardinality(steps), steps[i]),
                                   HINT = 'Call tenancy.enforce_not_null() again when the table is less busy: it goes on where it stopped.';
                     END IF;
-                    PERFORM pg_catalog.pg_sleep(least(0.05 * 2 ^ attempt, 2));
+                    PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(attempt, '100ms', '2s'));
                 WHEN check_violation THEN
                     -- A NULL arrived between the count and VALIDATE.
                     raced := true;
@@ -2559,10 +2603,8 @@ DECLARE
     -- (relation, key columns) of the unique indexes the plan creates
     leads   jsonb := '[]'::jsonb;
 BEGIN
-    IF tbl IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.tables t WHERE t.relation = tbl) THEN
-        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Register it with tenancy.add_tenant_column().';
+    IF tbl IS NOT NULL THEN
+        PERFORM tenancy.registered_table(tbl);
     END IF;
 
     -- Two passes: the unique indexes of every table first, so that a foreign
@@ -2979,11 +3021,7 @@ DECLARE
     st  text;
     pn  name;
 BEGIN
-    SELECT t.stage INTO st FROM tenancy.tables t WHERE t.relation = tbl;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'table % is not registered in tenancy.tables', tbl
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
+    st := (tenancy.registered_table(tbl)).stage;
     -- the preview's timeouts (rollback_table() runs the rest in one transaction);
     -- no statement_timeout: undoing a scoped key validates the original again
     RETURN QUERY SELECT u.s || ';' FROM unnest(tenancy.preview_set(true)) u(s);
@@ -3506,7 +3544,6 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     stmts text[];
-    wait_ms integer := 10;
     k text;
 BEGIN
     IF lock_timeout IS NULL OR lock_timeout <= interval '0' OR max_attempts IS NULL OR max_attempts < 1 THEN
@@ -3536,8 +3573,7 @@ BEGIN
                                          round(extract(epoch FROM lock_timeout) * 1000)),
                           HINT = 'Long transactions on the table hold it; retry later or raise lock_timeout.';
             END IF;
-            PERFORM pg_sleep((wait_ms * (0.5 + random())) / 1000.0);
-            wait_ms := least(wait_ms * 2, 2000);
+            PERFORM pg_sleep_for(tenancy.backoff_delay(attempt, '10ms', '2s'));
         END;
     END LOOP;
     k := tenancy.implicit_tenant();
@@ -3671,7 +3707,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Name a foreign key constraint of the table (\d shows them).';
     END IF;
-    pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
+    pcol := tenancy.tenant_column(con.parent);
     SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
      WHERE a.attrelid = con.parent AND a.attname = pcol AND NOT a.attisdropped;
     IF pcoltype IS DISTINCT FROM tenancy.key_type() THEN
@@ -3739,7 +3775,7 @@ BEGIN
     END IF;
     PERFORM tenancy.check_tenant_table(tbl, true);
     IF col IS NULL THEN
-        col := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+        col := tenancy.tenant_column(tbl);
     END IF;
     SELECT a.atttypid::regtype INTO coltype FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
@@ -3965,6 +4001,328 @@ $$;
 COMMENT ON FUNCTION tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean, boolean)
     IS 'record a backfill job (state queued) for the background worker or a later CALL tenancy.backfill(tbl); returns its id';
 
+-- The statements of a job's batches, from the job row and the catalog
+-- (the table's indexes, triggers and column privileges as they are now).
+-- Pure: it only builds text; backfill() runs them through table_query() /
+-- table_exec() as the job's creator.  sp_set applies the job's
+-- search_path to the source; setv is the SET list.
+CREATE TYPE tenancy.backfill_statements AS (
+    setv text, sp_set text, sql_hi_first text, sql_hi text, sql_up_first text,
+    sql_up text, sql_tid text, sql_sweep text, sql_find text);
+CREATE FUNCTION tenancy.backfill_batch_sql(job tenancy.backfill_jobs) RETURNS tenancy.backfill_statements
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    setv         text;
+    sp_set       text;
+    sql_hi_first text;
+    sql_hi       text;
+    sql_up_first text;
+    sql_up       text;
+    sql_tid      text;
+    sql_sweep    text;
+    sql_find     text;
+    tbl       regclass := job.relation;
+    qtbl      text;               -- the table, always schema-qualified
+    is_parted boolean;
+    kcols     text;
+    rowk      text;
+    lo_e      text;
+    hi_e      text;
+    ktext     text;
+    keytypes  text[];
+    gt        text;
+    le        text;
+BEGIN
+    SELECT pg_catalog.format('%I.%I', ns.nspname, c.relname), c.relkind = 'p'
+      INTO qtbl, is_parted
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    -- The SET list.  Unless compact_indexes is on, it also names the columns
+    -- of the table's non-unique indexes, as "col = t.col": no value and no
+    -- lock strength changes (both are decided on the values), but btree then
+    -- knows these indexes were not "unchanged by the update" and skips its
+    -- bottom-up deletion passes.  Those passes remove the index entries of
+    -- rows earlier batches moved (dead once committed) and so keep the
+    -- indexes compact, at a high price on indexes in random order; a single
+    -- UPDATE never pays it, since its own old versions are not dead yet.
+    -- Columns of unique indexes, generated columns, columns named by UPDATE
+    -- OF triggers and columns the caller may not update are never named.
+    -- The value goes through tenancy.wal_flush_behind(), which keeps the
+    -- batch's WAL flushed behind it (src/backfill_wal.c).
+    -- The batches that write the value run the job's search_path, for the
+    -- user's expression (every other name in them is qualified).
+    sp_set := pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, true); ', 'search_path', job.search_path);
+    setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
+    IF NOT coalesce((job.options->>'compact_indexes')::boolean, false) THEN
+        setv := setv || coalesce((
+            SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+               AND a.attname <> job.column_name
+               AND EXISTS (SELECT FROM pg_catalog.pg_index x
+                            WHERE x.indrelid = tbl AND NOT x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x
+                                WHERE x.indrelid = tbl AND x.indisunique AND a.attnum = ANY (x.indkey))
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+                                WHERE g.tgrelid = tbl AND NOT g.tgisinternal AND a.attnum = ANY (g.tgattr))
+               AND pg_catalog.has_column_privilege(tbl, a.attnum, 'UPDATE')), '');
+    END IF;
+
+    -- The statements of a batch.  The row is aliased t; keys travel as text
+    -- arrays cast back to the key types, so composite keys need nothing else.
+    IF job.method = 'primary key' THEN
+        SELECT array_agg(tenancy.type_sql(a.atttypid) ORDER BY k.i),
+               -- Built-in key types: their built-in comparison operators.
+               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.>)' ELSE '>' END,
+               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.<=)' ELSE '<=' END
+          INTO keytypes, gt, le
+          FROM unnest(job.key_columns) WITH ORDINALITY AS k(name, i)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name
+          JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid;
+        SELECT string_agg(pg_catalog.format('t.%I', k), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('$1[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('$2[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
+               string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ' ORDER BY i)
+          INTO kcols, lo_e, hi_e, ktext
+          FROM unnest(job.key_columns) WITH ORDINALITY AS u(k, i);
+        rowk := '(' || kcols || ')';
+        lo_e := '(' || lo_e || ')';
+        hi_e := '(' || hi_e || ')';
+        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s AND %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, gt, lo_e, rowk, le, hi_e, kcols);
+        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
+                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, le, hi_e, kcols);
+        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND %s %s %s AND t.%I IS NULL',
+                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
+                                    rowk, gt, lo_e, rowk, le, hi_e, job.column_name);
+        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND t.%I IS NULL',
+                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
+                                          rowk, le, hi_e, job.column_name);
+        sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
+                                      '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
+                                          || pg_catalog.repeat('%s, ', cardinality(job.key_columns) - 1) || '%s)',
+                                      kcols, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name);
+    ELSE
+        sql_find := pg_catalog.format('SELECT pg_catalog.format(''ctid %%s'', t.ctid) FROM ONLY %s t WHERE t.%I IS NULL LIMIT 1',
+                                      qtbl, job.column_name);
+    END IF;
+    -- Block ranges (tables without a primary key, and the sweep).
+    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid OPERATOR(pg_catalog.>=) $1 AND t.ctid OPERATOR(pg_catalog.<) $2 AND t.%I IS NULL',
+                                 qtbl, setv, job.column_name);
+    -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
+    sql_sweep := pg_catalog.format(
+        'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
+        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
+        'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
+        qtbl, job.column_name, qtbl, setv, job.column_name);
+    RETURN ROW(setv, sp_set, sql_hi_first, sql_hi, sql_up_first, sql_up, sql_tid, sql_sweep, sql_find)::tenancy.backfill_statements;
+END
+$$;
+
+-- Rows per heap block, for the block ranges of a batch (100 before the
+-- first ANALYZE).
+CREATE FUNCTION tenancy.backfill_rows_per_block(tbl regclass) RETURNS numeric
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
+      FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+$$;
+
+-- The size of the next batch and the wait before it, from the outcome of
+-- the last one (ok, retry, timeout, error).  ok: adapt to the target
+-- duration: smoothed per-row cost, growth at most 1.2x a step, halving
+-- after a batch over twice the target (a sweep may grow to 10x the
+-- maximum).  retry (lock timeout, deadlock) and timeout: back off with
+-- jitter, halving the batch after every third failure in a row (at once
+-- after a statement timeout).  error: halve, to narrow down to the
+-- failing row.
+CREATE FUNCTION tenancy.backfill_next_size(outcome text, batch integer, min_batch integer, max_batch integer,
+                                           batch_ms numeric, target_ms numeric, per_row numeric,
+                                           failures integer, sweep boolean,
+                                           OUT next_batch integer, OUT next_per_row numeric, OUT sleep interval)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    next_batch := batch;
+    next_per_row := per_row;
+    IF outcome = 'ok' THEN
+        next_per_row := CASE WHEN per_row IS NULL THEN batch_ms / batch ELSE 0.7 * per_row + 0.3 * batch_ms / batch END;
+        IF batch_ms > 2 * target_ms THEN
+            next_batch := greatest(batch / 2, min_batch);
+        ELSE
+            next_batch := least(ceil(batch * 1.2)::bigint,
+                                greatest(floor(target_ms / greatest(next_per_row, 0.00001))::bigint, batch / 2))::integer;
+            next_batch := least(greatest(next_batch, min_batch), CASE WHEN sweep THEN 10 * max_batch ELSE max_batch END);
+        END IF;
+    ELSIF outcome IN ('retry', 'timeout') THEN
+        IF outcome = 'timeout' OR failures % 3 = 0 THEN
+            next_batch := greatest(batch / 2, 1);
+        END IF;
+        sleep := tenancy.backoff_delay(failures, '20ms', '5s');
+    ELSIF outcome = 'error' THEN
+        next_batch := greatest(batch / 2, 1);
+    END IF;
+END
+$$;
+
+-- The first run of a job: choose the method (the primary key, else block
+-- ranges), estimate the rows, freeze the upper bound, or find nothing NULL
+-- (phase done at once); recorded with the job, and returned.  tname is the
+-- table as the caller names it, for the error.
+CREATE FUNCTION tenancy.backfill_first_run(job tenancy.backfill_jobs, tname text) RETURNS tenancy.backfill_jobs
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    tbl        regclass := job.relation;
+    qtbl       text;               -- the table, always schema-qualified
+    is_parted  boolean;
+    last_batch boolean;
+BEGIN
+    SELECT pg_catalog.format('%I.%I', ns.nspname, c.relname), c.relkind = 'p'
+      INTO qtbl, is_parted
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE c.oid = tbl;
+    SELECT array_agg(a.attname ORDER BY k.i) INTO job.key_columns
+      FROM pg_catalog.pg_index x
+      CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+     WHERE x.indrelid = tbl AND x.indisprimary;
+    job.method := CASE WHEN job.key_columns IS NULL THEN 'ctid' ELSE 'primary key' END;
+    IF job.method = 'ctid' AND is_parted THEN
+        RAISE EXCEPTION 'partitioned table "%" has no primary key', tname
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Backfill each partition on its own, or add a primary key.';
+    END IF;
+    SELECT sum(greatest(c.reltuples, 0))::bigint INTO job.rows_total
+      FROM pg_catalog.pg_partition_tree(tbl) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+     WHERE pt.isleaf;
+    IF coalesce(job.rows_total, 0) = 0 OR pg_catalog.pg_total_relation_size(tbl) < 64 * 1024 * 1024 THEN
+        job.rows_total := (tenancy.table_query(tbl, job.created_by,
+            pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)))[1]::bigint;
+    END IF;
+    -- Nothing NULL (a second run): done at once, after one scan.
+    last_batch := (tenancy.table_query(tbl, job.created_by,
+        pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
+                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)))[1]::boolean;
+    IF last_batch THEN
+        job.phase := 'done';
+    ELSIF job.method = 'primary key' THEN
+        job.upper_bound := (tenancy.table_query(tbl, job.created_by,
+            pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
+                (SELECT string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ') FROM unnest(job.key_columns) k),
+                CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
+                (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))))[1]::text[];
+        job.phase := 'batches';
+    ELSE
+        job.upper_bound := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
+        job.cursor := ARRAY['0'];
+        job.phase := 'batches';
+    END IF;
+    PERFORM tenancy.backfill_job_update(job.id, jsonb_build_object(
+        'method', job.method, 'key_columns', job.key_columns, 'upper_bound', job.upper_bound,
+        'cursor', job.cursor, 'phase', job.phase, 'rows_total', job.rows_total));
+    RETURN job;
+END
+$$;
+
+-- One batch of a job: the statements of b on the rows after lo (up to ub),
+-- n keys or rows, as the job's creator (src/as_owner.c), under the batch's
+-- lock_timeout and statement timeout.  The outcome is ok, retry (lock
+-- timeout, deadlock), timeout (statement timeout), cancel or error (from
+-- the data), with the error's SQLSTATE, message and detail.  hi (the
+-- failing batch's upper key, for the error) and err_detail keep the
+-- caller's values where the batch did not get to set them.  A function,
+-- so no COMMIT: backfill() commits after it.
+CREATE FUNCTION tenancy.backfill_run_batch(job tenancy.backfill_jobs, b tenancy.backfill_statements,
+    lo text[], ub text[], n integer, rows_per_block numeric, is_parted boolean,
+    lt_ms integer, st_ms integer, no_triggers boolean, orig_srr text, appname text,
+    INOUT hi text[], INOUT err_detail text, OUT last_batch boolean, OUT updated bigint, OUT found_rows bigint,
+    OUT err_state text, OUT err_msg text, OUT outcome text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+-- plpgsql_check: err_detail is passed through unread: it keeps the caller's value unless an error sets it
+DECLARE
+    r text[];
+BEGIN
+    outcome := 'ok';
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
+                pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
+                    CASE WHEN job.phase = 'sweep' THEN 'sweep'
+                         ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
+                tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
+        -- user_triggers => false: this batch only (local to its
+        -- subtransaction, set back after it); other sessions' writes
+        -- fire their triggers as ever.
+        IF no_triggers THEN
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        END IF;
+        -- Each statement on the table runs as the job's creator, or as the
+        -- table's owner when the creator has its privileges, under
+        -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
+        IF job.phase = 'batches' AND job.method = 'primary key' THEN
+            hi := (tenancy.table_query(job.relation, job.created_by, CASE WHEN lo IS NULL THEN b.sql_hi_first ELSE b.sql_hi END,
+                                       lo, ub, n - 1))[1]::text[];
+            last_batch := hi IS NULL;
+            hi := coalesce(hi, ub);
+            updated := tenancy.table_exec(job.relation, job.created_by,
+                                          b.sp_set || CASE WHEN lo IS NULL THEN b.sql_up_first ELSE b.sql_up END, lo, hi);
+        ELSIF is_parted THEN
+            r := tenancy.table_query(job.relation, job.created_by, b.sp_set || b.sql_sweep, n);
+            found_rows := r[1]::bigint;
+            updated := r[2]::bigint;
+            last_batch := found_rows = 0;
+        ELSE
+            hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
+            last_batch := hi[1]::bigint >= ub[1]::bigint;
+            updated := tenancy.table_exec(job.relation, job.created_by, b.sp_set || b.sql_tid,
+                                          pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
+        END IF;
+        IF no_triggers THEN
+            PERFORM pg_catalog.set_config('session_replication_role', orig_srr, true);
+        END IF;
+        PERFORM tenancy.batch_timeout(0);
+    EXCEPTION
+        WHEN lock_not_available OR deadlock_detected THEN
+            PERFORM tenancy.batch_timeout(0);
+            outcome := 'retry';
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
+        WHEN query_canceled THEN
+            PERFORM tenancy.batch_timeout(0);
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
+            outcome := CASE WHEN err_msg LIKE '%statement timeout%' THEN 'timeout' ELSE 'cancel' END;
+        WHEN OTHERS THEN
+            PERFORM tenancy.batch_timeout(0);
+            outcome := 'error';
+            GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
+                                    err_detail = PG_EXCEPTION_DETAIL;
+    END;
+END
+$$;
+
+-- The row a batch narrowed down to one failed on, for the error: its key
+-- (hi, the batch's upper key), or the first row still NULL as the job's
+-- creator finds it (NULL when that fails too).
+CREATE FUNCTION tenancy.backfill_failing_row(job tenancy.backfill_jobs, b tenancy.backfill_statements, hi text[])
+RETURNS text
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    failing text;
+BEGIN
+    IF job.phase = 'batches' AND job.method = 'primary key' THEN
+        SELECT '(' || string_agg(pg_catalog.quote_ident(k), ', ') || ')=(' || pg_catalog.array_to_string(hi, ', ') || ')'
+          INTO failing FROM unnest(job.key_columns) k;
+    ELSE
+        BEGIN
+            failing := (tenancy.table_query(job.relation, job.created_by, b.sql_find))[1];
+        EXCEPTION WHEN OTHERS THEN
+            failing := NULL;
+        END;
+    END IF;
+    RETURN failing;
+END
+$$;
+
 -- The engine.  A procedure that commits after each batch: it cannot carry
 -- SET clauses or SECURITY DEFINER, so every name in it is qualified, and it
 -- runs as its caller (who needs UPDATE on the table).
@@ -4012,23 +4370,8 @@ DECLARE
     max_lag     interval;
     progress_s  numeric;
     retry_limit integer;
-    kcols       text;
-    rowk        text;
-    lo_e        text;
-    hi_e        text;
-    ktext       text;
-    keytypes    text[];
-    sql_hi_first text;
-    sql_hi      text;
-    sql_up_first text;
-    sql_up      text;
-    setv        text;
-    sql_tid     text;
-    sql_sweep   text;
-    sql_find    text;
-    sp_set      text;               -- applies the job's search_path to the source
-    gt          text;
-    le          text;
+    b           tenancy.backfill_statements;
+    res         record;             -- the outcome of a batch (backfill_run_batch)
     lo          text[];
     hi          text[];
     ub          text[];
@@ -4045,6 +4388,7 @@ DECLARE
     v_eta       interval;
     next_notice timestamptz;
     failures    integer := 0;
+    backoff     interval;           -- the wait before the next retry
     outcome     text;
     err_state   text;
     err_msg     text;
@@ -4061,7 +4405,6 @@ DECLARE
     lsn0        pg_lsn;
     caller_sp   text := pg_catalog.current_setting('search_path');
     tname       text := tbl::text;      -- the table as the caller names it, for messages
-    r           text[];
     no_triggers boolean;                -- user_triggers => false: batches under session_replication_role replica
     orig_srr    text := pg_catalog.current_setting('session_replication_role');
     firing      text;
@@ -4142,46 +4485,7 @@ BEGIN
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
      WHERE c.oid = tbl;
     IF job.method IS NULL THEN
-        -- First run: choose the method and freeze the upper bound.
-        SELECT array_agg(a.attname ORDER BY k.i) INTO job.key_columns
-          FROM pg_catalog.pg_index x
-          CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-         WHERE x.indrelid = tbl AND x.indisprimary;
-        job.method := CASE WHEN job.key_columns IS NULL THEN 'ctid' ELSE 'primary key' END;
-        IF job.method = 'ctid' AND is_parted THEN
-            RAISE EXCEPTION 'partitioned table "%" has no primary key', tname
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Backfill each partition on its own, or add a primary key.';
-        END IF;
-        SELECT sum(greatest(c.reltuples, 0))::bigint INTO job.rows_total
-          FROM pg_catalog.pg_partition_tree(tbl) pt JOIN pg_catalog.pg_class c ON c.oid = pt.relid
-         WHERE pt.isleaf;
-        IF coalesce(job.rows_total, 0) = 0 OR pg_catalog.pg_total_relation_size(tbl) < 64 * 1024 * 1024 THEN
-            job.rows_total := (tenancy.table_query(tbl, job.created_by,
-                pg_catalog.format('SELECT pg_catalog.count(*) FROM %s%s', CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl)))[1]::bigint;
-        END IF;
-        -- Nothing NULL (a second run): done at once, after one scan.
-        last_batch := (tenancy.table_query(tbl, job.created_by,
-            pg_catalog.format('SELECT NOT EXISTS (SELECT FROM %s%s t WHERE t.%I IS NULL)',
-                              CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name)))[1]::boolean;
-        IF last_batch THEN
-            job.phase := 'done';
-        ELSIF job.method = 'primary key' THEN
-            job.upper_bound := (tenancy.table_query(tbl, job.created_by,
-                pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t ORDER BY %s DESC LIMIT 1',
-                    (SELECT string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ') FROM unnest(job.key_columns) k),
-                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl,
-                    (SELECT string_agg(pg_catalog.format('t.%I', k), ' DESC, ') FROM unnest(job.key_columns) k))))[1]::text[];
-            job.phase := 'batches';
-        ELSE
-            job.upper_bound := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
-            job.cursor := ARRAY['0'];
-            job.phase := 'batches';
-        END IF;
-        PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
-            'method', job.method, 'key_columns', job.key_columns, 'upper_bound', job.upper_bound,
-            'cursor', job.cursor, 'phase', job.phase, 'rows_total', job.rows_total));
+        job := tenancy.backfill_first_run(job, tname);
     END IF;
     PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
         'state', 'running', 'pid', pg_catalog.pg_backend_pid(), 'started_at', coalesce(job.started_at, pg_catalog.now()),
@@ -4190,88 +4494,10 @@ BEGIN
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
-    -- The SET list.  Unless compact_indexes is on, it also names the columns
-    -- of the table's non-unique indexes, as "col = t.col": no value and no
-    -- lock strength changes (both are decided on the values), but btree then
-    -- knows these indexes were not "unchanged by the update" and skips its
-    -- bottom-up deletion passes.  Those passes remove the index entries of
-    -- rows earlier batches moved (dead once committed) and so keep the
-    -- indexes compact, at a high price on indexes in random order; a single
-    -- UPDATE never pays it, since its own old versions are not dead yet.
-    -- Columns of unique indexes, generated columns, columns named by UPDATE
-    -- OF triggers and columns the caller may not update are never named.
-    -- The value goes through tenancy.wal_flush_behind(), which keeps the
-    -- batch's WAL flushed behind it (src/backfill_wal.c).
-    -- The batches that write the value run the job's search_path, for the
-    -- user's expression (every other name in them is qualified).
-    sp_set := pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, true); ', 'search_path', job.search_path);
-    setv := pg_catalog.format('%I = tenancy.wal_flush_behind(%s)', job.column_name, job.value_sql);
-    IF NOT coalesce((o->>'compact_indexes')::boolean, false) THEN
-        setv := setv || coalesce((
-            SELECT string_agg(pg_catalog.format(', %I = t.%I', a.attname, a.attname), '' ORDER BY a.attnum)
-              FROM pg_catalog.pg_attribute a
-             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-               AND a.attname <> job.column_name
-               AND EXISTS (SELECT FROM pg_catalog.pg_index x
-                            WHERE x.indrelid = tbl AND NOT x.indisunique AND a.attnum = ANY (x.indkey))
-               AND NOT EXISTS (SELECT FROM pg_catalog.pg_index x
-                                WHERE x.indrelid = tbl AND x.indisunique AND a.attnum = ANY (x.indkey))
-               AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger g
-                                WHERE g.tgrelid = tbl AND NOT g.tgisinternal AND a.attnum = ANY (g.tgattr))
-               AND pg_catalog.has_column_privilege(tbl, a.attnum, 'UPDATE')), '');
-    END IF;
-
-    -- The statements of a batch.  The row is aliased t; keys travel as text
-    -- arrays cast back to the key types, so composite keys need nothing else.
-    IF job.method = 'primary key' THEN
-        SELECT array_agg(tenancy.type_sql(a.atttypid) ORDER BY k.i),
-               -- Built-in key types: their built-in comparison operators.
-               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.>)' ELSE '>' END,
-               CASE WHEN bool_and(ty.typnamespace = 'pg_catalog'::regnamespace) THEN 'OPERATOR(pg_catalog.<=)' ELSE '<=' END
-          INTO keytypes, gt, le
-          FROM unnest(job.key_columns) WITH ORDINALITY AS k(name, i)
-          JOIN pg_catalog.pg_attribute a ON a.attrelid = tbl AND a.attname = k.name
-          JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid;
-        SELECT string_agg(pg_catalog.format('t.%I', k), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('$1[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('$2[%s]::%s', i, keytypes[i]), ', ' ORDER BY i),
-               string_agg(pg_catalog.format('t.%I::pg_catalog.text', k), ', ' ORDER BY i)
-          INTO kcols, lo_e, hi_e, ktext
-          FROM unnest(job.key_columns) WITH ORDINALITY AS u(k, i);
-        rowk := '(' || kcols || ')';
-        lo_e := '(' || lo_e || ')';
-        hi_e := '(' || hi_e || ')';
-        sql_hi := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s AND %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
-                                    ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, gt, lo_e, rowk, le, hi_e, kcols);
-        sql_hi_first := pg_catalog.format('SELECT ARRAY[%s] FROM %s%s t WHERE %s %s %s ORDER BY %s OFFSET $3 LIMIT 1',
-                                          ktext, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, rowk, le, hi_e, kcols);
-        sql_up := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND %s %s %s AND t.%I IS NULL',
-                                    CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
-                                    rowk, gt, lo_e, rowk, le, hi_e, job.column_name);
-        sql_up_first := pg_catalog.format('UPDATE %s%s AS t SET %s WHERE %s %s %s AND t.%I IS NULL',
-                                          CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, setv,
-                                          rowk, le, hi_e, job.column_name);
-        sql_find := pg_catalog.format('SELECT pg_catalog.format(%L, %s) FROM %s%s t WHERE t.%I IS NULL LIMIT 1',
-                                      '(' || (SELECT string_agg(pg_catalog.quote_ident(k), ', ') FROM unnest(job.key_columns) k) || ')=('
-                                          || pg_catalog.repeat('%s, ', cardinality(job.key_columns) - 1) || '%s)',
-                                      kcols, CASE WHEN is_parted THEN '' ELSE 'ONLY ' END, qtbl, job.column_name);
-    ELSE
-        sql_find := pg_catalog.format('SELECT pg_catalog.format(''ctid %%s'', t.ctid) FROM ONLY %s t WHERE t.%I IS NULL LIMIT 1',
-                                      qtbl, job.column_name);
-    END IF;
-    -- Block ranges (tables without a primary key, and the sweep).
-    sql_tid := pg_catalog.format('UPDATE ONLY %s AS t SET %s WHERE t.ctid OPERATOR(pg_catalog.>=) $1 AND t.ctid OPERATOR(pg_catalog.<) $2 AND t.%I IS NULL',
-                                 qtbl, setv, job.column_name);
-    -- The sweep of a partitioned table: NULLs found by a scan, updated by TID.
-    sql_sweep := pg_catalog.format(
-        'WITH c AS MATERIALIZED (SELECT s.tableoid AS r, s.ctid AS c FROM %s s WHERE s.%I IS NULL LIMIT $1), '
-        'u AS (UPDATE %s AS t SET %s WHERE (t.tableoid, t.ctid) OPERATOR(pg_catalog.=) ANY (SELECT c.r, c.c FROM c) AND t.%I IS NULL RETURNING 1) '
-        'SELECT (SELECT pg_catalog.count(*) FROM c), (SELECT pg_catalog.count(*) FROM u)',
-        qtbl, job.column_name, qtbl, setv, job.column_name);
-    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
-      INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+    b := tenancy.backfill_batch_sql(job);
+    rows_per_block := tenancy.backfill_rows_per_block(tbl);
     PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object('value_sql', job.value_sql,
-        'batch_sql', CASE WHEN job.method = 'primary key' THEN sql_up ELSE sql_tid END));
+        'batch_sql', CASE WHEN job.method = 'primary key' THEN b.sql_up ELSE b.sql_tid END));
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- The user triggers the batches fire (an audit trigger rewriting a
@@ -4324,58 +4550,19 @@ BEGIN
         END IF;
         lsn0 := pg_catalog.pg_current_wal_insert_lsn();
         t0 := pg_catalog.clock_timestamp();
-        BEGIN
-            PERFORM pg_catalog.set_config('lock_timeout', lt_ms::text, true),
-                    pg_catalog.set_config('application_name', pg_catalog.left(pg_catalog.format('%s %s', appname,
-                        CASE WHEN job.phase = 'sweep' THEN 'sweep'
-                             ELSE round(100.0 * least(job.rows_scanned, job.rows_total) / greatest(job.rows_total, 1)) || '%' END), 63), false),
-                    tenancy.batch_timeout(CASE WHEN job.phase = 'sweep' AND is_parted THEN 0 ELSE st_ms END);
-            -- user_triggers => false: this batch only (local to its
-            -- subtransaction, set back after it); other sessions' writes
-            -- fire their triggers as ever.
-            IF no_triggers THEN
-                PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-            END IF;
-            -- Each statement on the table runs as the job's creator, or as the
-            -- table's owner when the creator has its privileges, under
-            -- SECURITY_RESTRICTED_OPERATION (src/as_owner.c).
-            IF job.phase = 'batches' AND job.method = 'primary key' THEN
-                hi := (tenancy.table_query(tbl, job.created_by, CASE WHEN lo IS NULL THEN sql_hi_first ELSE sql_hi END,
-                                           lo, ub, n - 1))[1]::text[];
-                last_batch := hi IS NULL;
-                hi := coalesce(hi, ub);
-                updated := tenancy.table_exec(tbl, job.created_by,
-                                              sp_set || CASE WHEN lo IS NULL THEN sql_up_first ELSE sql_up END, lo, hi);
-            ELSIF is_parted THEN
-                r := tenancy.table_query(tbl, job.created_by, sp_set || sql_sweep, n);
-                found_rows := r[1]::bigint;
-                updated := r[2]::bigint;
-                last_batch := found_rows = 0;
-            ELSE
-                hi := ARRAY[least(lo[1]::bigint + pg_catalog.ceil(n / rows_per_block)::bigint, ub[1]::bigint)::text];
-                last_batch := hi[1]::bigint >= ub[1]::bigint;
-                updated := tenancy.table_exec(tbl, job.created_by, sp_set || sql_tid,
-                                              pg_catalog.format('(%s,0)', lo[1])::tid, pg_catalog.format('(%s,0)', hi[1])::tid);
-            END IF;
-            IF no_triggers THEN
-                PERFORM pg_catalog.set_config('session_replication_role', orig_srr, true);
-            END IF;
-            PERFORM tenancy.batch_timeout(0);
-        EXCEPTION
-            WHEN lock_not_available OR deadlock_detected THEN
-                PERFORM tenancy.batch_timeout(0);
-                outcome := 'retry';
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
-            WHEN query_canceled THEN
-                PERFORM tenancy.batch_timeout(0);
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT;
-                outcome := CASE WHEN err_msg LIKE '%statement timeout%' THEN 'timeout' ELSE 'cancel' END;
-            WHEN OTHERS THEN
-                PERFORM tenancy.batch_timeout(0);
-                outcome := 'error';
-                GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_msg = MESSAGE_TEXT,
-                                        err_detail = PG_EXCEPTION_DETAIL;
-        END;
+        -- One batch, in a subtransaction: its outcome (ok, retry, timeout,
+        -- cancel, error) decides what comes next.
+        res := tenancy.backfill_run_batch(job, b, lo, ub, n, rows_per_block, is_parted, lt_ms, st_ms,
+                                          no_triggers, orig_srr, appname,
+                                          hi, err_detail);
+        hi := res.hi;
+        last_batch := res.last_batch;
+        updated := res.updated;
+        found_rows := res.found_rows;
+        err_state := res.err_state;
+        err_msg := res.err_msg;
+        err_detail := res.err_detail;
+        outcome := res.outcome;
         ms := extract(epoch FROM pg_catalog.clock_timestamp() - t0) * 1000;
 
         IF outcome = 'ok' THEN
@@ -4408,18 +4595,10 @@ BEGIN
             run_rows := run_rows + updated;
             job.rows_done := job.rows_done + updated;
             job.batches := job.batches + 1;
-            -- Adapt the batch size to the target duration: smoothed per-row
-            -- cost, growth at most 1.2x a step, halving after a batch over
-            -- twice the target.
-            per_row := CASE WHEN per_row IS NULL THEN ms / n ELSE 0.7 * per_row + 0.3 * ms / n END;
-            IF ms > 2 * target_ms THEN
-                n := greatest(n / 2, nmin);
-            ELSE
-                n := least(pg_catalog.ceil(n * 1.2)::bigint,
-                                      greatest(pg_catalog.floor(target_ms / greatest(per_row, 0.00001))::bigint, n / 2))::integer;
-                n := least(greatest(n, nmin),
-                                      CASE WHEN job.phase = 'sweep' THEN 10 * nmax ELSE nmax END);
-            END IF;
+            -- Adapt the batch size to the target duration.
+            SELECT s.next_batch, s.next_per_row INTO n, per_row
+              FROM tenancy.backfill_next_size(outcome, n, nmin, nmax, ms, target_ms, per_row, failures,
+                                              job.phase = 'sweep') s;
             v_rate := run_rows / greatest(extract(epoch FROM pg_catalog.clock_timestamp() - t_start), 0.001);
             v_eta := CASE WHEN job.phase = 'batches' AND run_scanned > 0 THEN
                         pg_catalog.make_interval(secs => (greatest(job.rows_total - job.rows_scanned, 0)
@@ -4438,8 +4617,7 @@ BEGIN
                     per_row := NULL;
                     lo := ARRAY['0'];
                     ub := ARRAY[(pg_catalog.pg_relation_size(tbl) / pg_catalog.current_setting('block_size')::bigint)::text];
-                    SELECT CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN (c.reltuples / c.relpages)::numeric ELSE 100 END
-                      INTO rows_per_block FROM pg_catalog.pg_class c WHERE c.oid = tbl;
+                    rows_per_block := tenancy.backfill_rows_per_block(tbl);
                 END IF;
             END IF;
             job.max_batch_ms := greatest(job.max_batch_ms, round(ms, 1));
@@ -4477,9 +4655,9 @@ BEGIN
             -- batch after repeats (at once after a statement timeout).
             failures := failures + 1;
             job.retries := job.retries + 1;
-            IF outcome = 'timeout' OR failures % 3 = 0 THEN
-                n := greatest(n / 2, 1);
-            END IF;
+            SELECT s.next_batch, s.sleep INTO n, backoff
+              FROM tenancy.backfill_next_size(outcome, n, nmin, nmax, ms, target_ms, per_row, failures,
+                                              job.phase = 'sweep') s;
             IF failures > retry_limit THEN
                 err_msg := pg_catalog.format('backfill of %s gave up after %s retries: %s', tname, retry_limit, err_msg);
                 outcome := 'fail';
@@ -4490,26 +4668,18 @@ BEGIN
                                                                               ELSE err_msg END, failures)));
                 COMMIT;
                 PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-                PERFORM pg_catalog.pg_sleep(least(0.01 * 2 ^ least(failures, 10), 5) * (0.5 + pg_catalog.random()));
+                PERFORM pg_catalog.pg_sleep_for(backoff);
             END IF;
         ELSIF outcome = 'error' AND n > 1 THEN
             -- An error from the data: narrow the batch down to the failing row.
-            n := greatest(n / 2, 1);
+            n := (tenancy.backfill_next_size(outcome, n, nmin, nmax, ms, target_ms, per_row, failures,
+                                             job.phase = 'sweep')).next_batch;
             outcome := 'narrow';
         END IF;
 
         IF outcome IN ('cancel', 'fail', 'error') THEN
             IF outcome = 'error' THEN
-                IF job.phase = 'batches' AND job.method = 'primary key' THEN
-                    SELECT '(' || string_agg(pg_catalog.quote_ident(k), ', ') || ')=(' || pg_catalog.array_to_string(hi, ', ') || ')'
-                      INTO failing FROM unnest(job.key_columns) k;
-                ELSE
-                    BEGIN
-                        failing := (tenancy.table_query(tbl, job.created_by, sql_find))[1];
-                    EXCEPTION WHEN OTHERS THEN
-                        failing := NULL;
-                    END;
-                END IF;
+                failing := tenancy.backfill_failing_row(job, b, hi);
                 err_msg := pg_catalog.format('backfill of %s failed at row %s: %s', tname, coalesce(failing, '?'), err_msg);
             END IF;
             PERFORM tenancy.backfill_job_update(job_id, jsonb_build_object(
@@ -5475,7 +5645,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'Name a foreign key constraint of the table (\d shows them).';
     END IF;
-    pcol := coalesce((SELECT t.column_name FROM tenancy.tables t WHERE t.relation = con.parent), 'tenant_id');
+    pcol := tenancy.tenant_column(con.parent);
     SELECT a.atttypid::regtype INTO pcoltype FROM pg_attribute a
      WHERE a.attrelid = con.parent AND a.attname = pcol AND a.attnum > 0 AND NOT a.attisdropped;
     IF pcoltype IS DISTINCT FROM tenancy.key_type() THEN
@@ -5569,7 +5739,7 @@ BEGIN
     IF NOT pg_has_role((SELECT c.relowner FROM pg_class c WHERE c.oid = tbl), 'USAGE') THEN
         RAISE EXCEPTION 'must be owner of table %', tbl USING ERRCODE = 'insufficient_privilege';
     END IF;
-    col := coalesce(column_name, (SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+    col := coalesce(column_name, tenancy.tenant_column(tbl));
     s := tenancy.derive_source(tbl, source, via);
     SELECT a.atttypid INTO coltype FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
@@ -5640,7 +5810,7 @@ DECLARE
     col name;
 BEGIN
     stmts := tenancy.derive_tenant_stmts(tbl, source, via, column_name);
-    col := coalesce(column_name, (SELECT t.column_name FROM tenancy.tables t WHERE t.relation = tbl), 'tenant_id');
+    col := coalesce(column_name, tenancy.tenant_column(tbl));
     s := tenancy.derive_source(tbl, source, via);
     -- The trigger's DDL takes a SHARE ROW EXCLUSIVE lock: writers wait, readers do not.
     INSERT INTO tenancy.derived_tenants (relation, column_name, source_kind, source)

@@ -49,6 +49,8 @@
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_statistic.h"
@@ -1018,6 +1020,23 @@ refresh_one(StatusTable *t, TimestampTz deadline)
 }
 
 /*
+ * The name of a relation as the pinned SQL functions print a regclass
+ * (search_path = pg_catalog, pg_temp): qualified unless it is in one of
+ * those, so that the "not registered" error reads as the one of
+ * tenancy.registered_table().
+ */
+static char *
+status_pinned_name(Oid relid)
+{
+	Oid			nsp = get_rel_namespace(relid);
+	char	   *rel = get_rel_name(relid);
+
+	if (nsp == PG_CATALOG_NAMESPACE || isTempNamespace(nsp))
+		return (char *) quote_identifier(rel);
+	return quote_qualified_identifier(get_namespace_name(nsp), rel);
+}
+
+/*
  * tenancy.refresh_status(tbl regclass DEFAULT NULL) returns setof
  * tenancy.migration_status: what one worker cycle does, for one registered
  * table or all of them, in the caller's transaction, within
@@ -1059,9 +1078,9 @@ tenancy_refresh_status(PG_FUNCTION_ARGS)
 	tables = status_tables(relid, CurrentMemoryContext);
 	if (OidIsValid(relid) && tables == NIL)
 		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("relation \"%s\" is not registered with tenancy", get_rel_name(relid)),
-				 errhint("Register it in tenancy.tables, for example with tenancy.add_tenant_column().")));
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not registered in tenancy.tables", status_pinned_name(relid)),
+				 errhint("Register it with tenancy.add_tenant_column().")));
 	if (!OidIsValid(relid))
 		status_prune();
 

@@ -25,13 +25,13 @@
 # Runs on make test's cluster (PGHOST, PGPORT, PGUSER: a superuser); makes
 # its roles (tn_dr_*) and databases (tn_dr_*) and drops them at the end.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 HERE=$(cd "$(dirname "$0")" && pwd)
-BIN=${TN_BINDIR:-$(pg_config --bindir)}
-OUT=$(mktemp -d "${TMPDIR:-/tmp}/tenancy-dump.XXXXXX")
-chmod 755 "$OUT"
+BIN=$TN_BINDIR
+tap_tmpdir DUMPDIR tenancy-dump
+chmod 755 "$DUMPDIR"
 SRC=tn_dr_src ORIG=tn_dr_orig
 ROLES="tn_dr_owner tn_dr_app tn_dr_legacy tn_dr_backup"
-n=0
 psqlq() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 drop_all() {
     local d r
@@ -39,29 +39,15 @@ drop_all() {
         psqlq -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $d" >/dev/null 2>&1
     done
     for r in $ROLES; do psqlq -d postgres -c "DROP ROLE IF EXISTS $r" >/dev/null 2>&1; done
+    return 0
 }
-cleanup() { drop_all; rm -rf "$OUT"; }
-trap cleanup EXIT
-ok() {   # ok STATUS DESCRIPTION [FILE TO SHOW ON FAILURE]
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2"; else
-        echo "not ok $n - $2"
-        [ -n "${3:-}" ] && head -n 60 "$3" | sed 's/^/#   /'
-    fi
-}
-# same A B DESCRIPTION
-same() {
-    diff -u "$1" "$2" > "$OUT/diff" 2>&1
-    local rc=$?
-    [ -s "$1" ] || { rc=1; echo "nothing in $1" > "$OUT/diff"; }
-    ok $rc "$3" "$OUT/diff"
-}
+tap_at_exit drop_all
 
 drop_all
-for r in $ROLES; do psqlq -d postgres -c "CREATE ROLE $r LOGIN" || exit 1; done
+for r in $ROLES; do psqlq -d postgres -c "CREATE ROLE $r LOGIN" || bail "cannot create role $r"; done
 psqlq -d postgres -c "ALTER ROLE tn_dr_backup BYPASSRLS"
-psqlq -d postgres -c "CREATE DATABASE $SRC" && psqlq -d $SRC -f "$HERE/fixtures/dump_restore.sql" > "$OUT/fixture.log" 2>&1
-ok $? "a migrated database (test/fixtures/dump_restore.sql)" "$OUT/fixture.log"
+psqlq -d postgres -c "CREATE DATABASE $SRC" && psqlq -d $SRC -f "$HERE/fixtures/dump_restore.sql" > "$DUMPDIR/fixture.log" 2>&1
+ok_file $? "a migrated database (test/fixtures/dump_restore.sql)" "$DUMPDIR/fixture.log"
 
 # --- what must survive the round trip -------------------------------------------
 tables="shop.customers shop.orders shop.notes shop.events shop.events_2024 shop.events_2025 shop.pending"
@@ -104,29 +90,29 @@ SQL
     } > "$p.app" 2>&1
     { psqlq -U tn_dr_legacy -d "$db" -c "SELECT current_setting('tenancy.tenant_id')" -c "$counts_sql"; } > "$p.legacy" 2>&1
 }
-facts $SRC "$OUT/before"
+facts $SRC "$DUMPDIR/before"
 # sanity of the fixture: tenants see different rows, the legacy role is bound
-[ "$(grep -c . "$OUT/before.verify")" -gt 10 ] \
-    && [ "$(grep '^shop.customers|' "$OUT/before.app" | sort -u | wc -l)" = 3 ] \
-    && grep -q '^00000000-0000-4000-8000-000000000001$' "$OUT/before.legacy" \
-    && grep -q '^backfill_jobs|.*shop.pending.*queued' "$OUT/before.registry"
-ok $? "the fixture: a verify() report, tenants see different rows, the legacy role is bound, a job is queued" "$OUT/before.app"
+[ "$(grep -c . "$DUMPDIR/before.verify")" -gt 10 ] \
+    && [ "$(grep '^shop.customers|' "$DUMPDIR/before.app" | sort -u | wc -l)" = 3 ] \
+    && grep -q '^00000000-0000-4000-8000-000000000001$' "$DUMPDIR/before.legacy" \
+    && grep -q '^backfill_jobs|.*shop.pending.*queued' "$DUMPDIR/before.registry"
+ok_file $? "the fixture: a verify() report, tenants see different rows, the legacy role is bound, a job is queued" "$DUMPDIR/before.app"
 
 # --- the round trip ---------------------------------------------------------------
-"$BIN/pg_dump" -Fc -d $SRC -f "$OUT/src.dump" > "$OUT/dump.log" 2>&1
-ok $? "pg_dump -Fc as a superuser" "$OUT/dump.log"
+"$BIN/pg_dump" -Fc -d $SRC -f "$DUMPDIR/src.dump" > "$DUMPDIR/dump.log" 2>&1
+ok_file $? "pg_dump -Fc as a superuser" "$DUMPDIR/dump.log"
 psqlq -d postgres -c "ALTER DATABASE $SRC RENAME TO $ORIG" \
-    && "$BIN/pg_restore" --create --exit-on-error -d postgres "$OUT/src.dump" > "$OUT/restore.log" 2>&1
-ok $? "pg_restore --create into a new database (the original renamed)" "$OUT/restore.log"
+    && "$BIN/pg_restore" --create --exit-on-error -d postgres "$DUMPDIR/src.dump" > "$DUMPDIR/restore.log" 2>&1
+ok_file $? "pg_restore --create into a new database (the original renamed)" "$DUMPDIR/restore.log"
 
-facts $ORIG "$OUT/orig"
-facts $SRC "$OUT/restored"
-same "$OUT/orig.verify" "$OUT/restored.verify" "verify() gives the same report"
-same "$OUT/orig.registry" "$OUT/restored.registry" "tenants, tables, memberships, contract log, jobs: the same rows"
-same "$OUT/orig.policies" "$OUT/restored.policies" "the same policies, modes and row security flags"
-same "$OUT/orig.evt" "$OUT/restored.evt" "the same event triggers, enabled"
-same "$OUT/orig.app" "$OUT/restored.app" "the application role sees the same rows per tenant and with none"
-same "$OUT/orig.legacy" "$OUT/restored.legacy" "the bound legacy role keeps its tenant and sees the same rows"
+facts $ORIG "$DUMPDIR/orig"
+facts $SRC "$DUMPDIR/restored"
+same_file "$DUMPDIR/orig.verify" "$DUMPDIR/restored.verify" "verify() gives the same report"
+same_file "$DUMPDIR/orig.registry" "$DUMPDIR/restored.registry" "tenants, tables, memberships, contract log, jobs: the same rows"
+same_file "$DUMPDIR/orig.policies" "$DUMPDIR/restored.policies" "the same policies, modes and row security flags"
+same_file "$DUMPDIR/orig.evt" "$DUMPDIR/restored.evt" "the same event triggers, enabled"
+same_file "$DUMPDIR/orig.app" "$DUMPDIR/restored.app" "the application role sees the same rows per tenant and with none"
+same_file "$DUMPDIR/orig.legacy" "$DUMPDIR/restored.legacy" "the bound legacy role keeps its tenant and sees the same rows"
 
 # --- the restored database goes on ---------------------------------------------
 got=$(psqlq -d $SRC 2>&1 <<'SQL'
@@ -151,23 +137,23 @@ ok $? "the restored event trigger covers a new partition (got: $got)"
 # --- dumps by a non-superuser ------------------------------------------------------
 # rows per table in a plain dump
 copy_counts() { awk '/^COPY /{t=$2; c=0; next} /^\\\.$/{if (t != "") print t "|" c; t=""; next} t != ""{c++}' "$1" | sort; }
-psqlq -d $ORIG -c "$counts_sql" | grep -v '^shop.events|' | sort > "$OUT/all_rows"
+psqlq -d $ORIG -c "$counts_sql" | grep -v '^shop.events|' | sort > "$DUMPDIR/all_rows"
 
-"$BIN/pg_dump" -U tn_dr_owner -n shop -d $ORIG -f "$OUT/owner.sql" > "$OUT/owner.log" 2>&1
+"$BIN/pg_dump" -U tn_dr_owner -n shop -d $ORIG -f "$DUMPDIR/owner.sql" > "$DUMPDIR/owner.log" 2>&1
 rc=$?
-[ $rc -ne 0 ] && grep -q 'query would be affected by row-level security policy for table' "$OUT/owner.log"
-ok $? "the tables' owner (not a superuser): pg_dump fails with \"query would be affected by row-level security policy\"" "$OUT/owner.log"
+[ $rc -ne 0 ] && grep -q 'query would be affected by row-level security policy for table' "$DUMPDIR/owner.log"
+ok_file $? "the tables' owner (not a superuser): pg_dump fails with \"query would be affected by row-level security policy\"" "$DUMPDIR/owner.log"
 
-"$BIN/pg_dump" -U tn_dr_owner -n shop --enable-row-security -d $ORIG -f "$OUT/owner_rls.sql" > "$OUT/owner_rls.log" 2>&1 \
-    && copy_counts "$OUT/owner_rls.sql" > "$OUT/owner_rls.counts" \
-    && ! diff -q "$OUT/all_rows" "$OUT/owner_rls.counts" >/dev/null \
-    && grep -q '^shop.customers|0$' "$OUT/owner_rls.counts"
-ok $? "the owner with --enable-row-security: the dump succeeds but misses the rows the policy hides (not a backup)" "$OUT/owner_rls.counts"
+"$BIN/pg_dump" -U tn_dr_owner -n shop --enable-row-security -d $ORIG -f "$DUMPDIR/owner_rls.sql" > "$DUMPDIR/owner_rls.log" 2>&1 \
+    && copy_counts "$DUMPDIR/owner_rls.sql" > "$DUMPDIR/owner_rls.counts" \
+    && ! diff -q "$DUMPDIR/all_rows" "$DUMPDIR/owner_rls.counts" >/dev/null \
+    && grep -q '^shop.customers|0$' "$DUMPDIR/owner_rls.counts"
+ok_file $? "the owner with --enable-row-security: the dump succeeds but misses the rows the policy hides (not a backup)" "$DUMPDIR/owner_rls.counts"
 
 psqlq -d $ORIG -c "GRANT USAGE ON SCHEMA shop TO tn_dr_backup" -c "GRANT SELECT ON ALL TABLES IN SCHEMA shop TO tn_dr_backup"
-"$BIN/pg_dump" -U tn_dr_backup -n shop --data-only -d $ORIG -f "$OUT/backup.sql" > "$OUT/backup.log" 2>&1 \
-    && copy_counts "$OUT/backup.sql" > "$OUT/backup.counts"
-ok $? "a BYPASSRLS role with SELECT dumps the tables" "$OUT/backup.log"
-same "$OUT/all_rows" "$OUT/backup.counts" "and every row"
+"$BIN/pg_dump" -U tn_dr_backup -n shop --data-only -d $ORIG -f "$DUMPDIR/backup.sql" > "$DUMPDIR/backup.log" 2>&1 \
+    && copy_counts "$DUMPDIR/backup.sql" > "$DUMPDIR/backup.counts"
+ok_file $? "a BYPASSRLS role with SELECT dumps the tables" "$DUMPDIR/backup.log"
+same_file "$DUMPDIR/all_rows" "$DUMPDIR/backup.counts" "and every row"
 
-echo "1..$n"
+echo "1..$TAP_N"

@@ -47,6 +47,7 @@ SELECT bag_eq(
     $$VALUES ('add_member', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('backfill_null_source', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('backfill_null_source', 'warning extra', 'unused parameter "$1"'),
+           ('backfill_run_batch', 'warning extra', 'parameter "err_detail" is never read'),
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),

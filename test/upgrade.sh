@@ -50,10 +50,10 @@
 #
 #  and the test uses it when it is identical to SNAPSHOT_BASE.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 HERE=$(cd "$(dirname "$0")" && pwd)
 SNAPSHOT=$HERE/catalog_snapshot.psql
-OUT=$(mktemp -d "${TMPDIR:-/tmp}/tenancy-upgrade.XXXXXX")
-n=0
+tap_tmpdir SNAPDIR tenancy-upgrade
 dbs=()
 placed_base=
 psqlq() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
@@ -61,18 +61,9 @@ cleanup() {
     local d
     for d in "${dbs[@]}"; do psqlq -d postgres -c "DROP DATABASE IF EXISTS $d" >/dev/null 2>&1; done
     [ -n "$placed_base" ] && rm -f "$placed_base"
-    rm -rf "$OUT"
+    return 0
 }
-trap cleanup EXIT
-
-ok() {   # ok STATUS DESCRIPTION [DIFF FILE]
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2"; else
-        echo "not ok $n - $2"
-        [ -n "${3:-}" ] && head -n 200 "$3" | sed 's/^/#   /'
-    fi
-}
-skip() { n=$((n + 1)); echo "ok $n # skip $1"; }
+tap_at_exit cleanup
 
 # newdb NAME KEYTYPE [VERSION]: a scratch database with the extension.
 newdb() {
@@ -84,25 +75,18 @@ newdb() {
 }
 # snap DB FILE
 snap() { psqlq -d "$1" -f "$SNAPSHOT" > "$2"; }
-# same A B DESCRIPTION: the snapshots are identical (and not empty)
-same() {
-    diff -u "$1" "$2" > "$OUT/diff" 2>&1
-    local rc=$?
-    [ -s "$1" ] || { rc=1; echo "empty snapshot $1" > "$OUT/diff"; }
-    ok $rc "$3" "$OUT/diff"
-}
 
 default=$(psqlq -d postgres -c "SELECT default_version FROM pg_available_extensions WHERE name = 'tenancy'")
-[ -n "$default" ] || { echo "Bail out! extension tenancy is not installed"; exit 1; }
+[ -n "$default" ] || bail "extension tenancy is not installed"
 
 # --- 1. self-test of the snapshot ---------------------------------------------
 newdb tn_upgrade_a uuid && newdb tn_upgrade_b uuid
 ok $? "two fresh installs of $default"
-snap tn_upgrade_a "$OUT/a"; snap tn_upgrade_b "$OUT/b"
-same "$OUT/a" "$OUT/b" "two fresh installs give the same snapshot"
-grep -q '^member function tenancy.set_tenant(text,boolean) type = function$' "$OUT/a" \
-    && grep -q '^event_trigger tenancy_rls_forget_dropped event = sql_drop$' "$OUT/a" \
-    && grep -q '^config tenancy.tenants condition = $' "$OUT/a"
+snap tn_upgrade_a "$SNAPDIR/a"; snap tn_upgrade_b "$SNAPDIR/b"
+same_file "$SNAPDIR/a" "$SNAPDIR/b" "two fresh installs give the same snapshot"
+grep -q '^member function tenancy.set_tenant(text,boolean) type = function$' "$SNAPDIR/a" \
+    && grep -q '^event_trigger tenancy_rls_forget_dropped event = sql_drop$' "$SNAPDIR/a" \
+    && grep -q '^config tenancy.tenants condition = $' "$SNAPDIR/a"
 ok $? "the snapshot lists members, event triggers and configuration tables"
 
 # Each change, made in a transaction rolled back after the snapshot, must
@@ -117,8 +101,8 @@ changes=(
 )
 for c in "${changes[@]}"; do
     sql=${c%|*}; what=${c##*|}
-    psqlq -d tn_upgrade_b -c "BEGIN" -c "$sql" -f "$SNAPSHOT" -c "ROLLBACK" > "$OUT/b2" 2>&1
-    ! diff -q "$OUT/a" "$OUT/b2" >/dev/null
+    psqlq -d tn_upgrade_b -c "BEGIN" -c "$sql" -f "$SNAPSHOT" -c "ROLLBACK" > "$SNAPDIR/b2" 2>&1
+    ! diff -q "$SNAPDIR/a" "$SNAPDIR/b2" >/dev/null
     ok $? "the snapshot shows $what"
 done
 
@@ -136,8 +120,8 @@ else
         newdb "tn_upgrade_from_$i" uuid "$src" \
             && psqlq -d "tn_upgrade_from_$i" -c "ALTER EXTENSION tenancy UPDATE" >/dev/null
         ok $? "CREATE EXTENSION tenancy VERSION '$src'; ALTER EXTENSION tenancy UPDATE"
-        snap "tn_upgrade_from_$i" "$OUT/up"
-        same "$OUT/up" "$OUT/a" "$src updated to $default has the objects of a fresh $default install"
+        snap "tn_upgrade_from_$i" "$SNAPDIR/up"
+        same_file "$SNAPDIR/up" "$SNAPDIR/a" "$src updated to $default has the objects of a fresh $default install"
 
         # --- 3. key type: the registry's, not the setting at update time
         newdb "tn_upgrade_big_$i" bigint "$src" \
@@ -152,15 +136,15 @@ else
         check_keys=$?
         [ "$check_keys" = 0 ] && [ "$got" = "bigint,bigint" ]
         ok $? "the upgraded database keeps bigint keys (got: $got)"
-        [ "$i" = 1 ] && newdb tn_upgrade_big_fresh bigint && snap tn_upgrade_big_fresh "$OUT/bigfresh"
-        snap "tn_upgrade_big_$i" "$OUT/bigup"
-        same "$OUT/bigup" "$OUT/bigfresh" "$src with bigint keys updated to $default has the objects of a fresh bigint install"
+        [ "$i" = 1 ] && newdb tn_upgrade_big_fresh bigint && snap tn_upgrade_big_fresh "$SNAPDIR/bigfresh"
+        snap "tn_upgrade_big_$i" "$SNAPDIR/bigup"
+        same_file "$SNAPDIR/bigup" "$SNAPDIR/bigfresh" "$src with bigint keys updated to $default has the objects of a fresh bigint install"
     done
 fi
 
 # --- SNAPSHOT_BASE: an old install script against the current build ------------
 if [ -n "${SNAPSHOT_BASE:-}" ]; then
-    [ -r "$SNAPSHOT_BASE" ] || { echo "Bail out! SNAPSHOT_BASE=$SNAPSHOT_BASE is not readable"; exit 1; }
+    [ -r "$SNAPSHOT_BASE" ] || bail "SNAPSHOT_BASE=$SNAPSHOT_BASE is not readable"
     extdir=$(psqlq -d postgres -c "SELECT setting FROM pg_config WHERE name = 'SHAREDIR'")/extension
     target=$extdir/tenancy--snapshot_base.sql
     if [ -f "$target" ] && cmp -s "$target" "$SNAPSHOT_BASE"; then
@@ -168,19 +152,18 @@ if [ -n "${SNAPSHOT_BASE:-}" ]; then
     elif cp "$SNAPSHOT_BASE" "$target" 2>/dev/null; then
         placed_base=$target
     else
-        echo "Bail out! cannot write $target: copy SNAPSHOT_BASE there yourself (see the header of test/upgrade.sh)"
-        exit 1
+        bail "cannot write $target: copy SNAPSHOT_BASE there yourself (see the header of test/upgrade.sh)"
     fi
     for kt in uuid bigint text; do
         newdb "tn_upgrade_base_$kt" "$kt" snapshot_base && newdb "tn_upgrade_new_$kt" "$kt"
         ok $? "installs from $SNAPSHOT_BASE and from the current build ($kt keys)"
-        snap "tn_upgrade_base_$kt" "$OUT/base.full"; snap "tn_upgrade_new_$kt" "$OUT/new.full"
-        grep -v '^extension tenancy version = ' "$OUT/base.full" > "$OUT/base"
-        grep -v '^extension tenancy version = ' "$OUT/new.full" > "$OUT/new"
-        same "$OUT/base" "$OUT/new" "a fresh install from SNAPSHOT_BASE equals one from the current build ($kt keys)"
+        snap "tn_upgrade_base_$kt" "$SNAPDIR/base.full"; snap "tn_upgrade_new_$kt" "$SNAPDIR/new.full"
+        grep -v '^extension tenancy version = ' "$SNAPDIR/base.full" > "$SNAPDIR/base"
+        grep -v '^extension tenancy version = ' "$SNAPDIR/new.full" > "$SNAPDIR/new"
+        same_file "$SNAPDIR/base" "$SNAPDIR/new" "a fresh install from SNAPSHOT_BASE equals one from the current build ($kt keys)"
     done
 else
     skip "SNAPSHOT_BASE not set: no old install script to compare with"
 fi
 
-echo "1..$n"
+echo "1..$TAP_N"

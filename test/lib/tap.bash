@@ -21,6 +21,10 @@
 #   bail MSG               "Bail out! MSG" and exit 1 (calls tap_bail_hook
 #                          first when the test defines one)
 #   tap_end                says so when the number run differs from the plan
+#   ok_file STATUS DESC FILE [LINES]  ok; on failure shows the first LINES
+#                          (60) lines of FILE
+#   same_file A B DESC     ok when files A and B are identical and A is not
+#                          empty; on failure shows the diff
 # Servers
 #   tap_free_port          a local TCP port nobody listens on
 #   tap_tmpdir VAR NAME    VAR := a new scratch directory, removed at exit
@@ -83,6 +87,18 @@ isnt() {
 like() {
     if [[ $2 =~ $3 ]]; then pass "$1"
     else fail "$1" "got:  '$(_tap_flat "$2")'" "want: /$3/"; fi
+}
+ok_file() {
+    if [ "$1" = 0 ]; then pass "$2"; return; fi
+    local lines=()
+    [ -n "${3:-}" ] && mapfile -t lines < <(head -n "${4:-60}" "$3" 2>/dev/null)
+    fail "$2" "${lines[@]}"
+}
+same_file() {
+    local d rc
+    d=$(diff -u "$1" "$2" 2>&1); rc=$?
+    [ -s "$1" ] || { rc=1; d="nothing in $1"; }
+    if [ $rc -eq 0 ]; then pass "$3"; else local lines; mapfile -t lines < <(printf '%s\n' "$d" | head -n 200); fail "$3" "${lines[@]}"; fi
 }
 bail() {
     echo "Bail out! $*"
