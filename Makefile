@@ -4,8 +4,28 @@
 EXTENSION  = tenancy
 MODULE_big = tenancy
 OBJS       = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-DATA       = $(sort $(wildcard tenancy--*.sql))
 PGFILEDESC = "tenancy - multi-tenant migration toolkit"
+
+# The install script is built from the SQL sources, one per capability,
+# beside the C of the same name, concatenated in this order (each part may
+# use what an earlier one created).
+SQL_SOURCES = $(addprefix src/,tenancy.sql as_owner.sql tenant_key.sql registry.sql \
+	tables.sql context.sql common.sql memberships.sql contract.sql shared.sql \
+	acknowledge.sql verify.sql rollback.sql tenant_column.sql backfill.sql \
+	status.sql rls.sql shadow.sql derive.sql)
+
+# Versions.  A released version's install script is a committed file, never
+# edited again (RELEASED); later changes go into the sources and into an
+# upgrade script tenancy--A--B.sql.  Only the unreleased default version's
+# script is built from the sources (DATA_built: make clean deletes it).
+# While the default version is a released one, the sources must equal its
+# script: make check-sources (run by make test) compares them.
+RELEASED   = 0.1
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(EXTENSION).control)
+DATA       = $(addprefix tenancy--,$(addsuffix .sql,$(RELEASED))) $(sort $(wildcard tenancy--*--*.sql))
+ifeq ($(filter $(EXTVERSION),$(RELEASED)),)
+DATA_built = tenancy--$(EXTVERSION).sql
+endif
 
 # pg_regress suites.  Tests listed in REGRESS_PLAIN run on an instance
 # without shared_preload_libraries; all others on a preloaded instance.
@@ -29,8 +49,23 @@ else
 include $(PGXS)
 endif
 
+ifneq ($(filter $(EXTVERSION),$(RELEASED)),)
+# The sources are the released script: nothing to build, only to check.
+check-sources:
+	@cat $(SQL_SOURCES) | cmp -s - tenancy--$(EXTVERSION).sql \
+	  && echo "tenancy: the sources are tenancy--$(EXTVERSION).sql" \
+	  || { echo "tenancy: src/*.sql differ from the released tenancy--$(EXTVERSION).sql: bump default_version and add an upgrade script" >&2; exit 1; }
+else
+tenancy--$(EXTVERSION).sql: $(SQL_SOURCES)
+	cat $^ > $@
+
+check-sources: tenancy--$(EXTVERSION).sql
+	@cat $(SQL_SOURCES) | cmp -s - $< && echo "tenancy: $< is what the sources produce" \
+	  || { echo "tenancy: $< is not what src/*.sql produce: make clean && make" >&2; exit 1; }
+endif
+
 # `test` is also a directory name, so every entry point is phony.
-.PHONY: test demo bench deps
+.PHONY: test demo bench deps check-sources
 
 deps:
 	@scripts/deps.sh

@@ -1,9 +1,12 @@
--- tenancy--0.1.sql: install script of the tenancy extension.
+-- Install script of the tenancy extension, concatenated from the SQL sources
+-- src/*.sql in the order of SQL_SOURCES (Makefile); edit those, not the
+-- built script.  src/tenancy.sql: the preamble.
 -- Everything is schema-qualified; nothing here depends on search_path.
 
 \echo Use "CREATE EXTENSION tenancy" to load this file. \quit
 
 GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
+-- src/as_owner.sql: work on user tables as the less privileged of the requester and the owners (C: as_owner.c).
 
 ------------------------------------------------------------------------------
 -- Work on user tables runs with no more rights than the table owner's
@@ -30,6 +33,7 @@ CREATE FUNCTION tenancy.table_query(rel regclass, as_role regrole, sql text, VAR
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION tenancy.table_query(regclass, regrole, text, "any")
     IS 'run a query on a table as table_exec() does; its first row as text, NULL when it returns none';
+-- src/tenant_key.sql: tenant key types (C: tenant_key.c).
 
 ------------------------------------------------------------------------------
 -- Tenant keys
@@ -45,6 +49,7 @@ CREATE FUNCTION tenancy.normalize_key(key text) RETURNS text
     AS 'MODULE_PATHNAME', 'tenancy_normalize_key'
     LANGUAGE C STRICT STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION tenancy.normalize_key(text) IS 'canonical text of a tenant key; 22P02 when malformed';
+-- src/registry.sql: the tenant registry: tenants, slugs, status, the implicit tenant (C: registry.c).
 
 ------------------------------------------------------------------------------
 -- Tenant registry
@@ -221,6 +226,23 @@ CREATE FUNCTION tenancy.is_implicit_tenant() RETURNS boolean
 COMMENT ON FUNCTION tenancy.is_implicit_tenant() IS 'true when the current tenant is the implicit tenant';
 
 ------------------------------------------------------------------------------
+-- Privileges: application roles use the context functions; the registry
+-- and its helpers are for the extension owner and those it grants.
+------------------------------------------------------------------------------
+
+REVOKE ALL ON TABLE tenancy.tenants FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION
+    tenancy.registry_changed(),
+    tenancy.lookup_tenant(text),
+    tenancy.tenant_key(text),
+    tenancy.create_tenant(text, text, text),
+    tenancy.suspend_tenant(text),
+    tenancy.activate_tenant(text),
+    tenancy.set_implicit_tenant(text)
+FROM PUBLIC;
+-- src/tables.sql: the registered tenant tables and their writers (C: tables_writer.c).
+
+------------------------------------------------------------------------------
 -- Registered tenant tables: the tables being migrated, their tenant column,
 -- how their tenant is derived and where they stand in the migration.
 ------------------------------------------------------------------------------
@@ -288,26 +310,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION tenancy.tenant_column(regclass)
     IS 'the registered tenant column of a table, tenant_id when it is not registered';
-
--- The wait before retry number attempt (1, 2, ...) of a lock that timed
--- out: base doubled per attempt up to cap, times a jitter in [0.5, 1.5)
--- so that waiters spread out.  The one backoff of add_tenant_column(),
--- enforce_not_null() and backfill().
-CREATE FUNCTION tenancy.backoff_delay(attempt integer, base interval, cap interval) RETURNS interval
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF attempt IS NULL OR base IS NULL OR cap IS NULL THEN
-        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF attempt < 1 OR base <= interval '0' OR cap < base THEN
-        RAISE EXCEPTION 'attempt must be at least 1, base positive and cap at least base'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN least(base * 2 ^ least(attempt - 1, 30), cap) * (0.5 + random());
-END
-$$;
-COMMENT ON FUNCTION tenancy.backoff_delay(integer, interval, interval)
-    IS 'the jittered exponential wait before retry number attempt of a lock: least(base * 2^(attempt-1), cap) * [0.5, 1.5)';
+-- src/context.sql: the current tenant, set_tenant(), and the legacy role binding (C: context.c, context_stats.c).
 
 ------------------------------------------------------------------------------
 -- Tenant context
@@ -408,87 +411,33 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION tenancy.unbind_role(regrole) IS 'undo bind_role()';
-
-------------------------------------------------------------------------------
--- Privileges: application roles use the context functions; the registry
--- and its helpers are for the extension owner and those it grants.
-------------------------------------------------------------------------------
-
-REVOKE ALL ON TABLE tenancy.tenants FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION
-    tenancy.registry_changed(),
-    tenancy.lookup_tenant(text),
-    tenancy.tenant_key(text),
-    tenancy.create_tenant(text, text, text),
-    tenancy.suspend_tenant(text),
-    tenancy.activate_tenant(text),
-    tenancy.set_implicit_tenant(text),
     tenancy.bind_role_sql(regrole, text),
     tenancy.bind_role(regrole, text),
     tenancy.unbind_role(regrole),
     tenancy.reset_context_stats()
 FROM PUBLIC;
+-- src/common.sql: helpers several capabilities share: catalog readers, preview SET/RESET lines, the lock-retry backoff.
 
-------------------------------------------------------------------------------
--- Readiness: the readiness report (tenancy.verify), the contract phase
--- (enforce_not_null, tenant-scoped constraints, contract_log, rollback) and
--- the identity backfill (memberships, personal tenants, set_tenant_as).
--- Everything here is plain SQL; it reads the objects of the RLS feature
--- (policy tenancy_policy, tenancy.shadow_stats, enable_rls/disable_rls/
--- set_mode) and of the backfill feature (backfill, add_tenant_column) by
--- name from the catalog, and degrades when they are absent.
-------------------------------------------------------------------------------
-
--- Every step of the contract phase, with the SQL that undoes it.
-CREATE TABLE tenancy.contract_log (
-    id         bigserial PRIMARY KEY,
-    relation   regclass NOT NULL,
-    step       text NOT NULL,
-    sql        text NOT NULL,
-    undo_sql   text,
-    done_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    undone_at  timestamptz
-);
-CREATE INDEX contract_log_relation ON tenancy.contract_log (relation, id);
-COMMENT ON TABLE tenancy.contract_log IS 'contract-phase steps: what ran, when, and the SQL that undoes it';
-SELECT pg_catalog.pg_extension_config_dump('tenancy.contract_log', '');
-SELECT pg_catalog.pg_extension_config_dump('tenancy.contract_log_id_seq', '');
-REVOKE ALL ON TABLE tenancy.contract_log FROM PUBLIC;
-
--- Who may act in which tenant.  The tenant column takes the key type.
-DO $do$
+-- The wait before retry number attempt (1, 2, ...) of a lock that timed
+-- out: base doubled per attempt up to cap, times a jitter in [0.5, 1.5)
+-- so that waiters spread out.  The one backoff of add_tenant_column(),
+-- enforce_not_null() and backfill().
+CREATE FUNCTION tenancy.backoff_delay(attempt integer, base interval, cap interval) RETURNS interval
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE pg_catalog.format($sql$
-        CREATE TABLE tenancy.memberships (
-            tenant     %s NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
-            user_key   text NOT NULL,
-            role       text NOT NULL DEFAULT 'member'
-                       CONSTRAINT memberships_role_check
-                       CHECK (role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin', 'member', 'viewer'])),
-            created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-            PRIMARY KEY (tenant, user_key)
-        )$sql$, pg_catalog.format_type(tenancy.key_type(), NULL));
+    IF attempt IS NULL OR base IS NULL OR cap IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF attempt < 1 OR base <= interval '0' OR cap < base THEN
+        RAISE EXCEPTION 'attempt must be at least 1, base positive and cap at least base'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN least(base * 2 ^ least(attempt - 1, 30), cap) * (0.5 + random());
 END
-$do$;
-CREATE INDEX memberships_user_key ON tenancy.memberships (user_key);
-COMMENT ON TABLE tenancy.memberships IS 'tenant memberships: user key and role (owner, admin, member, viewer)';
-SELECT pg_catalog.pg_extension_config_dump('tenancy.memberships', '');
-REVOKE ALL ON TABLE tenancy.memberships FROM PUBLIC;
-
--- The users and resource tables create_personal_tenants() was run with, so
--- verify() can find users with resources but no tenant.
-CREATE TABLE tenancy.identity_sources (
-    users        regclass NOT NULL,
-    key_column   name NOT NULL,
-    name_column  name NOT NULL,
-    resource     regclass NOT NULL,
-    owner_column name NOT NULL,
-    slug_prefix  text NOT NULL,
-    PRIMARY KEY (users, resource, owner_column)
-);
-COMMENT ON TABLE tenancy.identity_sources IS 'users and resource tables given to create_personal_tenants()';
-SELECT pg_catalog.pg_extension_config_dump('tenancy.identity_sources', '');
-REVOKE ALL ON TABLE tenancy.identity_sources FROM PUBLIC;
+$$;
+COMMENT ON FUNCTION tenancy.backoff_delay(integer, interval, interval)
+    IS 'the jittered exponential wait before retry number attempt of a lock: least(base * 2^(attempt-1), cap) * [0.5, 1.5)';
 
 -- The accessor a policy compares the tenant column with, for the key type.
 CREATE FUNCTION tenancy.tenant_accessor() RETURNS text
@@ -553,16 +502,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE i.indrelid = rel AND i.indisunique AND NOT (tenant_attnum = ANY (k.keys));
 $$;
 
--- Record one contract step (the generated SQL of scope_constraints_sql()
--- calls this after each statement).
-CREATE FUNCTION tenancy.log_step(relation regclass, step text, sql text, undo_sql text DEFAULT NULL)
-RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO tenancy.contract_log (relation, step, sql, undo_sql)
-    VALUES ($1, $2, $3, $4) RETURNING id;
-$$;
-COMMENT ON FUNCTION tenancy.log_step(regclass, text, text, text) IS 'record a contract step and its undo SQL in tenancy.contract_log';
-
 -- The name of an object the contract phase creates: base || suffix when it
 -- fits in 63 bytes, else base cut on a character boundary, then '_', eight
 -- hex digits of md5(base || suffix) and suffix, so that long names that
@@ -584,6 +523,318 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION tenancy.object_name(text, text) IS 'a name of at most 63 bytes for an object the contract phase creates: base || suffix, or a cut base with a hash';
+
+-- A preview run with \gexec takes the locks its statements need: it carries
+-- its own timeouts (a DBA's session has none), so that a blocked lock fails
+-- fast instead of queueing the application behind it; a statement_timeout of
+-- 0 where it builds an index concurrently or validates (a timeout would
+-- cancel them), and puts both back at its end.
+CREATE FUNCTION tenancy.preview_set(slow boolean) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY[format('SET lock_timeout = %L', '100ms'),
+                 CASE WHEN slow THEN 'SET statement_timeout = 0'
+                      ELSE format('SET statement_timeout = %L', '1min') END];
+$$;
+CREATE FUNCTION tenancy.preview_reset() RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY['RESET lock_timeout', 'RESET statement_timeout'];
+$$;
+-- a preview script (statements ending with ';') between them
+CREATE FUNCTION tenancy.preview_wrap(script text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT array_to_string(tenancy.preview_set(script ~ '(CONCURRENTLY|VALIDATE CONSTRAINT) '), ';' || chr(10))
+           || ';' || chr(10) || script || chr(10)
+           || array_to_string(tenancy.preview_reset(), ';' || chr(10)) || ';';
+$$;
+
+REVOKE EXECUTE ON FUNCTION
+    tenancy.tenant_accessor(),
+    tenancy.column_list(regclass, smallint[]),
+    tenancy.unscoped_unique_indexes(regclass, smallint)
+FROM PUBLIC;
+
+-- A type's name, schema-qualified, for generated SQL that runs under a
+-- search_path of the user's.
+CREATE FUNCTION tenancy.type_sql(t regtype) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.format('%I.%I', n.nspname, ty.typname)
+      FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ty.typnamespace
+     WHERE ty.oid OPERATOR(pg_catalog.=) t
+$$;
+-- src/memberships.sql: memberships, personal tenants, set_tenant_as().
+
+-- Who may act in which tenant.  The tenant column takes the key type.
+DO $do$
+BEGIN
+    EXECUTE pg_catalog.format($sql$
+        CREATE TABLE tenancy.memberships (
+            tenant     %s NOT NULL REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+            user_key   text NOT NULL,
+            role       text NOT NULL DEFAULT 'member'
+                       CONSTRAINT memberships_role_check
+                       CHECK (role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin', 'member', 'viewer'])),
+            created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+            PRIMARY KEY (tenant, user_key)
+        )$sql$, pg_catalog.format_type(tenancy.key_type(), NULL));
+END
+$do$;
+CREATE INDEX memberships_user_key ON tenancy.memberships (user_key);
+COMMENT ON TABLE tenancy.memberships IS 'tenant memberships: user key and role (owner, admin, member, viewer)';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.memberships', '');
+REVOKE ALL ON TABLE tenancy.memberships FROM PUBLIC;
+
+-- The users and resource tables create_personal_tenants() was run with, so
+-- verify() can find users with resources but no tenant.
+CREATE TABLE tenancy.identity_sources (
+    users        regclass NOT NULL,
+    key_column   name NOT NULL,
+    name_column  name NOT NULL,
+    resource     regclass NOT NULL,
+    owner_column name NOT NULL,
+    slug_prefix  text NOT NULL,
+    PRIMARY KEY (users, resource, owner_column)
+);
+COMMENT ON TABLE tenancy.identity_sources IS 'users and resource tables given to create_personal_tenants()';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.identity_sources', '');
+REVOKE ALL ON TABLE tenancy.identity_sources FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Identity backfill: memberships, personal tenants, membership-checked switch
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tenancy.add_member(tenant text, user_key text, role text DEFAULT 'member')
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+BEGIN
+    IF tenant IS NULL OR user_key IS NULL OR role IS NULL THEN
+        RAISE EXCEPTION 'tenant, user_key and role must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF role NOT IN ('owner', 'admin', 'member', 'viewer') THEN
+        RAISE EXCEPTION 'invalid membership role "%"', role
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A role is one of owner, admin, member, viewer.';
+    END IF;
+    k := tenancy.tenant_key(tenant);
+    -- plpgsql_check: VOLATILE: it writes tenancy.memberships.
+    EXECUTE format('INSERT INTO tenancy.memberships AS m (tenant, user_key, role) VALUES (CAST($1 AS %s), $2, $3)'
+                   ' ON CONFLICT (tenant, user_key) DO UPDATE SET role = excluded.role',
+                   format_type(tenancy.key_type(), NULL))
+        USING k, user_key, role;
+    RETURN k;
+END
+$$;
+COMMENT ON FUNCTION tenancy.add_member(text, text, text) IS 'make a user a member of a tenant (or change its role); returns the tenant key';
+
+CREATE FUNCTION tenancy.remove_member(tenant text, user_key text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text := tenancy.tenant_key(tenant);
+BEGIN
+    DELETE FROM tenancy.memberships m WHERE m.tenant::text = k AND m.user_key = remove_member.user_key;
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION tenancy.remove_member(text, text) IS 'remove a membership; false when there was none';
+
+-- The shadow-organization pattern: every user who owns at least one row of
+-- the resource tables gets a personal tenant (slug <prefix><user key>) with
+-- the user as owner.  Idempotent: a user who already owns the tenant of that
+-- slug is left alone; a slug taken by another tenant (or wanted by two
+-- users at once) is a conflict, reported and skipped, never joined.
+CREATE FUNCTION tenancy.create_personal_tenants(
+    users regclass, key_column name, name_column name,
+    resource_tables regclass[], owner_columns name[],
+    slug_prefix text DEFAULT 'user-',
+    OUT users_with_resources bigint, OUT tenants_created bigint,
+    OUT owners_added bigint, OUT conflicts bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    keytype text := format_type(tenancy.key_type(), NULL);
+    owners  text[] := '{}'::text[];
+    people  jsonb;
+    keygen  text;
+    slugx   text;
+BEGIN
+    IF users IS NULL OR key_column IS NULL OR name_column IS NULL OR resource_tables IS NULL
+       OR owner_columns IS NULL OR slug_prefix IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(resource_tables) = 0 OR cardinality(resource_tables) <> cardinality(owner_columns) THEN
+        RAISE EXCEPTION 'resource_tables and owner_columns must have the same, non-zero length'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give one owner column per resource table, in the same order.';
+    END IF;
+    IF slug_prefix !~ '^([a-z0-9][a-z0-9-]{0,19})?$' THEN
+        RAISE EXCEPTION 'invalid slug prefix "%"', slug_prefix
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A slug prefix is up to 20 lower-case letters, digits and hyphens, starting with a letter or digit.';
+    END IF;
+    FOR i IN 1 .. 2 LOOP
+        PERFORM 1 FROM pg_attribute a
+         WHERE a.attrelid = users AND a.attname = (ARRAY[key_column, name_column])[i]
+           AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of % does not exist', (ARRAY[key_column, name_column])[i], users
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. cardinality(resource_tables) LOOP
+        PERFORM 1 FROM pg_attribute a
+         WHERE a.attrelid = resource_tables[i] AND a.attname = owner_columns[i]
+           AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of % does not exist', owner_columns[i], resource_tables[i]
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+
+    -- Each table is read as its owner (tenancy.table_query()), one table per
+    -- statement: the code a table owner controls (triggers, index
+    -- expressions and predicates, policies) never runs with the caller's
+    -- rights nor with another table owner's.  Keys meet as text.
+    FOR i IN 1 .. cardinality(resource_tables) LOOP
+        -- plpgsql_check: the table through %s of regclass (quoted by its output), the column through %I.
+        owners := owners || coalesce((tenancy.table_query(resource_tables[i], NULL,
+                      format('SELECT pg_catalog.array_agg(DISTINCT o.%1$I::pg_catalog.text) FROM %2$s o WHERE o.%1$I IS NOT NULL',
+                             owner_columns[i], resource_tables[i])))[1]::text[], '{}');
+    END LOOP;
+    -- plpgsql_check: the table through %s of regclass, columns through %I, the owner keys as a parameter.
+    people := coalesce((tenancy.table_query(users, NULL,
+                  format('SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(u.%1$I::pg_catalog.text, u.%2$I::pg_catalog.text))'
+                         ' FROM %3$s u WHERE u.%1$I IS NOT NULL AND u.%1$I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])',
+                         key_column, name_column, users),
+                  owners))[1]::jsonb, '[]');
+
+    keygen := CASE keytype WHEN 'uuid' THEN 'pg_catalog.gen_random_uuid()'
+                           WHEN 'bigint' THEN 'pg_catalog.nextval(''tenancy.tenant_key_seq'')'
+                           ELSE 'c.slug' END;
+    -- A key that is already a valid slug fragment is used as is; anything
+    -- else (upper case, e-mail addresses, long keys) gets a hash suffix so
+    -- that two users never map to one slug.
+    slugx := format($x$CASE WHEN u.k ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$' AND length(%1$L || u.k) <= 63
+                          THEN %1$L || u.k
+                          ELSE left(%1$L || trim(both '-' FROM regexp_replace(lower(u.k), '[^a-z0-9]+', '-', 'g')), 54)
+                               || CASE WHEN trim(both '-' FROM regexp_replace(lower(u.k), '[^a-z0-9]+', '-', 'g')) = '' AND %1$L = '' THEN '' ELSE '-' END
+                               || left(md5(u.k), 8) END$x$,
+                    slug_prefix);
+
+    -- plpgsql_check: the slug expression and key generator are built above (the prefix through %L); the users as a parameter.
+    EXECUTE format($q$
+        WITH c AS (
+            SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
+            FROM (SELECT u.k AS user_key, coalesce(u.n, u.k) AS name, %1$s AS slug
+                  FROM (SELECT e.v ->> 0 AS k, e.v ->> 1 AS n FROM jsonb_array_elements($1) e(v)) u) s
+        ),
+        ins AS (
+            INSERT INTO tenancy.tenants (id, slug, name)
+            SELECT %2$s, c.slug, c.name FROM c
+            WHERE c.sharing = 1
+              AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = c.slug)
+            ON CONFLICT DO NOTHING
+            RETURNING id, slug
+        ),
+        own AS (
+            INSERT INTO tenancy.memberships (tenant, user_key, role)
+            SELECT ins.id, c.user_key, 'owner' FROM ins JOIN c ON c.slug = ins.slug
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM c),
+               (SELECT count(*) FROM ins),
+               (SELECT count(*) FROM own),
+               (SELECT count(*) FROM c
+                 WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.slug = c.slug)
+                   AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t JOIN tenancy.memberships m
+                                     ON m.tenant = t.id AND m.role = 'owner'
+                                   WHERE t.slug = c.slug AND m.user_key = c.user_key))
+        $q$, slugx, keygen)
+        INTO users_with_resources, tenants_created, owners_added, conflicts USING people;
+
+    INSERT INTO tenancy.identity_sources AS s (users, key_column, name_column, resource, owner_column, slug_prefix)
+    SELECT create_personal_tenants.users, create_personal_tenants.key_column, create_personal_tenants.name_column,
+           x.res, x.col, create_personal_tenants.slug_prefix
+    FROM unnest(resource_tables, owner_columns) x(res, col)
+    ON CONFLICT ON CONSTRAINT identity_sources_pkey
+    DO UPDATE SET key_column = excluded.key_column, name_column = excluded.name_column,
+                  slug_prefix = excluded.slug_prefix;
+
+    IF conflicts > 0 THEN
+        RAISE WARNING '% users were skipped: the slug of their personal tenant is held by a tenant they do not own, or wanted by another user', conflicts
+            USING HINT = 'tenancy.verify() lists them as user_without_tenant; add them with tenancy.add_member() or use another slug_prefix.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.create_personal_tenants(regclass, name, name, regclass[], name[], text)
+    IS 'create a personal tenant, owned by the user, for each user who owns resources (idempotent)';
+
+-- set_tenant() for an acting user: refuses (42501) a tenant the user is not
+-- a member of.  SECURITY DEFINER so that application roles need no access
+-- to tenancy.memberships.
+CREATE FUNCTION tenancy.set_tenant_as(user_key text, tenant text, is_local boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+BEGIN
+    IF user_key IS NULL OR tenant IS NULL OR is_local IS NULL THEN
+        RAISE EXCEPTION 'user_key, tenant and is_local must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    k := tenancy.tenant_key(tenant);
+    IF NOT EXISTS (SELECT 1 FROM tenancy.memberships m
+                   WHERE m.user_key = set_tenant_as.user_key AND m.tenant::text = k) THEN
+        RAISE EXCEPTION 'user "%" is not a member of tenant "%"', user_key, tenant
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Add the membership with tenancy.add_member().';
+    END IF;
+    RETURN tenancy.set_tenant(k, is_local);
+END
+$$;
+COMMENT ON FUNCTION tenancy.set_tenant_as(text, text, boolean) IS 'set the current tenant for an acting user; 42501 unless the user is a member';
+REVOKE EXECUTE ON FUNCTION
+    tenancy.add_member(text, text, text),
+    tenancy.remove_member(text, text),
+    tenancy.create_personal_tenants(regclass, name, name, regclass[], name[], text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
+-- src/contract.sql: the contract phase: NOT NULL and tenant-scoped constraints without long locks, contract_log.
+
+------------------------------------------------------------------------------
+-- Readiness: the readiness report (tenancy.verify), the contract phase
+-- (enforce_not_null, tenant-scoped constraints, contract_log, rollback) and
+-- the identity backfill (memberships, personal tenants, set_tenant_as).
+-- Everything here is plain SQL; it reads the objects of the RLS feature
+-- (policy tenancy_policy, tenancy.shadow_stats, enable_rls/disable_rls/
+-- set_mode) and of the backfill feature (backfill, add_tenant_column) by
+-- name from the catalog, and degrades when they are absent.
+------------------------------------------------------------------------------
+
+-- Every step of the contract phase, with the SQL that undoes it.
+CREATE TABLE tenancy.contract_log (
+    id         bigserial PRIMARY KEY,
+    relation   regclass NOT NULL,
+    step       text NOT NULL,
+    sql        text NOT NULL,
+    undo_sql   text,
+    done_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    undone_at  timestamptz
+);
+CREATE INDEX contract_log_relation ON tenancy.contract_log (relation, id);
+COMMENT ON TABLE tenancy.contract_log IS 'contract-phase steps: what ran, when, and the SQL that undoes it';
+SELECT pg_catalog.pg_extension_config_dump('tenancy.contract_log', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.contract_log_id_seq', '');
+REVOKE ALL ON TABLE tenancy.contract_log FROM PUBLIC;
+
+-- Record one contract step (the generated SQL of scope_constraints_sql()
+-- calls this after each statement).
+CREATE FUNCTION tenancy.log_step(relation regclass, step text, sql text, undo_sql text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO tenancy.contract_log (relation, step, sql, undo_sql)
+    VALUES ($1, $2, $3, $4) RETURNING id;
+$$;
+COMMENT ON FUNCTION tenancy.log_step(regclass, text, text, text) IS 'record a contract step and its undo SQL in tenancy.contract_log';
 
 -- The guard of a contract step that replaces an object with the one an
 -- earlier step built: refuses while that one is missing or not valid, so the
@@ -809,6 +1060,645 @@ $$;
 COMMENT ON FUNCTION tenancy.partitioned_index_steps(regclass, regclass, name, text, text, boolean, text, text, text[]) IS 'contract steps building an index on a partitioned table: ON ONLY the parent, CONCURRENTLY per partition, attached';
 
 ------------------------------------------------------------------------------
+-- Contract phase: NOT NULL without a long lock
+------------------------------------------------------------------------------
+
+-- The steps still to run for tbl, given the catalog: add a NOT VALID check,
+-- validate it (no exclusive lock), SET NOT NULL (no scan on PostgreSQL 12+
+-- thanks to the validated check), drop the check.
+CREATE FUNCTION tenancy.enforce_not_null_plan(tbl regclass)
+RETURNS TABLE (step text, sql text, undo_sql text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    col     name;
+    is_notnull boolean;
+    chk     text;
+    con     record;
+BEGIN
+    col := (tenancy.registered_table(tbl)).column_name;
+    SELECT a.attnotnull INTO is_notnull FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    chk := tenancy.object_name('tenancy_' || col, '_not_null');
+    SELECT c.oid, c.convalidated INTO con FROM pg_constraint c
+     WHERE c.conrelid = tbl AND c.conname = chk AND c.contype = 'c';
+    IF NOT is_notnull THEN
+        IF con.oid IS NULL THEN
+            step := 'add_check';
+            sql := format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I IS NOT NULL) NOT VALID', tbl, chk, col);
+            undo_sql := format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, chk);
+            RETURN NEXT;
+        END IF;
+        IF con.oid IS NULL OR NOT con.convalidated THEN
+            step := 'validate_check';
+            sql := format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, chk);
+            undo_sql := NULL;
+            RETURN NEXT;
+        END IF;
+        step := 'set_not_null';
+        sql := format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, col);
+        undo_sql := format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', tbl, col);
+        RETURN NEXT;
+    END IF;
+    IF NOT is_notnull OR con.oid IS NOT NULL THEN
+        step := 'drop_check';
+        sql := format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, chk);
+        undo_sql := NULL;
+        RETURN NEXT;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.enforce_not_null_plan(regclass) IS 'steps enforce_not_null() would run, with their undo SQL';
+
+-- squawk: ignore prefer-robust-stmts: the steps are computed from the catalog; rerun after a failure, the preview holds only the steps still to do (no transaction on purpose: no lock is held across steps)
+CREATE FUNCTION tenancy.enforce_not_null_sql(tbl regclass) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.s FROM (
+        SELECT 0 AS n, NULL::bigint AS o, u.s || ';' AS s FROM unnest(tenancy.preview_set(true)) WITH ORDINALITY u(s, o)
+         WHERE EXISTS (SELECT 1 FROM tenancy.enforce_not_null_plan(tbl))
+        UNION ALL
+        SELECT 1, p.o, p.sql || ';' FROM tenancy.enforce_not_null_plan(tbl) WITH ORDINALITY p(step, sql, undo_sql, o)
+        UNION ALL
+        SELECT 2, u.o, u.s || ';' FROM unnest(tenancy.preview_reset()) WITH ORDINALITY u(s, o)
+         WHERE EXISTS (SELECT 1 FROM tenancy.enforce_not_null_plan(tbl))) x
+    ORDER BY x.n, x.o;
+$$;
+COMMENT ON FUNCTION tenancy.enforce_not_null_sql(regclass) IS 'preview of enforce_not_null(): the statements, one per row';
+
+-- A procedure, so that each step commits on its own and no lock is held
+-- across steps: it cannot run inside a transaction block.  (No SET clause:
+-- a procedure with one cannot commit; it sets search_path itself.)
+CREATE PROCEDURE tenancy.enforce_not_null(tbl regclass, lock_timeout interval DEFAULT '1s',
+                                          max_attempts integer DEFAULT 10)
+LANGUAGE plpgsql AS $$
+DECLARE
+    steps   text[];
+    sqls    text[];
+    undos   text[];
+    col     name;
+    nulls   bigint;
+    attempt integer;
+    timeout text;
+    raced   boolean := false;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF tbl IS NULL OR lock_timeout IS NULL OR max_attempts IS NULL THEN
+        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF lock_timeout <= interval '0' OR max_attempts < 1 THEN
+        RAISE EXCEPTION 'lock_timeout and max_attempts must be positive'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    timeout := (ceil(extract(epoch FROM lock_timeout) * 1000))::bigint || 'ms';
+    SELECT coalesce(array_agg(p.step), '{}'), coalesce(array_agg(p.sql), '{}'), coalesce(array_agg(p.undo_sql), '{}')
+      INTO steps, sqls, undos
+      FROM tenancy.enforce_not_null_plan(tbl) p;
+    col := (tenancy.registered_table(tbl)).column_name;
+    IF 'set_not_null' = ANY (steps) THEN
+        -- As the table owner: the planner evaluates the owner's index
+        -- expressions and predicates.
+        nulls := (tenancy.table_query(tbl, NULL, format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, col)))[1]::bigint;
+        IF nulls > 0 THEN
+            RAISE EXCEPTION 'table % has % rows with a NULL %', tbl, nulls, col
+                USING ERRCODE = 'not_null_violation',
+                      DETAIL = 'Nothing was changed.',
+                      HINT = 'Finish the backfill first (tenancy.verify() shows what is left).';
+        END IF;
+    END IF;
+    IF cardinality(steps) = 0 THEN
+        RAISE NOTICE 'column % of % is already NOT NULL', col, tbl;
+        PERFORM tenancy.finish_contract(tbl);
+        RETURN;
+    END IF;
+    IF tenancy.in_transaction_block() THEN
+        RAISE EXCEPTION 'tenancy.enforce_not_null() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  DETAIL = 'It commits after each step, so that no lock is held for long.',
+                  HINT = 'Run CALL tenancy.enforce_not_null(...) on its own, outside BEGIN ... COMMIT.';
+    END IF;
+    -- Called where it cannot commit (from a function): fail here, before any change.
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    FOR i IN 1 .. cardinality(steps) LOOP
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        attempt := 0;
+        LOOP
+            attempt := attempt + 1;
+            BEGIN
+                PERFORM pg_catalog.set_config('lock_timeout', timeout, true);
+                PERFORM tenancy.table_exec(tbl, NULL, sqls[i]);
+                PERFORM tenancy.log_step(tbl, steps[i], sqls[i], undos[i]);
+                EXIT;
+            EXCEPTION
+                WHEN lock_not_available THEN
+                    IF attempt >= max_attempts THEN
+                        RAISE EXCEPTION 'could not lock % within % in % attempts', tbl, lock_timeout, attempt
+                            USING ERRCODE = 'lock_not_available',
+                                  DETAIL = format('Step %s of %s (%s) did not run; the steps before it are done.',
+                                                  i, cardinality(steps), steps[i]),
+                                  HINT = 'Call tenancy.enforce_not_null() again when the table is less busy: it goes on where it stopped.';
+                    END IF;
+                    PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(attempt, '100ms', '2s'));
+                WHEN check_violation THEN
+                    -- A NULL arrived between the count and VALIDATE.
+                    raced := true;
+                    EXIT;
+            END;
+        END LOOP;
+        IF raced THEN
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, tenancy.object_name('tenancy_' || col, '_not_null'));
+            UPDATE tenancy.contract_log l SET undone_at = now()
+             WHERE l.relation = tbl AND l.step = 'add_check' AND l.undone_at IS NULL;
+            COMMIT;
+            RAISE EXCEPTION 'table % gained rows with a NULL % during validation', tbl, col
+                USING ERRCODE = 'not_null_violation',
+                      DETAIL = 'The check constraint was dropped again; nothing else was changed.',
+                      HINT = 'Make every writer set the tenant (a column default or the application), finish the backfill, and call it again.';
+        END IF;
+        COMMIT;
+    END LOOP;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM tenancy.finish_contract(tbl);
+END
+$$;
+COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'make the tenant column NOT NULL without a long exclusive lock; refuses while NULL rows remain';
+
+------------------------------------------------------------------------------
+-- Contract phase: tenant-scoped unique constraints and foreign keys
+------------------------------------------------------------------------------
+
+-- The plan, step by step, for tbl (or every registered table):
+--   1. CREATE UNIQUE INDEX CONCURRENTLY (tenant, ...) (without CONCURRENTLY
+--      on partitioned tables, where PostgreSQL does not support it) for each unique
+--      constraint or index without the tenant column, and a unique
+--      (tenant, key) on each parent a foreign key needs;
+--   2. add each foreign key again as (tenant, key) NOT VALID;
+--   3. VALIDATE it (no lock that blocks writes), through table_exec(): the
+--      check's query is planned and run as the table's owner, so index
+--      expressions and predicates the owner wrote never run as the DBA;
+--   4. drop the old foreign key and give its name to the new one;
+--   5. swap each unique constraint (or index) for its scoped index.
+-- Steps 4 and 5 first call contract_guard(); names only ever appear quoted
+-- (%I, or %L for literals), and names the plan makes go through object_name().
+-- squawk: ignore require-lock-timeout: the plan's rows are steps, not a script: scope_constraints_sql() (the \gexec form) sets the timeouts around them
+-- squawk: ignore require-statement-timeout: as above
+-- squawk: ignore prefer-robust-stmts: computed from the catalog: a rerun plans only the steps still to do
+-- squawk: ignore require-concurrent-index-deletion: undo_sql runs in rollback_table()'s one transaction, where CONCURRENTLY is not allowed
+-- squawk: ignore constraint-missing-not-valid: undo_sql puts back the original constraint USING INDEX the index it kept (no table scan)
+-- squawk: ignore disallowed-unique-constraint: as above, USING INDEX of an existing index
+-- squawk: ignore adding-serial-primary-key-field: as above, a primary key USING INDEX of an existing index
+CREATE FUNCTION tenancy.scope_constraints_plan(tbl regclass DEFAULT NULL)
+RETURNS TABLE (step integer, relation regclass, action text, sql text, undo_sql text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    r       record;
+    f       record;
+    phases  jsonb[] := ARRAY['[]', '[]', '[]', '[]', '[]']::jsonb[];
+    planned jsonb := '{}'::jsonb;
+    want    text;
+    idx     text;
+    newname text;
+    newcon  text;
+    def     text;
+    acts    text;
+    e       jsonb;
+    pi      record;
+    inc     text;
+    tail    text;
+    guards  text;
+    pks     text;
+    -- every step that waits for a lock gives up after this (the plan is
+    -- made again from the catalog and goes on where it stopped)
+    lt      text := '100ms';
+    setlt   text := format('SET LOCAL lock_timeout = %L; ', '100ms');
+    -- (relation, key columns) of the unique indexes the plan creates
+    leads   jsonb := '[]'::jsonb;
+BEGIN
+    IF tbl IS NOT NULL THEN
+        PERFORM tenancy.registered_table(tbl);
+    END IF;
+
+    -- Two passes: the unique indexes of every table first, so that a foreign
+    -- key to a table planned later uses the index planned for it.
+    FOR pass IN 1 .. 2 LOOP
+    FOR r IN
+        SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
+               n.nspname AS nsp
+        FROM tenancy.tables t
+        JOIN pg_class c ON c.oid = t.relation
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = t.relation AND a.attname = t.column_name
+                           AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE tbl IS NULL OR t.relation = tbl
+        ORDER BY t.relation::text
+    LOOP
+        -- 1 and 5: unique constraints and indexes without the tenant column
+        FOR f IN
+            SELECT u.indexrelid, ic.relname AS idxname, i.indnullsnotdistinct, u.surrogate_key,
+                   u.conoid, con.conname, con.contype, con.condeferrable, con.condeferred, u.keys,
+                   (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
+                      FROM generate_series(1, i.indnkeyatts) k) AS keycols,
+                   quote_ident(r.col) || ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
+                                                 FROM generate_series(1, i.indnkeyatts) k) AS keyarr,
+                   (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
+                      FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
+                   pg_get_expr(i.indpred, i.indrelid, true) AS pred
+            FROM tenancy.unscoped_unique_indexes(r.rel, r.attnum) u
+            JOIN pg_index i ON i.indexrelid = u.indexrelid
+            JOIN pg_class ic ON ic.oid = u.indexrelid
+            LEFT JOIN pg_constraint con ON con.oid = u.conoid
+            WHERE pass = 1
+            ORDER BY ic.relname
+        LOOP
+            -- a generated surrogate primary key stays (verify() accepts it)
+            CONTINUE WHEN f.surrogate_key;
+            -- Named after the index it replaces (unique in its schema, and
+            -- there until the swap): two unique indexes on the same columns
+            -- never get the same new name, and a plan made again after some
+            -- of its steps ran names the new index as the first one did.
+            newname := tenancy.object_name(f.idxname, '_tenant');
+            acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
+                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            inc := CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END;
+            tail := format('(%I, %s)%s%s%s', r.col, f.keycols, inc,
+                           CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
+                           CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END);
+            IF NOT 0 = ANY (f.keys) THEN
+                leads := leads || jsonb_build_object('rel', r.rel::oid,
+                    'cols', to_jsonb(r.col::text || ARRAY(SELECT a.attname::text FROM unnest(f.keys) WITH ORDINALITY k(attnum, o)
+                                                           JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum ORDER BY k.o)));
+            END IF;
+            IF r.relkind = 'p' AND f.contype IN ('p', 'u')
+               AND NOT EXISTS (SELECT 1 FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) x
+                                WHERE x.relkind <> 'r') THEN
+                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on a
+                -- partitioned table.  Each partition gets its index
+                -- CONCURRENTLY (and a unique constraint on it at once); then
+                -- one short transaction drops the parent's constraint, gives
+                -- each partition its primary key on its index, and adds the
+                -- parent's again, which adopts the partitions' constraints and
+                -- indexes (DefineIndex) without building or scanning anything.
+                guards := ''; pks := '';
+                FOR pi IN SELECT * FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) LOOP
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', pi.part::text, 'action', 'create_partition_index',
+                        'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)%s',
+                                      pi.index_name, pi.part, r.col, f.keycols, inc),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', pi.nsp, pi.index_name));
+                    IF f.contype = 'u' AND NOT EXISTS (SELECT 1 FROM pg_constraint con
+                                                        WHERE con.conrelid = pi.part AND con.conname = pi.index_name) THEN
+                        phases[1] := phases[1] || jsonb_build_object(
+                            'rel', pi.part::text, 'action', 'add_partition_constraint',
+                            'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); SELECT tenancy.table_exec(%L, NULL, %L)',
+                                          setlt, pi.part::text, 'unique_index', pi.index_name, f.keyarr::text, pi.old_idx::text,
+                                          pi.part::text,
+                                          format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I%s',
+                                                 pi.part, pi.index_name, pi.index_name, acts)),
+                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, pi.index_name));
+                    END IF;
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L, %L, %L); ',
+                                               pi.part::text, 'unique_index', pi.index_name, f.keyarr::text, pi.old_idx::text);
+                    IF f.contype = 'p' THEN
+                        pks := pks || format('SELECT tenancy.table_exec(%L, NULL, %L); ', pi.part::text,
+                                             format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I%s',
+                                                    pi.part, coalesce(pi.old_con, pi.index_name), pi.index_name, acts));
+                    END IF;
+                END LOOP;
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_partitioned_constraint',
+                    'sql', setlt || guards
+                           || CASE WHEN f.contype = 'p'
+                                   THEN format('SELECT tenancy.contract_guard(%L, %L, %L); ', r.rel::text, 'not_null', r.col)
+                                   ELSE '' END
+                           || format('ALTER TABLE %s DROP CONSTRAINT %I; ', r.rel, f.conname) || pks
+                           || format('SELECT tenancy.table_exec(%L, NULL, %L)', r.rel::text,
+                                     format('ALTER TABLE %s ADD CONSTRAINT %I %s (%I, %s)%s%s', r.rel, f.conname,
+                                            CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, inc, acts)),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+                -- (not a parent index a foreign key can use in step 2: it
+                -- only exists after step 5)
+                CONTINUE;
+            ELSIF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
+                -- sub-partitioned or with foreign partitions: rebuild the
+                -- constraint in one step (the index build blocks writes)
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'rebuild_constraint',
+                    'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt, r.rel::text,
+                                  format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
+                                         r.rel, f.conname, f.conname,
+                                         CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts)),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+                -- (not a parent index a foreign key can use in step 2: it
+                -- only exists after step 5)
+                CONTINUE;
+            END IF;
+            IF r.relkind = 'p' THEN
+                -- a unique index of a partitioned table: ON ONLY, then each
+                -- partition's CONCURRENTLY, attached
+                FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                             r.rel, f.indexrelid::regclass, newname, newname, '_tenant', true, tail, lt, f.keyarr)) x LOOP
+                    phases[1] := phases[1] || e;
+                END LOOP;
+            ELSE
+                phases[1] := phases[1] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'create_scoped_index',
+                    'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s %s', newname, r.rel, tail),
+                    'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
+            END IF;
+            IF f.pred IS NULL AND NOT 0 = ANY (f.keys) THEN
+                planned := planned || jsonb_build_object(
+                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), newname);
+            END IF;
+            IF f.contype IN ('p', 'u') THEN
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_constraint',
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); SELECT tenancy.table_exec(%L, NULL, %L)',
+                                  setlt, r.rel::text, 'unique_index', newname, f.keyarr::text, f.indexrelid::regclass::text,
+                                  r.rel::text,
+                                  format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
+                                         r.rel, f.conname, f.conname,
+                                         CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts)),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
+                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
+            ELSE
+                phases[5] := phases[5] || jsonb_build_object(
+                    'rel', r.rel::text, 'action', 'swap_index',
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
+                                  setlt, r.rel::text, 'unique_index', newname, f.keyarr::text, f.indexrelid::regclass::text,
+                                  r.nsp, f.idxname, r.nsp, newname, f.idxname),
+                    'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
+                                   r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
+            END IF;
+        END LOOP;
+
+        -- 1 to 4: foreign keys to registered tables, as (tenant, key); a key
+        -- declared on a partition is rescoped on its partition (child)
+        FOR f IN
+            SELECT c.oid, c.conname, k.conrelid AS child, cc.relkind AS childkind, cc.relname AS childname,
+                   cn.nspname AS childnsp, k.cols AS colnames,
+                   c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
+                   pc.relname AS prelname, pc.relkind AS prelkind, pn.nspname AS pnsp,
+                   c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
+                   tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
+                   tenancy.column_list(c.confrelid::regclass, c.confkey) AS refcols,
+                   tenancy.column_list(c.conrelid::regclass, c.confdelsetcols) AS delsetcols,
+                   (SELECT string_agg(a.attname, '_' ORDER BY k.i)
+                      FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
+                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames,
+                   quote_ident(pt.column_name) || ARRAY(SELECT quote_ident(a.attname)
+                      FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
+                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.i) AS refarr
+            FROM tenancy.foreign_keys(r.rel) k
+            JOIN pg_constraint c ON c.oid = k.conoid
+            JOIN pg_class cc ON cc.oid = k.conrelid
+            JOIN pg_namespace cn ON cn.oid = cc.relnamespace
+            JOIN tenancy.tables pt ON pt.relation = c.confrelid
+            JOIN pg_class pc ON pc.oid = c.confrelid
+            JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+            JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
+                                AND pa.attnum > 0 AND NOT pa.attisdropped
+            WHERE pass = 2
+              AND NOT EXISTS (SELECT 1 FROM unnest(k.cols, k.refcols) u(ck, pk)
+                              WHERE u.ck = r.col AND u.pk = pt.column_name)
+        LOOP
+            -- the parent needs a unique (tenant, key)
+            want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
+            IF NOT planned ? want THEN
+                SELECT ic.relname::text INTO idx
+                  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                 WHERE i.indrelid = f.parent AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+                   AND (SELECT array_agg(x ORDER BY x) FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) x)
+                       = (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x)
+                 LIMIT 1;
+                IF idx IS NULL THEN
+                    idx := tenancy.object_name(f.prelname || '_' || f.pcol || '_' || f.refnames, '_key');
+                    IF f.prelkind = 'p' THEN
+                        FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                                     f.parent, NULL, idx, f.pcol || '_' || f.refnames, '_key', true,
+                                     format('(%I, %s)', f.pcol, f.refcols), lt, f.refarr)) x LOOP
+                            phases[1] := phases[1] || e;
+                        END LOOP;
+                    ELSE
+                        phases[1] := phases[1] || jsonb_build_object(
+                            'rel', f.parent::text, 'action', 'create_parent_index',
+                            'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)',
+                                          idx, f.parent, f.pcol, f.refcols),
+                            'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
+                    END IF;
+                END IF;
+                planned := planned || jsonb_build_object(want, idx);
+            END IF;
+
+            -- The child keeps an index for the key where it had one (a
+            -- parent's DELETE checks the child through it): (tenant, key),
+            -- unless an index or a planned unique index already leads with
+            -- those columns.
+            IF EXISTS (SELECT 1 FROM pg_index x
+                        WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts >= cardinality(f.colnames)
+                          AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                 FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames)]) u(attnum)
+                                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+                              = (SELECT array_agg(c::text ORDER BY c) FROM unnest(f.colnames) c))
+               AND NOT EXISTS (SELECT 1 FROM pg_index x
+                                WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts > cardinality(f.colnames)
+                                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                         FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames) + 1]) u(attnum)
+                                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
+                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c))
+               AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(leads) l
+                                WHERE (l->>'rel')::oid IN (f.child, r.rel)
+                                  AND (SELECT array_agg(c ORDER BY c) FROM (SELECT c FROM jsonb_array_elements_text(l->'cols') c
+                                                                            LIMIT cardinality(f.colnames) + 1) s)
+                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c)) THEN
+                idx := tenancy.object_name(f.childname || '_' || r.col || '_' || array_to_string(f.colnames, '_'), '_idx');
+                IF f.childkind = 'p' THEN
+                    FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
+                                 f.child, NULL, idx, r.col || '_' || array_to_string(f.colnames, '_'), '_idx', false,
+                                 format('(%I, %s)', r.col, f.cols), lt,
+                                 ARRAY(SELECT quote_ident(x) FROM unnest(r.col::text || f.colnames::text[]) WITH ORDINALITY u(x, o) ORDER BY o))) x LOOP
+                        phases[1] := phases[1] || e;
+                    END LOOP;
+                ELSE
+                    phases[1] := phases[1] || jsonb_build_object(
+                        'rel', f.child::text, 'action', 'create_foreign_key_index',
+                        'sql', format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)', idx, f.child, r.col, f.cols),
+                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.childnsp, idx));
+                END IF;
+                leads := leads || jsonb_build_object('rel', f.child::oid, 'cols', to_jsonb(r.col::text || f.colnames::text[]));
+            END IF;
+
+            newcon := tenancy.object_name(f.conname, '_tenant');
+            acts := CASE f.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END
+                 || CASE f.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE'
+                                       WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END
+                 || CASE f.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE'
+                                       WHEN 'n' THEN format(' ON DELETE SET NULL (%s)', coalesce(f.delsetcols, f.cols))
+                                       WHEN 'd' THEN format(' ON DELETE SET DEFAULT (%s)', coalesce(f.delsetcols, f.cols))
+                                       ELSE '' END
+                 || CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
+                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
+            IF f.childkind = 'p' THEN
+                -- A partitioned table takes no NOT VALID key: each partition
+                -- gets it NOT VALID, then VALIDATE; the key added on the
+                -- parent then adopts the partitions' validated keys without
+                -- a scan (tryAttachPartitionForeignKey).
+                guards := '';
+                FOR pi IN SELECT x.* FROM tenancy.partition_indexes(f.child, NULL, '', '', '') x WHERE x.relkind = 'r' LOOP
+                    IF NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conrelid = pi.part AND con.conname = newcon) THEN
+                        phases[2] := phases[2] || jsonb_build_object(
+                            'rel', pi.part::text, 'action', 'add_partition_foreign_key',
+                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                                          setlt, pi.part, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, newcon));
+                    END IF;
+                    phases[3] := phases[3] || jsonb_build_object(
+                        'rel', pi.part::text, 'action', 'validate_foreign_key',
+                        'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
+                                      pi.part::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', pi.part, newcon)),
+                        'undo', NULL);
+                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ', pi.part::text, 'foreign_key', newcon);
+                END LOOP;
+                phases[3] := phases[3] || jsonb_build_object(
+                    'rel', f.child::text, 'action', 'adopt_foreign_key',
+                    'sql', setlt || guards
+                           || format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s',
+                                     f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                    'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
+                def := regexp_replace(pg_get_constraintdef(f.oid), ' NOT VALID$', '');
+                phases[4] := phases[4] || jsonb_build_object(
+                    'rel', f.child::text, 'action', 'replace_foreign_key',
+                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                                  setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
+                    'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s',
+                                   f.child, f.conname, newcon, f.child, f.conname, def));
+                CONTINUE;
+            END IF;
+            phases[2] := phases[2] || jsonb_build_object(
+                'rel', f.child::text, 'action', 'add_scoped_foreign_key',
+                'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
+                              setlt, f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
+                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
+            phases[3] := phases[3] || jsonb_build_object(
+                'rel', f.child::text, 'action', 'validate_foreign_key',
+                'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
+                              f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, newcon)),
+                'undo', NULL);
+            def := pg_get_constraintdef(f.oid);
+            IF def !~ ' NOT VALID$' THEN
+                def := def || ' NOT VALID';
+            END IF;
+            phases[4] := phases[4] || jsonb_build_object(
+                'rel', f.child::text, 'action', 'replace_foreign_key',
+                'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
+                              setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
+                'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; SELECT tenancy.table_exec(%L, NULL, %L)',
+                               f.child, f.conname, newcon, f.child, f.conname, def,
+                               f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname)));
+        END LOOP;
+    END LOOP;
+    END LOOP;
+
+    step := 0;
+    FOR i IN 1 .. 5 LOOP
+        FOR e IN SELECT x FROM jsonb_array_elements(phases[i]) x LOOP
+            step := step + 1;
+            relation := (e->>'rel')::regclass;
+            action := e->>'action';
+            sql := e->>'sql';
+            undo_sql := e->>'undo';
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.scope_constraints_plan(regclass) IS 'the steps that make unique constraints and foreign keys tenant-scoped, with their undo SQL';
+
+-- The plan as statements for psql's \gexec: each step, then its record in
+-- tenancy.contract_log.  Run with \set ON_ERROR_STOP on.
+-- squawk: ignore prefer-robust-stmts: the steps are computed from the catalog; rerun after a failure, the preview holds only the steps still to do (no transaction on purpose: no lock is held across steps)
+CREATE FUNCTION tenancy.scope_constraints_sql(tbl regclass DEFAULT NULL) RETURNS SETOF text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.stmt FROM (
+    SELECT 0 AS g, NULL::int AS step, u.o::int AS n, u.s AS stmt FROM unnest(tenancy.preview_set(true)) WITH ORDINALITY u(s, o)
+    UNION ALL
+    SELECT 3, NULL, u.o::int, u.s FROM unnest(tenancy.preview_reset()) WITH ORDINALITY u(s, o)
+    UNION ALL
+    SELECT 1, p.step, s.n, s.stmt
+    FROM tenancy.scope_constraints_plan(tbl) p,
+         LATERAL (VALUES (0, CASE WHEN p.sql ~ '^CREATE (UNIQUE )?INDEX CONCURRENTLY '
+                                  THEN format('SET lock_timeout = %L', '100ms') END),
+                         (1, p.sql),
+                         (2, format('SELECT tenancy.log_step(%L, %L, %L, %L)',
+                                    p.relation::text, p.action, p.sql, p.undo_sql))) s(n, stmt)
+    WHERE s.stmt IS NOT NULL
+    UNION ALL
+    -- last: the tables whose contract phase is now complete reach stage contract
+    SELECT 2, NULL, NULL, format('SELECT tenancy.finish_contract(%L)', tbl::text)
+    ) x
+    ORDER BY x.g, x.step, x.n;
+$$;
+COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step(), then finish_contract()';
+
+-- Stage contract: a table in stage enforce reaches it once the contract
+-- phase is complete, that is its tenant column is NOT NULL and
+-- scope_constraints_plan() has nothing left for it.  Called by
+-- enforce_not_null() when it ends and by the last statement of
+-- scope_constraints_sql(); rollback_table() puts the stage back.  All
+-- registered tables when tbl is NULL; returns how many reached contract.
+-- For a named table in stage enforce that stays, a NOTICE says why.
+CREATE FUNCTION tenancy.finish_contract(tbl regclass DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r    record;
+    why  text;
+    done integer := 0;
+BEGIN
+    FOR r IN SELECT t.relation AS rel, t.column_name AS col, t.stage FROM tenancy.tables t
+              WHERE (tbl IS NULL OR t.relation = tbl) AND t.stage <> 'contract'
+              ORDER BY t.relation::text LOOP
+        why := CASE
+            WHEN r.stage <> 'enforce' THEN
+                format('contract follows stage enforce (tenancy.set_mode(%L, %L))', r.rel::text, 'enforce')
+            WHEN NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.rel AND a.attname = r.col AND a.attnotnull) THEN
+                format('column %I is not NOT NULL yet (CALL tenancy.enforce_not_null(%L))', r.col, r.rel::text)
+            WHEN EXISTS (SELECT FROM tenancy.scope_constraints_plan(r.rel)) THEN
+                format('constraints are not tenant-scoped yet (SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec)', r.rel::text)
+            END;
+        IF why IS NULL THEN
+            PERFORM tenancy.tables_set_stage(r.rel, 'contract', 'enforce');
+            done := done + 1;
+        ELSIF tbl IS NOT NULL AND r.stage = 'enforce' THEN
+            RAISE NOTICE 'table % stays in stage %: %', r.rel, r.stage, why;
+        END IF;
+    END LOOP;
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION tenancy.finish_contract(regclass) IS 'set stage contract on tables in stage enforce whose tenant column is NOT NULL and whose constraints are all tenant-scoped';
+REVOKE EXECUTE ON FUNCTION
+    tenancy.log_step(regclass, text, text, text),
+    tenancy.finish_contract(regclass),
+    tenancy.enforce_not_null_plan(regclass),
+    tenancy.enforce_not_null_sql(regclass),
+    tenancy.scope_constraints_plan(regclass),
+    tenancy.scope_constraints_sql(regclass)
+FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
+-- contract_guard(), object_name(), foreign_keys(), partition_indexes() and
+-- partitioned_index_steps() read the catalog and nothing else: they stay
+-- executable by PUBLIC, so that whoever runs the plan can make it and run its
+-- guards, and whoever may run the backfill can name a key.
+
+-- src/shared.sql: shared (reference) tables.
+
+------------------------------------------------------------------------------
 -- Shared tables: reference data every tenant reads (films, countries, ...).
 -- Marked so that the advisories stop asking for the tenant in foreign keys
 -- that point at them, and verify() checks that only their owner writes them.
@@ -880,6 +1770,7 @@ END
 $$;
 CREATE TRIGGER tables_not_shared BEFORE INSERT OR UPDATE OF relation ON tenancy.tables
     FOR EACH ROW EXECUTE FUNCTION tenancy.tables_not_shared();
+-- src/acknowledge.sql: acknowledged verify() findings.
 
 ------------------------------------------------------------------------------
 -- Acknowledged findings: a DBA accepts a verify() finding about a role or
@@ -1058,6 +1949,7 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.unacknowledge(text, text) IS 'withdraw an acknowledgement; false when there was none';
 REVOKE ALL ON FUNCTION tenancy.unacknowledge(text, text) FROM PUBLIC;
+-- src/verify.sql: the readiness report: one function per check, and verify().
 
 -- The readiness report's checks: one function per check (verify_row_security
 -- runs rls_enabled, rls_forced and tenancy_policy, which it reports per
@@ -2359,653 +3251,10 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION tenancy.verify(regclass, bigint) IS 'readiness report: one row per check and finding (ok, warning, failure) with a suggested fix';
-
-------------------------------------------------------------------------------
--- Contract phase: NOT NULL without a long lock
-------------------------------------------------------------------------------
-
--- The steps still to run for tbl, given the catalog: add a NOT VALID check,
--- validate it (no exclusive lock), SET NOT NULL (no scan on PostgreSQL 12+
--- thanks to the validated check), drop the check.
-CREATE FUNCTION tenancy.enforce_not_null_plan(tbl regclass)
-RETURNS TABLE (step text, sql text, undo_sql text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    col     name;
-    is_notnull boolean;
-    chk     text;
-    con     record;
-BEGIN
-    col := (tenancy.registered_table(tbl)).column_name;
-    SELECT a.attnotnull INTO is_notnull FROM pg_attribute a
-     WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'column "%" of % does not exist', col, tbl
-            USING ERRCODE = 'undefined_column';
-    END IF;
-    chk := tenancy.object_name('tenancy_' || col, '_not_null');
-    SELECT c.oid, c.convalidated INTO con FROM pg_constraint c
-     WHERE c.conrelid = tbl AND c.conname = chk AND c.contype = 'c';
-    IF NOT is_notnull THEN
-        IF con.oid IS NULL THEN
-            step := 'add_check';
-            sql := format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I IS NOT NULL) NOT VALID', tbl, chk, col);
-            undo_sql := format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, chk);
-            RETURN NEXT;
-        END IF;
-        IF con.oid IS NULL OR NOT con.convalidated THEN
-            step := 'validate_check';
-            sql := format('ALTER TABLE %s VALIDATE CONSTRAINT %I', tbl, chk);
-            undo_sql := NULL;
-            RETURN NEXT;
-        END IF;
-        step := 'set_not_null';
-        sql := format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', tbl, col);
-        undo_sql := format('ALTER TABLE %s ALTER COLUMN %I DROP NOT NULL', tbl, col);
-        RETURN NEXT;
-    END IF;
-    IF NOT is_notnull OR con.oid IS NOT NULL THEN
-        step := 'drop_check';
-        sql := format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, chk);
-        undo_sql := NULL;
-        RETURN NEXT;
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION tenancy.enforce_not_null_plan(regclass) IS 'steps enforce_not_null() would run, with their undo SQL';
-
--- A preview run with \gexec takes the locks its statements need: it carries
--- its own timeouts (a DBA's session has none), so that a blocked lock fails
--- fast instead of queueing the application behind it; a statement_timeout of
--- 0 where it builds an index concurrently or validates (a timeout would
--- cancel them), and puts both back at its end.
-CREATE FUNCTION tenancy.preview_set(slow boolean) RETURNS text[]
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY[format('SET lock_timeout = %L', '100ms'),
-                 CASE WHEN slow THEN 'SET statement_timeout = 0'
-                      ELSE format('SET statement_timeout = %L', '1min') END];
-$$;
-CREATE FUNCTION tenancy.preview_reset() RETURNS text[]
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ARRAY['RESET lock_timeout', 'RESET statement_timeout'];
-$$;
--- a preview script (statements ending with ';') between them
-CREATE FUNCTION tenancy.preview_wrap(script text) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT array_to_string(tenancy.preview_set(script ~ '(CONCURRENTLY|VALIDATE CONSTRAINT) '), ';' || chr(10))
-           || ';' || chr(10) || script || chr(10)
-           || array_to_string(tenancy.preview_reset(), ';' || chr(10)) || ';';
-$$;
-
--- squawk: ignore prefer-robust-stmts: the steps are computed from the catalog; rerun after a failure, the preview holds only the steps still to do (no transaction on purpose: no lock is held across steps)
-CREATE FUNCTION tenancy.enforce_not_null_sql(tbl regclass) RETURNS SETOF text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT x.s FROM (
-        SELECT 0 AS n, NULL::bigint AS o, u.s || ';' AS s FROM unnest(tenancy.preview_set(true)) WITH ORDINALITY u(s, o)
-         WHERE EXISTS (SELECT 1 FROM tenancy.enforce_not_null_plan(tbl))
-        UNION ALL
-        SELECT 1, p.o, p.sql || ';' FROM tenancy.enforce_not_null_plan(tbl) WITH ORDINALITY p(step, sql, undo_sql, o)
-        UNION ALL
-        SELECT 2, u.o, u.s || ';' FROM unnest(tenancy.preview_reset()) WITH ORDINALITY u(s, o)
-         WHERE EXISTS (SELECT 1 FROM tenancy.enforce_not_null_plan(tbl))) x
-    ORDER BY x.n, x.o;
-$$;
-COMMENT ON FUNCTION tenancy.enforce_not_null_sql(regclass) IS 'preview of enforce_not_null(): the statements, one per row';
-
--- A procedure, so that each step commits on its own and no lock is held
--- across steps: it cannot run inside a transaction block.  (No SET clause:
--- a procedure with one cannot commit; it sets search_path itself.)
-CREATE PROCEDURE tenancy.enforce_not_null(tbl regclass, lock_timeout interval DEFAULT '1s',
-                                          max_attempts integer DEFAULT 10)
-LANGUAGE plpgsql AS $$
-DECLARE
-    steps   text[];
-    sqls    text[];
-    undos   text[];
-    col     name;
-    nulls   bigint;
-    attempt integer;
-    timeout text;
-    raced   boolean := false;
-BEGIN
-    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF tbl IS NULL OR lock_timeout IS NULL OR max_attempts IS NULL THEN
-        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF lock_timeout <= interval '0' OR max_attempts < 1 THEN
-        RAISE EXCEPTION 'lock_timeout and max_attempts must be positive'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    timeout := (ceil(extract(epoch FROM lock_timeout) * 1000))::bigint || 'ms';
-    SELECT coalesce(array_agg(p.step), '{}'), coalesce(array_agg(p.sql), '{}'), coalesce(array_agg(p.undo_sql), '{}')
-      INTO steps, sqls, undos
-      FROM tenancy.enforce_not_null_plan(tbl) p;
-    col := (tenancy.registered_table(tbl)).column_name;
-    IF 'set_not_null' = ANY (steps) THEN
-        -- As the table owner: the planner evaluates the owner's index
-        -- expressions and predicates.
-        nulls := (tenancy.table_query(tbl, NULL, format('SELECT count(*) FROM %s WHERE %I IS NULL', tbl, col)))[1]::bigint;
-        IF nulls > 0 THEN
-            RAISE EXCEPTION 'table % has % rows with a NULL %', tbl, nulls, col
-                USING ERRCODE = 'not_null_violation',
-                      DETAIL = 'Nothing was changed.',
-                      HINT = 'Finish the backfill first (tenancy.verify() shows what is left).';
-        END IF;
-    END IF;
-    IF cardinality(steps) = 0 THEN
-        RAISE NOTICE 'column % of % is already NOT NULL', col, tbl;
-        PERFORM tenancy.finish_contract(tbl);
-        RETURN;
-    END IF;
-    IF tenancy.in_transaction_block() THEN
-        RAISE EXCEPTION 'tenancy.enforce_not_null() cannot run inside a transaction block'
-            USING ERRCODE = 'active_sql_transaction',
-                  DETAIL = 'It commits after each step, so that no lock is held for long.',
-                  HINT = 'Run CALL tenancy.enforce_not_null(...) on its own, outside BEGIN ... COMMIT.';
-    END IF;
-    -- Called where it cannot commit (from a function): fail here, before any change.
-    COMMIT;
-    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    FOR i IN 1 .. cardinality(steps) LOOP
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        attempt := 0;
-        LOOP
-            attempt := attempt + 1;
-            BEGIN
-                PERFORM pg_catalog.set_config('lock_timeout', timeout, true);
-                PERFORM tenancy.table_exec(tbl, NULL, sqls[i]);
-                PERFORM tenancy.log_step(tbl, steps[i], sqls[i], undos[i]);
-                EXIT;
-            EXCEPTION
-                WHEN lock_not_available THEN
-                    IF attempt >= max_attempts THEN
-                        RAISE EXCEPTION 'could not lock % within % in % attempts', tbl, lock_timeout, attempt
-                            USING ERRCODE = 'lock_not_available',
-                                  DETAIL = format('Step %s of %s (%s) did not run; the steps before it are done.',
-                                                  i, cardinality(steps), steps[i]),
-                                  HINT = 'Call tenancy.enforce_not_null() again when the table is less busy: it goes on where it stopped.';
-                    END IF;
-                    PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(attempt, '100ms', '2s'));
-                WHEN check_violation THEN
-                    -- A NULL arrived between the count and VALIDATE.
-                    raced := true;
-                    EXIT;
-            END;
-        END LOOP;
-        IF raced THEN
-            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', tbl, tenancy.object_name('tenancy_' || col, '_not_null'));
-            UPDATE tenancy.contract_log l SET undone_at = now()
-             WHERE l.relation = tbl AND l.step = 'add_check' AND l.undone_at IS NULL;
-            COMMIT;
-            RAISE EXCEPTION 'table % gained rows with a NULL % during validation', tbl, col
-                USING ERRCODE = 'not_null_violation',
-                      DETAIL = 'The check constraint was dropped again; nothing else was changed.',
-                      HINT = 'Make every writer set the tenant (a column default or the application), finish the backfill, and call it again.';
-        END IF;
-        COMMIT;
-    END LOOP;
-    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    PERFORM tenancy.finish_contract(tbl);
-END
-$$;
-COMMENT ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) IS 'make the tenant column NOT NULL without a long exclusive lock; refuses while NULL rows remain';
-
-------------------------------------------------------------------------------
--- Contract phase: tenant-scoped unique constraints and foreign keys
-------------------------------------------------------------------------------
-
--- The plan, step by step, for tbl (or every registered table):
---   1. CREATE UNIQUE INDEX CONCURRENTLY (tenant, ...) (without CONCURRENTLY
---      on partitioned tables, where PostgreSQL does not support it) for each unique
---      constraint or index without the tenant column, and a unique
---      (tenant, key) on each parent a foreign key needs;
---   2. add each foreign key again as (tenant, key) NOT VALID;
---   3. VALIDATE it (no lock that blocks writes), through table_exec(): the
---      check's query is planned and run as the table's owner, so index
---      expressions and predicates the owner wrote never run as the DBA;
---   4. drop the old foreign key and give its name to the new one;
---   5. swap each unique constraint (or index) for its scoped index.
--- Steps 4 and 5 first call contract_guard(); names only ever appear quoted
--- (%I, or %L for literals), and names the plan makes go through object_name().
--- squawk: ignore require-lock-timeout: the plan's rows are steps, not a script: scope_constraints_sql() (the \gexec form) sets the timeouts around them
--- squawk: ignore require-statement-timeout: as above
--- squawk: ignore prefer-robust-stmts: computed from the catalog: a rerun plans only the steps still to do
--- squawk: ignore require-concurrent-index-deletion: undo_sql runs in rollback_table()'s one transaction, where CONCURRENTLY is not allowed
--- squawk: ignore constraint-missing-not-valid: undo_sql puts back the original constraint USING INDEX the index it kept (no table scan)
--- squawk: ignore disallowed-unique-constraint: as above, USING INDEX of an existing index
--- squawk: ignore adding-serial-primary-key-field: as above, a primary key USING INDEX of an existing index
-CREATE FUNCTION tenancy.scope_constraints_plan(tbl regclass DEFAULT NULL)
-RETURNS TABLE (step integer, relation regclass, action text, sql text, undo_sql text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-    r       record;
-    f       record;
-    phases  jsonb[] := ARRAY['[]', '[]', '[]', '[]', '[]']::jsonb[];
-    planned jsonb := '{}'::jsonb;
-    want    text;
-    idx     text;
-    newname text;
-    newcon  text;
-    def     text;
-    acts    text;
-    e       jsonb;
-    pi      record;
-    inc     text;
-    tail    text;
-    guards  text;
-    pks     text;
-    -- every step that waits for a lock gives up after this (the plan is
-    -- made again from the catalog and goes on where it stopped)
-    lt      text := '100ms';
-    setlt   text := format('SET LOCAL lock_timeout = %L; ', '100ms');
-    -- (relation, key columns) of the unique indexes the plan creates
-    leads   jsonb := '[]'::jsonb;
-BEGIN
-    IF tbl IS NOT NULL THEN
-        PERFORM tenancy.registered_table(tbl);
-    END IF;
-
-    -- Two passes: the unique indexes of every table first, so that a foreign
-    -- key to a table planned later uses the index planned for it.
-    FOR pass IN 1 .. 2 LOOP
-    FOR r IN
-        SELECT t.relation AS rel, t.column_name AS col, a.attnum, c.relname, c.relkind,
-               n.nspname AS nsp
-        FROM tenancy.tables t
-        JOIN pg_class c ON c.oid = t.relation
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN pg_attribute a ON a.attrelid = t.relation AND a.attname = t.column_name
-                           AND a.attnum > 0 AND NOT a.attisdropped
-        WHERE tbl IS NULL OR t.relation = tbl
-        ORDER BY t.relation::text
-    LOOP
-        -- 1 and 5: unique constraints and indexes without the tenant column
-        FOR f IN
-            SELECT u.indexrelid, ic.relname AS idxname, i.indnullsnotdistinct, u.surrogate_key,
-                   u.conoid, con.conname, con.contype, con.condeferrable, con.condeferred, u.keys,
-                   (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
-                      FROM generate_series(1, i.indnkeyatts) k) AS keycols,
-                   quote_ident(r.col) || ARRAY(SELECT pg_get_indexdef(i.indexrelid, k, true)
-                                                 FROM generate_series(1, i.indnkeyatts) k) AS keyarr,
-                   (SELECT string_agg(pg_get_indexdef(i.indexrelid, k, true), ', ' ORDER BY k)
-                      FROM generate_series(i.indnkeyatts + 1, i.indnatts) k) AS inccols,
-                   pg_get_expr(i.indpred, i.indrelid, true) AS pred
-            FROM tenancy.unscoped_unique_indexes(r.rel, r.attnum) u
-            JOIN pg_index i ON i.indexrelid = u.indexrelid
-            JOIN pg_class ic ON ic.oid = u.indexrelid
-            LEFT JOIN pg_constraint con ON con.oid = u.conoid
-            WHERE pass = 1
-            ORDER BY ic.relname
-        LOOP
-            -- a generated surrogate primary key stays (verify() accepts it)
-            CONTINUE WHEN f.surrogate_key;
-            -- Named after the index it replaces (unique in its schema, and
-            -- there until the swap): two unique indexes on the same columns
-            -- never get the same new name, and a plan made again after some
-            -- of its steps ran names the new index as the first one did.
-            newname := tenancy.object_name(f.idxname, '_tenant');
-            acts := CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
-                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
-            inc := CASE WHEN f.inccols IS NOT NULL THEN format(' INCLUDE (%s)', f.inccols) ELSE '' END;
-            tail := format('(%I, %s)%s%s%s', r.col, f.keycols, inc,
-                           CASE WHEN f.indnullsnotdistinct THEN ' NULLS NOT DISTINCT' ELSE '' END,
-                           CASE WHEN f.pred IS NOT NULL THEN format(' WHERE %s', f.pred) ELSE '' END);
-            IF NOT 0 = ANY (f.keys) THEN
-                leads := leads || jsonb_build_object('rel', r.rel::oid,
-                    'cols', to_jsonb(r.col::text || ARRAY(SELECT a.attname::text FROM unnest(f.keys) WITH ORDINALITY k(attnum, o)
-                                                           JOIN pg_attribute a ON a.attrelid = r.rel AND a.attnum = k.attnum ORDER BY k.o)));
-            END IF;
-            IF r.relkind = 'p' AND f.contype IN ('p', 'u')
-               AND NOT EXISTS (SELECT 1 FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) x
-                                WHERE x.relkind <> 'r') THEN
-                -- PostgreSQL has no ADD CONSTRAINT ... USING INDEX on a
-                -- partitioned table.  Each partition gets its index
-                -- CONCURRENTLY (and a unique constraint on it at once); then
-                -- one short transaction drops the parent's constraint, gives
-                -- each partition its primary key on its index, and adds the
-                -- parent's again, which adopts the partitions' constraints and
-                -- indexes (DefineIndex) without building or scanning anything.
-                guards := ''; pks := '';
-                FOR pi IN SELECT * FROM tenancy.partition_indexes(r.rel, f.indexrelid, newname, '_tenant', newname) LOOP
-                    phases[1] := phases[1] || jsonb_build_object(
-                        'rel', pi.part::text, 'action', 'create_partition_index',
-                        'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)%s',
-                                      pi.index_name, pi.part, r.col, f.keycols, inc),
-                        'undo', format('DROP INDEX IF EXISTS %I.%I', pi.nsp, pi.index_name));
-                    IF f.contype = 'u' AND NOT EXISTS (SELECT 1 FROM pg_constraint con
-                                                        WHERE con.conrelid = pi.part AND con.conname = pi.index_name) THEN
-                        phases[1] := phases[1] || jsonb_build_object(
-                            'rel', pi.part::text, 'action', 'add_partition_constraint',
-                            'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); SELECT tenancy.table_exec(%L, NULL, %L)',
-                                          setlt, pi.part::text, 'unique_index', pi.index_name, f.keyarr::text, pi.old_idx::text,
-                                          pi.part::text,
-                                          format('ALTER TABLE %s ADD CONSTRAINT %I UNIQUE USING INDEX %I%s',
-                                                 pi.part, pi.index_name, pi.index_name, acts)),
-                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, pi.index_name));
-                    END IF;
-                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L, %L, %L); ',
-                                               pi.part::text, 'unique_index', pi.index_name, f.keyarr::text, pi.old_idx::text);
-                    IF f.contype = 'p' THEN
-                        pks := pks || format('SELECT tenancy.table_exec(%L, NULL, %L); ', pi.part::text,
-                                             format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY USING INDEX %I%s',
-                                                    pi.part, coalesce(pi.old_con, pi.index_name), pi.index_name, acts));
-                    END IF;
-                END LOOP;
-                phases[5] := phases[5] || jsonb_build_object(
-                    'rel', r.rel::text, 'action', 'swap_partitioned_constraint',
-                    'sql', setlt || guards
-                           || CASE WHEN f.contype = 'p'
-                                   THEN format('SELECT tenancy.contract_guard(%L, %L, %L); ', r.rel::text, 'not_null', r.col)
-                                   ELSE '' END
-                           || format('ALTER TABLE %s DROP CONSTRAINT %I; ', r.rel, f.conname) || pks
-                           || format('SELECT tenancy.table_exec(%L, NULL, %L)', r.rel::text,
-                                     format('ALTER TABLE %s ADD CONSTRAINT %I %s (%I, %s)%s%s', r.rel, f.conname,
-                                            CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, inc, acts)),
-                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
-                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
-                -- (not a parent index a foreign key can use in step 2: it
-                -- only exists after step 5)
-                CONTINUE;
-            ELSIF r.relkind = 'p' AND f.contype IN ('p', 'u') THEN
-                -- sub-partitioned or with foreign partitions: rebuild the
-                -- constraint in one step (the index build blocks writes)
-                phases[5] := phases[5] || jsonb_build_object(
-                    'rel', r.rel::text, 'action', 'rebuild_constraint',
-                    'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt, r.rel::text,
-                                  format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s)%s',
-                                         r.rel, f.conname, f.conname,
-                                         CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, r.col, f.keycols, acts)),
-                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
-                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
-                -- (not a parent index a foreign key can use in step 2: it
-                -- only exists after step 5)
-                CONTINUE;
-            END IF;
-            IF r.relkind = 'p' THEN
-                -- a unique index of a partitioned table: ON ONLY, then each
-                -- partition's CONCURRENTLY, attached
-                FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
-                             r.rel, f.indexrelid::regclass, newname, newname, '_tenant', true, tail, lt, f.keyarr)) x LOOP
-                    phases[1] := phases[1] || e;
-                END LOOP;
-            ELSE
-                phases[1] := phases[1] || jsonb_build_object(
-                    'rel', r.rel::text, 'action', 'create_scoped_index',
-                    'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s %s', newname, r.rel, tail),
-                    'undo', format('DROP INDEX IF EXISTS %I.%I', r.nsp, newname));
-            END IF;
-            IF f.pred IS NULL AND NOT 0 = ANY (f.keys) THEN
-                planned := planned || jsonb_build_object(
-                    format('%s:%s', r.rel::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(r.attnum || f.keys) x)), newname);
-            END IF;
-            IF f.contype IN ('p', 'u') THEN
-                phases[5] := phases[5] || jsonb_build_object(
-                    'rel', r.rel::text, 'action', 'swap_constraint',
-                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); SELECT tenancy.table_exec(%L, NULL, %L)',
-                                  setlt, r.rel::text, 'unique_index', newname, f.keyarr::text, f.indexrelid::regclass::text,
-                                  r.rel::text,
-                                  format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s USING INDEX %I%s',
-                                         r.rel, f.conname, f.conname,
-                                         CASE f.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, newname, acts)),
-                    'undo', format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s',
-                                   r.rel, f.conname, f.conname, pg_get_constraintdef(f.conoid)));
-            ELSE
-                phases[5] := phases[5] || jsonb_build_object(
-                    'rel', r.rel::text, 'action', 'swap_index',
-                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L, %L, %L); DROP INDEX %I.%I; ALTER INDEX %I.%I RENAME TO %I',
-                                  setlt, r.rel::text, 'unique_index', newname, f.keyarr::text, f.indexrelid::regclass::text,
-                                  r.nsp, f.idxname, r.nsp, newname, f.idxname),
-                    'undo', format('ALTER INDEX %I.%I RENAME TO %I; %s',
-                                   r.nsp, f.idxname, newname, pg_get_indexdef(f.indexrelid)));
-            END IF;
-        END LOOP;
-
-        -- 1 to 4: foreign keys to registered tables, as (tenant, key); a key
-        -- declared on a partition is rescoped on its partition (child)
-        FOR f IN
-            SELECT c.oid, c.conname, k.conrelid AS child, cc.relkind AS childkind, cc.relname AS childname,
-                   cn.nspname AS childnsp, k.cols AS colnames,
-                   c.confrelid::regclass AS parent, pt.column_name AS pcol, pa.attnum AS pattnum,
-                   pc.relname AS prelname, pc.relkind AS prelkind, pn.nspname AS pnsp,
-                   c.confkey, c.confupdtype, c.confdeltype, c.confmatchtype, c.condeferrable, c.condeferred,
-                   tenancy.column_list(c.conrelid::regclass, c.conkey) AS cols,
-                   tenancy.column_list(c.confrelid::regclass, c.confkey) AS refcols,
-                   tenancy.column_list(c.conrelid::regclass, c.confdelsetcols) AS delsetcols,
-                   (SELECT string_agg(a.attname, '_' ORDER BY k.i)
-                      FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
-                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum) AS refnames,
-                   quote_ident(pt.column_name) || ARRAY(SELECT quote_ident(a.attname)
-                      FROM unnest(c.confkey) WITH ORDINALITY k(attnum, i)
-                      JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.i) AS refarr
-            FROM tenancy.foreign_keys(r.rel) k
-            JOIN pg_constraint c ON c.oid = k.conoid
-            JOIN pg_class cc ON cc.oid = k.conrelid
-            JOIN pg_namespace cn ON cn.oid = cc.relnamespace
-            JOIN tenancy.tables pt ON pt.relation = c.confrelid
-            JOIN pg_class pc ON pc.oid = c.confrelid
-            JOIN pg_namespace pn ON pn.oid = pc.relnamespace
-            JOIN pg_attribute pa ON pa.attrelid = c.confrelid AND pa.attname = pt.column_name
-                                AND pa.attnum > 0 AND NOT pa.attisdropped
-            WHERE pass = 2
-              AND NOT EXISTS (SELECT 1 FROM unnest(k.cols, k.refcols) u(ck, pk)
-                              WHERE u.ck = r.col AND u.pk = pt.column_name)
-        LOOP
-            -- the parent needs a unique (tenant, key)
-            want := format('%s:%s', f.parent::oid, (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x));
-            IF NOT planned ? want THEN
-                SELECT ic.relname::text INTO idx
-                  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-                 WHERE i.indrelid = f.parent AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-                   AND (SELECT array_agg(x ORDER BY x) FROM unnest((string_to_array(i.indkey::text, ' ')::smallint[])[1:i.indnkeyatts]) x)
-                       = (SELECT array_agg(x ORDER BY x) FROM unnest(f.pattnum || f.confkey) x)
-                 LIMIT 1;
-                IF idx IS NULL THEN
-                    idx := tenancy.object_name(f.prelname || '_' || f.pcol || '_' || f.refnames, '_key');
-                    IF f.prelkind = 'p' THEN
-                        FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
-                                     f.parent, NULL, idx, f.pcol || '_' || f.refnames, '_key', true,
-                                     format('(%I, %s)', f.pcol, f.refcols), lt, f.refarr)) x LOOP
-                            phases[1] := phases[1] || e;
-                        END LOOP;
-                    ELSE
-                        phases[1] := phases[1] || jsonb_build_object(
-                            'rel', f.parent::text, 'action', 'create_parent_index',
-                            'sql', format('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)',
-                                          idx, f.parent, f.pcol, f.refcols),
-                            'undo', format('DROP INDEX IF EXISTS %I.%I', f.pnsp, idx));
-                    END IF;
-                END IF;
-                planned := planned || jsonb_build_object(want, idx);
-            END IF;
-
-            -- The child keeps an index for the key where it had one (a
-            -- parent's DELETE checks the child through it): (tenant, key),
-            -- unless an index or a planned unique index already leads with
-            -- those columns.
-            IF EXISTS (SELECT 1 FROM pg_index x
-                        WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts >= cardinality(f.colnames)
-                          AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                                 FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames)]) u(attnum)
-                                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
-                              = (SELECT array_agg(c::text ORDER BY c) FROM unnest(f.colnames) c))
-               AND NOT EXISTS (SELECT 1 FROM pg_index x
-                                WHERE x.indrelid = f.child AND x.indpred IS NULL AND x.indnkeyatts > cardinality(f.colnames)
-                                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
-                                         FROM unnest((string_to_array(x.indkey::text, ' ')::smallint[])[1:cardinality(f.colnames) + 1]) u(attnum)
-                                         JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.attnum)
-                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c))
-               AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(leads) l
-                                WHERE (l->>'rel')::oid IN (f.child, r.rel)
-                                  AND (SELECT array_agg(c ORDER BY c) FROM (SELECT c FROM jsonb_array_elements_text(l->'cols') c
-                                                                            LIMIT cardinality(f.colnames) + 1) s)
-                                      = (SELECT array_agg(c::text ORDER BY c) FROM unnest(r.col || f.colnames) c)) THEN
-                idx := tenancy.object_name(f.childname || '_' || r.col || '_' || array_to_string(f.colnames, '_'), '_idx');
-                IF f.childkind = 'p' THEN
-                    FOR e IN SELECT x FROM jsonb_array_elements(tenancy.partitioned_index_steps(
-                                 f.child, NULL, idx, r.col || '_' || array_to_string(f.colnames, '_'), '_idx', false,
-                                 format('(%I, %s)', r.col, f.cols), lt,
-                                 ARRAY(SELECT quote_ident(x) FROM unnest(r.col::text || f.colnames::text[]) WITH ORDINALITY u(x, o) ORDER BY o))) x LOOP
-                        phases[1] := phases[1] || e;
-                    END LOOP;
-                ELSE
-                    phases[1] := phases[1] || jsonb_build_object(
-                        'rel', f.child::text, 'action', 'create_foreign_key_index',
-                        'sql', format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s (%I, %s)', idx, f.child, r.col, f.cols),
-                        'undo', format('DROP INDEX IF EXISTS %I.%I', f.childnsp, idx));
-                END IF;
-                leads := leads || jsonb_build_object('rel', f.child::oid, 'cols', to_jsonb(r.col::text || f.colnames::text[]));
-            END IF;
-
-            newcon := tenancy.object_name(f.conname, '_tenant');
-            acts := CASE f.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END
-                 || CASE f.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE'
-                                       WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END
-                 || CASE f.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE'
-                                       WHEN 'n' THEN format(' ON DELETE SET NULL (%s)', coalesce(f.delsetcols, f.cols))
-                                       WHEN 'd' THEN format(' ON DELETE SET DEFAULT (%s)', coalesce(f.delsetcols, f.cols))
-                                       ELSE '' END
-                 || CASE WHEN f.condeferrable THEN ' DEFERRABLE' ELSE '' END
-                 || CASE WHEN f.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END;
-            IF f.childkind = 'p' THEN
-                -- A partitioned table takes no NOT VALID key: each partition
-                -- gets it NOT VALID, then VALIDATE; the key added on the
-                -- parent then adopts the partitions' validated keys without
-                -- a scan (tryAttachPartitionForeignKey).
-                guards := '';
-                FOR pi IN SELECT x.* FROM tenancy.partition_indexes(f.child, NULL, '', '', '') x WHERE x.relkind = 'r' LOOP
-                    IF NOT EXISTS (SELECT 1 FROM pg_constraint con WHERE con.conrelid = pi.part AND con.conname = newcon) THEN
-                        phases[2] := phases[2] || jsonb_build_object(
-                            'rel', pi.part::text, 'action', 'add_partition_foreign_key',
-                            'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
-                                          setlt, pi.part, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
-                            'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', pi.part, newcon));
-                    END IF;
-                    phases[3] := phases[3] || jsonb_build_object(
-                        'rel', pi.part::text, 'action', 'validate_foreign_key',
-                        'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
-                                      pi.part::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', pi.part, newcon)),
-                        'undo', NULL);
-                    guards := guards || format('SELECT tenancy.contract_guard(%L, %L, %L); ', pi.part::text, 'foreign_key', newcon);
-                END LOOP;
-                phases[3] := phases[3] || jsonb_build_object(
-                    'rel', f.child::text, 'action', 'adopt_foreign_key',
-                    'sql', setlt || guards
-                           || format('ALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s',
-                                     f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
-                    'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
-                def := regexp_replace(pg_get_constraintdef(f.oid), ' NOT VALID$', '');
-                phases[4] := phases[4] || jsonb_build_object(
-                    'rel', f.child::text, 'action', 'replace_foreign_key',
-                    'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
-                                  setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
-                    'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s',
-                                   f.child, f.conname, newcon, f.child, f.conname, def));
-                CONTINUE;
-            END IF;
-            phases[2] := phases[2] || jsonb_build_object(
-                'rel', f.child::text, 'action', 'add_scoped_foreign_key',
-                'sql', format('%sALTER TABLE %s ADD CONSTRAINT %I FOREIGN KEY (%I, %s) REFERENCES %s (%I, %s)%s NOT VALID',
-                              setlt, f.child, newcon, r.col, f.cols, f.parent, f.pcol, f.refcols, acts),
-                'undo', format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I', f.child, newcon));
-            phases[3] := phases[3] || jsonb_build_object(
-                'rel', f.child::text, 'action', 'validate_foreign_key',
-                'sql', format('%sSELECT tenancy.table_exec(%L, NULL, %L)', setlt,
-                              f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, newcon)),
-                'undo', NULL);
-            def := pg_get_constraintdef(f.oid);
-            IF def !~ ' NOT VALID$' THEN
-                def := def || ' NOT VALID';
-            END IF;
-            phases[4] := phases[4] || jsonb_build_object(
-                'rel', f.child::text, 'action', 'replace_foreign_key',
-                'sql', format('%sSELECT tenancy.contract_guard(%L, %L, %L); ALTER TABLE %s DROP CONSTRAINT %I; ALTER TABLE %s RENAME CONSTRAINT %I TO %I',
-                              setlt, f.child::text, 'foreign_key', newcon, f.child, f.conname, f.child, newcon, f.conname),
-                'undo', format('ALTER TABLE %s RENAME CONSTRAINT %I TO %I; ALTER TABLE %s ADD CONSTRAINT %I %s; SELECT tenancy.table_exec(%L, NULL, %L)',
-                               f.child, f.conname, newcon, f.child, f.conname, def,
-                               f.child::text, format('ALTER TABLE %s VALIDATE CONSTRAINT %I', f.child, f.conname)));
-        END LOOP;
-    END LOOP;
-    END LOOP;
-
-    step := 0;
-    FOR i IN 1 .. 5 LOOP
-        FOR e IN SELECT x FROM jsonb_array_elements(phases[i]) x LOOP
-            step := step + 1;
-            relation := (e->>'rel')::regclass;
-            action := e->>'action';
-            sql := e->>'sql';
-            undo_sql := e->>'undo';
-            RETURN NEXT;
-        END LOOP;
-    END LOOP;
-END
-$$;
-COMMENT ON FUNCTION tenancy.scope_constraints_plan(regclass) IS 'the steps that make unique constraints and foreign keys tenant-scoped, with their undo SQL';
-
--- The plan as statements for psql's \gexec: each step, then its record in
--- tenancy.contract_log.  Run with \set ON_ERROR_STOP on.
--- squawk: ignore prefer-robust-stmts: the steps are computed from the catalog; rerun after a failure, the preview holds only the steps still to do (no transaction on purpose: no lock is held across steps)
-CREATE FUNCTION tenancy.scope_constraints_sql(tbl regclass DEFAULT NULL) RETURNS SETOF text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT x.stmt FROM (
-    SELECT 0 AS g, NULL::int AS step, u.o::int AS n, u.s AS stmt FROM unnest(tenancy.preview_set(true)) WITH ORDINALITY u(s, o)
-    UNION ALL
-    SELECT 3, NULL, u.o::int, u.s FROM unnest(tenancy.preview_reset()) WITH ORDINALITY u(s, o)
-    UNION ALL
-    SELECT 1, p.step, s.n, s.stmt
-    FROM tenancy.scope_constraints_plan(tbl) p,
-         LATERAL (VALUES (0, CASE WHEN p.sql ~ '^CREATE (UNIQUE )?INDEX CONCURRENTLY '
-                                  THEN format('SET lock_timeout = %L', '100ms') END),
-                         (1, p.sql),
-                         (2, format('SELECT tenancy.log_step(%L, %L, %L, %L)',
-                                    p.relation::text, p.action, p.sql, p.undo_sql))) s(n, stmt)
-    WHERE s.stmt IS NOT NULL
-    UNION ALL
-    -- last: the tables whose contract phase is now complete reach stage contract
-    SELECT 2, NULL, NULL, format('SELECT tenancy.finish_contract(%L)', tbl::text)
-    ) x
-    ORDER BY x.g, x.step, x.n;
-$$;
-COMMENT ON FUNCTION tenancy.scope_constraints_sql(regclass) IS 'statements for \gexec that make unique constraints and foreign keys tenant-scoped, each followed by its log_step(), then finish_contract()';
-
--- Stage contract: a table in stage enforce reaches it once the contract
--- phase is complete, that is its tenant column is NOT NULL and
--- scope_constraints_plan() has nothing left for it.  Called by
--- enforce_not_null() when it ends and by the last statement of
--- scope_constraints_sql(); rollback_table() puts the stage back.  All
--- registered tables when tbl is NULL; returns how many reached contract.
--- For a named table in stage enforce that stays, a NOTICE says why.
-CREATE FUNCTION tenancy.finish_contract(tbl regclass DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    r    record;
-    why  text;
-    done integer := 0;
-BEGIN
-    FOR r IN SELECT t.relation AS rel, t.column_name AS col, t.stage FROM tenancy.tables t
-              WHERE (tbl IS NULL OR t.relation = tbl) AND t.stage <> 'contract'
-              ORDER BY t.relation::text LOOP
-        why := CASE
-            WHEN r.stage <> 'enforce' THEN
-                format('contract follows stage enforce (tenancy.set_mode(%L, %L))', r.rel::text, 'enforce')
-            WHEN NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = r.rel AND a.attname = r.col AND a.attnotnull) THEN
-                format('column %I is not NOT NULL yet (CALL tenancy.enforce_not_null(%L))', r.col, r.rel::text)
-            WHEN EXISTS (SELECT FROM tenancy.scope_constraints_plan(r.rel)) THEN
-                format('constraints are not tenant-scoped yet (SELECT * FROM tenancy.scope_constraints_sql(%L) \gexec)', r.rel::text)
-            END;
-        IF why IS NULL THEN
-            PERFORM tenancy.tables_set_stage(r.rel, 'contract', 'enforce');
-            done := done + 1;
-        ELSIF tbl IS NOT NULL AND r.stage = 'enforce' THEN
-            RAISE NOTICE 'table % stays in stage %: %', r.rel, r.stage, why;
-        END IF;
-    END LOOP;
-    RETURN done;
-END
-$$;
-COMMENT ON FUNCTION tenancy.finish_contract(regclass) IS 'set stage contract on tables in stage enforce whose tenant column is NOT NULL and whose constraints are all tenant-scoped';
+REVOKE EXECUTE ON FUNCTION
+    tenancy.verify(regclass, bigint)
+FROM PUBLIC;
+-- src/rollback.sql: rollback_table(): undo what the extension added for a table.
 
 ------------------------------------------------------------------------------
 -- Rollback: undo what the extension added for a table, keep the data
@@ -3112,288 +3361,11 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION tenancy.rollback_table(regclass) IS 'undo the contract steps, the tenancy defaults and the policy of a table in one transaction; the data stays';
-
-------------------------------------------------------------------------------
--- Identity backfill: memberships, personal tenants, membership-checked switch
-------------------------------------------------------------------------------
-
-CREATE FUNCTION tenancy.add_member(tenant text, user_key text, role text DEFAULT 'member')
-RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    k text;
-BEGIN
-    IF tenant IS NULL OR user_key IS NULL OR role IS NULL THEN
-        RAISE EXCEPTION 'tenant, user_key and role must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF role NOT IN ('owner', 'admin', 'member', 'viewer') THEN
-        RAISE EXCEPTION 'invalid membership role "%"', role
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A role is one of owner, admin, member, viewer.';
-    END IF;
-    k := tenancy.tenant_key(tenant);
-    -- plpgsql_check: VOLATILE: it writes tenancy.memberships.
-    EXECUTE format('INSERT INTO tenancy.memberships AS m (tenant, user_key, role) VALUES (CAST($1 AS %s), $2, $3)'
-                   ' ON CONFLICT (tenant, user_key) DO UPDATE SET role = excluded.role',
-                   format_type(tenancy.key_type(), NULL))
-        USING k, user_key, role;
-    RETURN k;
-END
-$$;
-COMMENT ON FUNCTION tenancy.add_member(text, text, text) IS 'make a user a member of a tenant (or change its role); returns the tenant key';
-
-CREATE FUNCTION tenancy.remove_member(tenant text, user_key text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    k text := tenancy.tenant_key(tenant);
-BEGIN
-    DELETE FROM tenancy.memberships m WHERE m.tenant::text = k AND m.user_key = remove_member.user_key;
-    RETURN FOUND;
-END
-$$;
-COMMENT ON FUNCTION tenancy.remove_member(text, text) IS 'remove a membership; false when there was none';
-
--- The shadow-organization pattern: every user who owns at least one row of
--- the resource tables gets a personal tenant (slug <prefix><user key>) with
--- the user as owner.  Idempotent: a user who already owns the tenant of that
--- slug is left alone; a slug taken by another tenant (or wanted by two
--- users at once) is a conflict, reported and skipped, never joined.
-CREATE FUNCTION tenancy.create_personal_tenants(
-    users regclass, key_column name, name_column name,
-    resource_tables regclass[], owner_columns name[],
-    slug_prefix text DEFAULT 'user-',
-    OUT users_with_resources bigint, OUT tenants_created bigint,
-    OUT owners_added bigint, OUT conflicts bigint)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    keytype text := format_type(tenancy.key_type(), NULL);
-    owners  text[] := '{}'::text[];
-    people  jsonb;
-    keygen  text;
-    slugx   text;
-BEGIN
-    IF users IS NULL OR key_column IS NULL OR name_column IS NULL OR resource_tables IS NULL
-       OR owner_columns IS NULL OR slug_prefix IS NULL THEN
-        RAISE EXCEPTION 'arguments must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF cardinality(resource_tables) = 0 OR cardinality(resource_tables) <> cardinality(owner_columns) THEN
-        RAISE EXCEPTION 'resource_tables and owner_columns must have the same, non-zero length'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Give one owner column per resource table, in the same order.';
-    END IF;
-    IF slug_prefix !~ '^([a-z0-9][a-z0-9-]{0,19})?$' THEN
-        RAISE EXCEPTION 'invalid slug prefix "%"', slug_prefix
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A slug prefix is up to 20 lower-case letters, digits and hyphens, starting with a letter or digit.';
-    END IF;
-    FOR i IN 1 .. 2 LOOP
-        PERFORM 1 FROM pg_attribute a
-         WHERE a.attrelid = users AND a.attname = (ARRAY[key_column, name_column])[i]
-           AND a.attnum > 0 AND NOT a.attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column "%" of % does not exist', (ARRAY[key_column, name_column])[i], users
-                USING ERRCODE = 'undefined_column';
-        END IF;
-    END LOOP;
-    FOR i IN 1 .. cardinality(resource_tables) LOOP
-        PERFORM 1 FROM pg_attribute a
-         WHERE a.attrelid = resource_tables[i] AND a.attname = owner_columns[i]
-           AND a.attnum > 0 AND NOT a.attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column "%" of % does not exist', owner_columns[i], resource_tables[i]
-                USING ERRCODE = 'undefined_column';
-        END IF;
-    END LOOP;
-
-    -- Each table is read as its owner (tenancy.table_query()), one table per
-    -- statement: the code a table owner controls (triggers, index
-    -- expressions and predicates, policies) never runs with the caller's
-    -- rights nor with another table owner's.  Keys meet as text.
-    FOR i IN 1 .. cardinality(resource_tables) LOOP
-        -- plpgsql_check: the table through %s of regclass (quoted by its output), the column through %I.
-        owners := owners || coalesce((tenancy.table_query(resource_tables[i], NULL,
-                      format('SELECT pg_catalog.array_agg(DISTINCT o.%1$I::pg_catalog.text) FROM %2$s o WHERE o.%1$I IS NOT NULL',
-                             owner_columns[i], resource_tables[i])))[1]::text[], '{}');
-    END LOOP;
-    -- plpgsql_check: the table through %s of regclass, columns through %I, the owner keys as a parameter.
-    people := coalesce((tenancy.table_query(users, NULL,
-                  format('SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(u.%1$I::pg_catalog.text, u.%2$I::pg_catalog.text))'
-                         ' FROM %3$s u WHERE u.%1$I IS NOT NULL AND u.%1$I::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])',
-                         key_column, name_column, users),
-                  owners))[1]::jsonb, '[]');
-
-    keygen := CASE keytype WHEN 'uuid' THEN 'pg_catalog.gen_random_uuid()'
-                           WHEN 'bigint' THEN 'pg_catalog.nextval(''tenancy.tenant_key_seq'')'
-                           ELSE 'c.slug' END;
-    -- A key that is already a valid slug fragment is used as is; anything
-    -- else (upper case, e-mail addresses, long keys) gets a hash suffix so
-    -- that two users never map to one slug.
-    slugx := format($x$CASE WHEN u.k ~ '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$' AND length(%1$L || u.k) <= 63
-                          THEN %1$L || u.k
-                          ELSE left(%1$L || trim(both '-' FROM regexp_replace(lower(u.k), '[^a-z0-9]+', '-', 'g')), 54)
-                               || CASE WHEN trim(both '-' FROM regexp_replace(lower(u.k), '[^a-z0-9]+', '-', 'g')) = '' AND %1$L = '' THEN '' ELSE '-' END
-                               || left(md5(u.k), 8) END$x$,
-                    slug_prefix);
-
-    -- plpgsql_check: the slug expression and key generator are built above (the prefix through %L); the users as a parameter.
-    EXECUTE format($q$
-        WITH c AS (
-            SELECT s.*, count(*) OVER (PARTITION BY s.slug) AS sharing
-            FROM (SELECT u.k AS user_key, coalesce(u.n, u.k) AS name, %1$s AS slug
-                  FROM (SELECT e.v ->> 0 AS k, e.v ->> 1 AS n FROM jsonb_array_elements($1) e(v)) u) s
-        ),
-        ins AS (
-            INSERT INTO tenancy.tenants (id, slug, name)
-            SELECT %2$s, c.slug, c.name FROM c
-            WHERE c.sharing = 1
-              AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t WHERE t.slug = c.slug)
-            ON CONFLICT DO NOTHING
-            RETURNING id, slug
-        ),
-        own AS (
-            INSERT INTO tenancy.memberships (tenant, user_key, role)
-            SELECT ins.id, c.user_key, 'owner' FROM ins JOIN c ON c.slug = ins.slug
-            ON CONFLICT DO NOTHING
-            RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM c),
-               (SELECT count(*) FROM ins),
-               (SELECT count(*) FROM own),
-               (SELECT count(*) FROM c
-                 WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.slug = c.slug)
-                   AND NOT EXISTS (SELECT 1 FROM tenancy.tenants t JOIN tenancy.memberships m
-                                     ON m.tenant = t.id AND m.role = 'owner'
-                                   WHERE t.slug = c.slug AND m.user_key = c.user_key))
-        $q$, slugx, keygen)
-        INTO users_with_resources, tenants_created, owners_added, conflicts USING people;
-
-    INSERT INTO tenancy.identity_sources AS s (users, key_column, name_column, resource, owner_column, slug_prefix)
-    SELECT create_personal_tenants.users, create_personal_tenants.key_column, create_personal_tenants.name_column,
-           x.res, x.col, create_personal_tenants.slug_prefix
-    FROM unnest(resource_tables, owner_columns) x(res, col)
-    ON CONFLICT ON CONSTRAINT identity_sources_pkey
-    DO UPDATE SET key_column = excluded.key_column, name_column = excluded.name_column,
-                  slug_prefix = excluded.slug_prefix;
-
-    IF conflicts > 0 THEN
-        RAISE WARNING '% users were skipped: the slug of their personal tenant is held by a tenant they do not own, or wanted by another user', conflicts
-            USING HINT = 'tenancy.verify() lists them as user_without_tenant; add them with tenancy.add_member() or use another slug_prefix.';
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION tenancy.create_personal_tenants(regclass, name, name, regclass[], name[], text)
-    IS 'create a personal tenant, owned by the user, for each user who owns resources (idempotent)';
-
--- set_tenant() for an acting user: refuses (42501) a tenant the user is not
--- a member of.  SECURITY DEFINER so that application roles need no access
--- to tenancy.memberships.
-CREATE FUNCTION tenancy.set_tenant_as(user_key text, tenant text, is_local boolean DEFAULT true)
-RETURNS text
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    k text;
-BEGIN
-    IF user_key IS NULL OR tenant IS NULL OR is_local IS NULL THEN
-        RAISE EXCEPTION 'user_key, tenant and is_local must not be null' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    k := tenancy.tenant_key(tenant);
-    IF NOT EXISTS (SELECT 1 FROM tenancy.memberships m
-                   WHERE m.user_key = set_tenant_as.user_key AND m.tenant::text = k) THEN
-        RAISE EXCEPTION 'user "%" is not a member of tenant "%"', user_key, tenant
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Add the membership with tenancy.add_member().';
-    END IF;
-    RETURN tenancy.set_tenant(k, is_local);
-END
-$$;
-COMMENT ON FUNCTION tenancy.set_tenant_as(text, text, boolean) IS 'set the current tenant for an acting user; 42501 unless the user is a member';
-
 REVOKE EXECUTE ON FUNCTION
-    tenancy.tenant_accessor(),
-    tenancy.column_list(regclass, smallint[]),
-    tenancy.unscoped_unique_indexes(regclass, smallint),
-    tenancy.log_step(regclass, text, text, text),
-    tenancy.finish_contract(regclass),
-    tenancy.verify(regclass, bigint),
-    tenancy.enforce_not_null_plan(regclass),
-    tenancy.enforce_not_null_sql(regclass),
-    tenancy.scope_constraints_plan(regclass),
-    tenancy.scope_constraints_sql(regclass),
     tenancy.rollback_table_sql(regclass),
-    tenancy.rollback_table(regclass),
-    tenancy.add_member(text, text, text),
-    tenancy.remove_member(text, text),
-    tenancy.create_personal_tenants(regclass, name, name, regclass[], name[], text)
+    tenancy.rollback_table(regclass)
 FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE tenancy.enforce_not_null(regclass, interval, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.set_tenant_as(text, text, boolean) TO PUBLIC;
--- contract_guard(), object_name(), foreign_keys(), partition_indexes() and
--- partitioned_index_steps() read the catalog and nothing else: they stay
--- executable by PUBLIC, so that whoever runs the plan can make it and run its
--- guards, and whoever may run the backfill can name a key.
-
-------------------------------------------------------------------------------
--- Backfill: additive tenant columns and batched, resumable backfills
-------------------------------------------------------------------------------
-
--- C helpers of the engine (src/backfill.c).
-CREATE FUNCTION tenancy.in_transaction_block() RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_in_transaction_block'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.in_transaction_block() IS 'true inside BEGIN ... COMMIT, where a procedure cannot commit';
-
-CREATE FUNCTION tenancy.backfill_try_lock(tbl regclass) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_backfill_try_lock'
-    LANGUAGE C STRICT VOLATILE;
-COMMENT ON FUNCTION tenancy.backfill_try_lock(regclass) IS 'take the session-level backfill lock of a table without waiting (released when the backfill ends or fails)';
-
-CREATE FUNCTION tenancy.backfill_unlock(tbl regclass) RETURNS void
-    AS 'MODULE_PATHNAME', 'tenancy_backfill_unlock'
-    LANGUAGE C STRICT VOLATILE;
-
--- Creates the WAL segment files the next batch will fill (at most 16 past
--- the insert position), so that no application commit zero-fills one while
--- holding WALWriteLock.  See src/backfill_wal.c.
-CREATE FUNCTION tenancy.preallocate_wal(bytes bigint) RETURNS integer
-    AS 'MODULE_PATHNAME', 'tenancy_preallocate_wal'
-    LANGUAGE C STRICT VOLATILE;
-COMMENT ON FUNCTION tenancy.preallocate_wal(bigint) IS 'create the WAL segments the next bytes of WAL will need (at most 16 ahead); returns how many were created';
-
--- Wraps each value a batch writes: every wal_writer_flush_after bytes of
--- this backend's WAL it wakes the WAL writer (as an asynchronous commit
--- does), so that the batch's WAL is flushed behind it and application
--- commits do not have to.  See src/backfill_wal.c.
-CREATE FUNCTION tenancy.wal_flush_behind(value anyelement) RETURNS anyelement
-    AS 'MODULE_PATHNAME', 'tenancy_wal_flush_behind'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.wal_flush_behind(anyelement) IS 'return value; every wal_writer_flush_after bytes of this backend''s WAL, wake the WAL writer to flush it';
-
-CREATE FUNCTION tenancy.batch_timeout(ms integer) RETURNS void
-    AS 'MODULE_PATHNAME', 'tenancy_batch_timeout'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.batch_timeout(integer) IS 'arm the statement timer for one batch (ms > 0) or disarm it';
-
--- The lock helpers act on other sessions (a held lock makes their backfill
--- fail with 55006) and preallocate_wal() grows pg_wal: only for the roles
--- that run backfills (README, "Backfilling", Privileges).  The other helpers
--- above only act on the caller's own session and stay executable by PUBLIC.
-REVOKE EXECUTE ON FUNCTION
-    tenancy.backfill_try_lock(regclass),
-    tenancy.backfill_unlock(regclass),
-    tenancy.preallocate_wal(bigint)
-FROM PUBLIC;
-
--- Raised in place of a NULL tenant from a backfill source.
-CREATE FUNCTION tenancy.backfill_null_source(anyelement) RETURNS anyelement
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    -- plpgsql_check: the argument only gives the result its type; VOLATILE so
-    -- that the planner never evaluates (and raises) it while planning a batch.
-    RAISE EXCEPTION 'tenant source gave NULL'
-        USING ERRCODE = 'not_null_violation',
-              HINT = 'Backfill the parent table first, or pass source => an expression with a fallback, e.g. COALESCE(..., tenancy.implicit_tenant()::uuid).';
-END
-$$;
+-- src/tenant_column.sql: add_tenant_column(): the tenant column without a rewrite.
 
 -- The DEFAULT of a tenant column: the current tenant when one is set, else
 -- the implicit tenant, so legacy writers keep writing valid rows.
@@ -3587,6 +3559,78 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.add_tenant_column(regclass, name, boolean, interval, integer) IS 'add the tenant column with no rewrite and a brief lock; returns the DDL run, NULL when there was nothing to do';
 
+-- The entry points are granted by the extension owner to the roles that
+-- run the migration (with privileges on tenancy.tables and
+-- tenancy.backfill_jobs).  The helpers they call run as the caller and do
+-- nothing the caller could not do, so they stay executable.
+REVOKE EXECUTE ON FUNCTION
+    tenancy.add_tenant_column_sql(regclass, name, boolean),
+    tenancy.add_tenant_column(regclass, name, boolean, interval, integer)
+FROM PUBLIC;
+-- src/backfill.sql: the batched, resumable backfill and its jobs (C: backfill.c, backfill_job.c, backfill_wal.c).
+------------------------------------------------------------------------------
+-- Backfill: additive tenant columns and batched, resumable backfills
+------------------------------------------------------------------------------
+
+-- C helpers of the engine (src/backfill.c).
+CREATE FUNCTION tenancy.in_transaction_block() RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_in_transaction_block'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.in_transaction_block() IS 'true inside BEGIN ... COMMIT, where a procedure cannot commit';
+
+CREATE FUNCTION tenancy.backfill_try_lock(tbl regclass) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_backfill_try_lock'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION tenancy.backfill_try_lock(regclass) IS 'take the session-level backfill lock of a table without waiting (released when the backfill ends or fails)';
+
+CREATE FUNCTION tenancy.backfill_unlock(tbl regclass) RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_backfill_unlock'
+    LANGUAGE C STRICT VOLATILE;
+
+-- Creates the WAL segment files the next batch will fill (at most 16 past
+-- the insert position), so that no application commit zero-fills one while
+-- holding WALWriteLock.  See src/backfill_wal.c.
+CREATE FUNCTION tenancy.preallocate_wal(bytes bigint) RETURNS integer
+    AS 'MODULE_PATHNAME', 'tenancy_preallocate_wal'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION tenancy.preallocate_wal(bigint) IS 'create the WAL segments the next bytes of WAL will need (at most 16 ahead); returns how many were created';
+
+-- Wraps each value a batch writes: every wal_writer_flush_after bytes of
+-- this backend's WAL it wakes the WAL writer (as an asynchronous commit
+-- does), so that the batch's WAL is flushed behind it and application
+-- commits do not have to.  See src/backfill_wal.c.
+CREATE FUNCTION tenancy.wal_flush_behind(value anyelement) RETURNS anyelement
+    AS 'MODULE_PATHNAME', 'tenancy_wal_flush_behind'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.wal_flush_behind(anyelement) IS 'return value; every wal_writer_flush_after bytes of this backend''s WAL, wake the WAL writer to flush it';
+
+CREATE FUNCTION tenancy.batch_timeout(ms integer) RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_batch_timeout'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.batch_timeout(integer) IS 'arm the statement timer for one batch (ms > 0) or disarm it';
+
+-- The lock helpers act on other sessions (a held lock makes their backfill
+-- fail with 55006) and preallocate_wal() grows pg_wal: only for the roles
+-- that run backfills (README, "Backfilling", Privileges).  The other helpers
+-- above only act on the caller's own session and stay executable by PUBLIC.
+REVOKE EXECUTE ON FUNCTION
+    tenancy.backfill_try_lock(regclass),
+    tenancy.backfill_unlock(regclass),
+    tenancy.preallocate_wal(bigint)
+FROM PUBLIC;
+
+-- Raised in place of a NULL tenant from a backfill source.
+CREATE FUNCTION tenancy.backfill_null_source(anyelement) RETURNS anyelement
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- plpgsql_check: the argument only gives the result its type; VOLATILE so
+    -- that the planner never evaluates (and raises) it while planning a batch.
+    RAISE EXCEPTION 'tenant source gave NULL'
+        USING ERRCODE = 'not_null_violation',
+              HINT = 'Backfill the parent table first, or pass source => an expression with a fallback, e.g. COALESCE(..., tenancy.implicit_tenant()::uuid).';
+END
+$$;
+
 ------------------------------------------------------------------------------
 -- Backfill jobs: one row per job; the cursor and counters are written in
 -- each batch's own transaction, so an interrupted job resumes after its
@@ -3664,15 +3708,6 @@ COMMENT ON FUNCTION tenancy.backfill_job_update(bigint, jsonb)
     IS 'set progress columns of a backfill job (options are merged); the caller needs the privileges of its creator or of the table owner';
 REVOKE EXECUTE ON FUNCTION tenancy.backfill_job_insert(regclass, name, text, text, text, text, jsonb),
                            tenancy.backfill_job_update(bigint, jsonb) FROM PUBLIC;
-
--- A type's name, schema-qualified, for generated SQL that runs under a
--- search_path of the user's.
-CREATE FUNCTION tenancy.type_sql(t regtype) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.format('%I.%I', n.nspname, ty.typname)
-      FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ty.typnamespace
-     WHERE ty.oid OPERATOR(pg_catalog.=) t
-$$;
 
 -- The value a backfill writes, from the job's source: built again at each
 -- run from the validated parts (never taken from the job's row), with
@@ -4721,19 +4756,15 @@ END
 $$;
 COMMENT ON PROCEDURE tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean, boolean)
     IS 'fill NULL tenant values in committed batches from a tenant, an expression or a foreign key; resumable';
-
--- The entry points are granted by the extension owner to the roles that
--- run the migration (with privileges on tenancy.tables and
--- tenancy.backfill_jobs).  The helpers they call run as the caller and do
--- nothing the caller could not do, so they stay executable.
 REVOKE EXECUTE ON FUNCTION
-    tenancy.add_tenant_column_sql(regclass, name, boolean),
-    tenancy.add_tenant_column(regclass, name, boolean, interval, integer),
     tenancy.queue_backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, integer, boolean, boolean)
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE
     tenancy.backfill(regclass, text, text, name, name, integer, integer, integer, interval, interval, interval, interval, interval, interval, interval, integer, boolean, boolean)
 FROM PUBLIC;
+-- src/status.sql: migration status: unmigrated-row counts (C: status.c, worker.c).
+
+------------------------------------------------------------------------------
 -- Migration status: unmigrated-row counts kept by the background worker
 -- (tenancy.worker_*) and by tenancy.refresh_status().  See src/status.c.
 ------------------------------------------------------------------------------
@@ -4803,6 +4834,7 @@ RETURNS SETOF tenancy.migration_status
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION tenancy.refresh_status(regclass) IS 'count unmigrated rows now, as one worker cycle does, for one registered table or all; returns their status rows';
 REVOKE EXECUTE ON FUNCTION tenancy.refresh_status(regclass) FROM PUBLIC;
+-- src/rls.sql: row-level security: policies, modes, advisories, partition and inheritance coverage (C: rls.c, rls_guard.c).
 
 ------------------------------------------------------------------------------
 -- Row-level security: policy generator and staged enforcement
@@ -4926,56 +4958,6 @@ RETURNS void
     AS 'MODULE_PATHNAME', 'tenancy_rls_record'
     LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION tenancy.rls_record(text, regclass, regclass, name, text) IS 'record (register/unregister) a table in tenancy.rls_tables; the caller must own it';
-
-CREATE FUNCTION tenancy.shadow_require_preload() RETURNS void
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_require_preload'
-    LANGUAGE C VOLATILE;
-
--- Shadow-mode policy functions: always true, count what enforce would do.
-CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant uuid) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
-CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant bigint) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
-CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant text) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
-CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant uuid) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
-CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant bigint) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
-CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant text) RETURNS boolean
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
-COMMENT ON FUNCTION tenancy.shadow_read(regclass, uuid) IS 'shadow-mode USING: true; counts the rows enforce mode would hide';
-COMMENT ON FUNCTION tenancy.shadow_write(regclass, uuid) IS 'shadow-mode WITH CHECK: true; counts the writes enforce mode would refuse';
-
-CREATE FUNCTION tenancy.read_shadow_stats(
-    OUT relation regclass, OUT rows_checked bigint, OUT rows_hidden bigint,
-    OUT writes_refused bigint, OUT last_divergence timestamptz)
-RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'tenancy_read_shadow_stats'
-    LANGUAGE C VOLATILE;
-
-CREATE VIEW tenancy.shadow_stats AS
-    SELECT relation, rows_checked, rows_hidden, writes_refused, last_divergence
-      FROM tenancy.read_shadow_stats();
-COMMENT ON VIEW tenancy.shadow_stats IS 'per table in this database: rows and writes checked by shadow-mode policies, and how many enforce mode would hide or refuse (needs shared_preload_libraries)';
-
-CREATE FUNCTION tenancy.reset_shadow_stats(tbl regclass DEFAULT NULL) RETURNS void
-    AS 'MODULE_PATHNAME', 'tenancy_reset_shadow_stats'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.reset_shadow_stats(regclass) IS 'reset the shadow counters of a table, or of every table of this database';
-
-CREATE FUNCTION tenancy.shadow_stats_dropped(OUT rows_dropped bigint, OUT divergences_dropped bigint)
-    AS 'MODULE_PATHNAME', 'tenancy_shadow_stats_dropped'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.shadow_stats_dropped() IS 'cluster-wide: rows, and divergences among them, that shadow mode could not count because tenancy.shadow_max_tables tables were counted already (since reset_shadow_stats() of every table)';
-
-REVOKE ALL ON TABLE tenancy.shadow_stats FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.read_shadow_stats() FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.reset_shadow_stats(regclass) FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.shadow_stats_dropped() FROM PUBLIC;
-GRANT SELECT ON TABLE tenancy.shadow_stats TO pg_read_all_stats;
-GRANT EXECUTE ON FUNCTION tenancy.read_shadow_stats() TO pg_read_all_stats;
-GRANT EXECUTE ON FUNCTION tenancy.shadow_stats_dropped() TO pg_read_all_stats;
 
 -- Validation shared by every generator: what the table is, that the caller
 -- owns it, the tenant column and the accessor matching its type.
@@ -5570,6 +5552,58 @@ $$;
 CREATE EVENT TRIGGER tenancy_rls_forget_dropped ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION tenancy.rls_forget_dropped();
+-- src/shadow.sql: shadow-mode policy functions and counters (C: shadow.c).
+
+CREATE FUNCTION tenancy.shadow_require_preload() RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_require_preload'
+    LANGUAGE C VOLATILE;
+
+-- Shadow-mode policy functions: always true, count what enforce would do.
+CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant uuid) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
+CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant bigint) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
+CREATE FUNCTION tenancy.shadow_read(rel regclass, tenant text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_read_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
+CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant uuid) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_uuid' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
+CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant bigint) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_bigint' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
+CREATE FUNCTION tenancy.shadow_write(rel regclass, tenant text) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_write_text' LANGUAGE C VOLATILE PARALLEL SAFE COST 10;
+COMMENT ON FUNCTION tenancy.shadow_read(regclass, uuid) IS 'shadow-mode USING: true; counts the rows enforce mode would hide';
+COMMENT ON FUNCTION tenancy.shadow_write(regclass, uuid) IS 'shadow-mode WITH CHECK: true; counts the writes enforce mode would refuse';
+
+CREATE FUNCTION tenancy.read_shadow_stats(
+    OUT relation regclass, OUT rows_checked bigint, OUT rows_hidden bigint,
+    OUT writes_refused bigint, OUT last_divergence timestamptz)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'tenancy_read_shadow_stats'
+    LANGUAGE C VOLATILE;
+
+CREATE VIEW tenancy.shadow_stats AS
+    SELECT relation, rows_checked, rows_hidden, writes_refused, last_divergence
+      FROM tenancy.read_shadow_stats();
+COMMENT ON VIEW tenancy.shadow_stats IS 'per table in this database: rows and writes checked by shadow-mode policies, and how many enforce mode would hide or refuse (needs shared_preload_libraries)';
+
+CREATE FUNCTION tenancy.reset_shadow_stats(tbl regclass DEFAULT NULL) RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_reset_shadow_stats'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.reset_shadow_stats(regclass) IS 'reset the shadow counters of a table, or of every table of this database';
+
+CREATE FUNCTION tenancy.shadow_stats_dropped(OUT rows_dropped bigint, OUT divergences_dropped bigint)
+    AS 'MODULE_PATHNAME', 'tenancy_shadow_stats_dropped'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.shadow_stats_dropped() IS 'cluster-wide: rows, and divergences among them, that shadow mode could not count because tenancy.shadow_max_tables tables were counted already (since reset_shadow_stats() of every table)';
+
+REVOKE ALL ON TABLE tenancy.shadow_stats FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.read_shadow_stats() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.reset_shadow_stats(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.shadow_stats_dropped() FROM PUBLIC;
+GRANT SELECT ON TABLE tenancy.shadow_stats TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION tenancy.read_shadow_stats() TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION tenancy.shadow_stats_dropped() TO pg_read_all_stats;
+-- src/derive.sql: derived tenants: a BEFORE INSERT trigger from a row expression or a parent (C: derive.c).
 
 ------------------------------------------------------------------------------
 -- Derived tenants: tables whose every row's tenant follows from the row (an

@@ -21,6 +21,9 @@ trap 'tn_cluster_stop "$TAP_DIR"' EXIT
 
 passed=0 failed=0
 
+# --- the install script is what the SQL sources produce ---------------------
+if make -s -C "$TN_ROOT" check-sources; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+
 # --- pg_regress ------------------------------------------------------------
 # run_regress NAME CONFIG TESTS...
 run_regress() {

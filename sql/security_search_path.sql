@@ -24,7 +24,8 @@ CREATE TABLE sp_trap.traps (kind text, name text, signature text, created boolea
 -- The names the install script calls or applies without a schema.
 CREATE TABLE sp_trap.script AS
 SELECT pg_catalog.pg_read_file((SELECT setting FROM pg_catalog.pg_config WHERE name = 'SHAREDIR')
-                               || '/extension/tenancy--0.1.sql') AS src;
+                               || '/extension/tenancy--' || (SELECT e.default_version FROM pg_catalog.pg_available_extensions e
+                                                             WHERE e.name = 'tenancy') || '.sql') AS src;
 CREATE TABLE sp_trap.called AS
 SELECT DISTINCT pg_catalog.lower(m[1]) AS name
   FROM sp_trap.script, pg_catalog.regexp_matches(src, '(?<![.\w"$])([A-Za-z_][A-Za-z0-9_]*)\s*\(', 'g') m;

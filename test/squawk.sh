@@ -3,8 +3,8 @@
 # written exactly as a DBA runs a preview with \gexec: one statement per row,
 # ';' appended.  One TAP line per generator; a violation fails it and prints
 # squawk's report.  A rule that does not apply to a generator's statements is
-# excluded only through a comment right above that generator in the install
-# script:   -- squawk: ignore <rule>: <reason>
+# excluded only through a comment right above that generator in its SQL
+# source (src/*.sql):   -- squawk: ignore <rule>: <reason>
 # (make test's cluster; fixtures in databases of their own, dropped at the end)
 set -u -o pipefail
 SRC=${TN_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -28,7 +28,7 @@ ignores() {
             if (name == fn && block != "") print block
             block = ""; next }
         /^--/ { next }
-        { block = "" }' "$SRC/tenancy--0.1.sql" | paste -sd, -
+        { block = "" }' "$SRC"/src/*.sql | paste -sd, -
 }
 
 # lint NAME GENERATOR: squawk over $DIR/NAME.sql
