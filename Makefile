@@ -64,8 +64,14 @@ check-sources: tenancy--$(EXTVERSION).sql
 	  || { echo "tenancy: $< is not what src/*.sql produce: make clean && make" >&2; exit 1; }
 endif
 
+# The README states the default version.
+check-sources: check-version
+check-version:
+	@grep -q "^Version $(EXTVERSION) " README.md \
+	  || { echo "tenancy: README.md does not say 'Version $(EXTVERSION)' (tenancy.control's default_version)" >&2; exit 1; }
+
 # `test` is also a directory name, so every entry point is phony.
-.PHONY: test demo bench deps check-sources
+.PHONY: test demo bench deps check-sources check-version
 
 deps:
 	@scripts/deps.sh
