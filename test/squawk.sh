@@ -7,17 +7,17 @@
 # source (src/*.sql):   -- squawk: ignore <rule>: <reason>
 # (make test's cluster; fixtures in databases of their own, dropped at the end)
 set -u -o pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 SRC=${TN_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 SQUAWK=${TN_SQUAWK:-$SRC/.tools/node_modules/.bin/squawk}
 DIR=$TN_WORK/squawk
 mkdir -p "$DIR"
-n=0
-q() { local db=$1; shift; psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@" || { echo "Bail out! a fixture step failed in $db"; exit 1; }; }
+q() { local db=$1; shift; psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@" || bail "a fixture step failed in $db"; }
 cleanup() {
     psql -X -q -d postgres -c 'DROP DATABASE IF EXISTS squawk_demo' -c 'DROP DATABASE IF EXISTS squawk_store' \
          -c 'DROP ROLE IF EXISTS squawk_legacy' >/dev/null 2>&1
 }
-trap cleanup EXIT
+tap_at_exit cleanup
 
 # ignores GENERATOR: the rules excluded for it, comma-separated
 ignores() {
@@ -34,16 +34,15 @@ ignores() {
 # lint NAME GENERATOR: squawk over $DIR/NAME.sql
 lint() {
     local file=$DIR/$1.sql gen=$2 ex out rc stmts
-    n=$((n + 1))
     stmts=$(grep -c ';[[:space:]]*$' "$file")
     ex=$(ignores "$gen")
     out=$("$SQUAWK" --pg-version=15 --reporter gcc ${ex:+--exclude="$ex"} "$file" 2>&1); rc=$?
     if [ "$stmts" -eq 0 ]; then
-        echo "ok $n - $1 # SKIP the fixture gives it no statement"
+        skip "$1: the fixture gives it no statement"
     elif [ $rc -eq 0 ]; then
-        echo "ok $n - $1: $stmts statements, no squawk violation${ex:+ (ignored: $ex)}"
+        pass "$1: $stmts statements, no squawk violation${ex:+ (ignored: $ex)}"
     else
-        echo "not ok $n - $1: $stmts statements${ex:+ (ignored: $ex)}"
+        fail "$1: $stmts statements${ex:+ (ignored: $ex)}"
         printf '%s\n' "$out" | sed 's/^/#   /'
         sed 's/^/#   | /' "$file"
     fi
@@ -55,10 +54,10 @@ gexec() {
     # a row may hold several lines (one text with several statements)
     q "$1" -R $'\x1e' -c "$3" \
         | awk 'BEGIN { RS = "\x1e" } { sub(/\n+$/, ""); if ($0 == "") next; if ($0 !~ /;[ \t]*$/) $0 = $0 ";"; print }' \
-        >>"$DIR/$2.sql" || { echo "Bail out! $2: the generator failed"; exit 1; }
+        >>"$DIR/$2.sql" || bail "$2: the generator failed"
 }
 
-echo "1..13"
+plan 13
 cleanup
 psql -X -q -d postgres -c 'CREATE DATABASE squawk_demo' -c 'CREATE DATABASE squawk_store' -c 'CREATE ROLE squawk_legacy' >/dev/null
 
@@ -105,7 +104,7 @@ for attempt in 1 2 3 4 5; do
     grep -q 'lock timeout' "$DIR/contract.err" || break
     sleep $attempt
 done
-[ $contract_ok -eq 0 ] || { echo "Bail out! the contract failed: $(head -c 300 "$DIR/contract.err")"; exit 1; }
+[ $contract_ok -eq 0 ] || bail "the contract failed: $(head -c 300 "$DIR/contract.err")"
 gexec $D rollback_table_sql "SELECT tenancy.rollback_table_sql(t) FROM unnest('{comments,tasks,projects}'::regclass[]) t"
 
 # --- the store-rental database: bigint keys, partitions, derived tenants ----
@@ -148,6 +147,6 @@ lint scope_constraints_plan_undo scope_constraints_plan
 lint verify_fix verify
 lint rollback_table_sql rollback_table_sql
 lint derive_tenant_sql derive_tenant_sql
-n=$((n + 1))
-[ -x "$SQUAWK" ]; ok=$?
-[ $ok -eq 0 ] && echo "ok $n - squawk $("$SQUAWK" --version | awk '{print $2}') at $SQUAWK" || echo "not ok $n - no squawk at $SQUAWK (scripts/deps.sh installs it)"
+if [ -x "$SQUAWK" ]; then pass "squawk $("$SQUAWK" --version | awk '{print $2}') at $SQUAWK"
+else fail "no squawk at $SQUAWK (scripts/deps.sh installs it)"; fi
+tap_end
