@@ -20,6 +20,7 @@ SELECT tenancy.enable_rls('rb_docs') IS NOT NULL AS enabled;
 RESET ROLE;
 
 SELECT tenancy.set_implicit_tenant('rb-old') IS NOT NULL AS implicit;
+SELECT tenancy.add_member('rb-new', 'rb-user', 'member') IS NOT NULL AS member;
 SELECT tenancy.bind_role_sql('rb_legacy');
 SELECT tenancy.bind_role('rb_legacy') IS NOT NULL AS bound;
 SELECT role, tenant FROM tenancy.role_bindings;
@@ -41,6 +42,10 @@ COMMIT;
 SELECT set_config('tenancy.tenant_id', 'bbbbbbbb-0000-0000-0000-0000000000b2', false);
 BEGIN;
 SELECT tenancy.set_tenant('rb-new');
+COMMIT;
+BEGIN;
+SELECT tenancy.set_tenant_as('rb-user', 'rb-new');
+SELECT tenancy.current_tenant_text() AS after_set_tenant_as;
 COMMIT;
 SELECT tenancy.clear_tenant();
 SET tenancy.tenant_id = '';

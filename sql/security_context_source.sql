@@ -23,6 +23,7 @@ RESET ROLE;
 CREATE FUNCTION cs_in_b() RETURNS text LANGUAGE sql
     SET tenancy.tenant_id = 'bbbbbbbb-0000-0000-0000-0000000000c2'
     AS $$ SELECT tenancy.current_tenant_text() $$;
+SELECT tenancy.add_member('cs-b', 'cs-user', 'member') IS NOT NULL AS member;
 -- Tenant defaults: the role's (it may set its own) and the database's.
 ALTER ROLE cs_app SET tenancy.tenant_id = 'bbbbbbbb-0000-0000-0000-0000000000c2';
 ALTER DATABASE contrib_regression SET tenancy.tenant_id = 'bbbbbbbb-0000-0000-0000-0000000000c2';
@@ -49,6 +50,12 @@ BEGIN;
 SELECT tenancy.set_tenant('cs-b');
 COMMIT;
 SELECT tenancy.set_tenant('cs-b', is_local => false);
+-- set_tenant_as() runs as the extension's owner (SECURITY DEFINER): the
+-- caller, not the owner, decides.
+BEGIN;
+SELECT tenancy.set_tenant_as('cs-user', 'cs-b');
+SELECT tenancy.current_tenant_text() IS NULL AS no_tenant_after_set_tenant_as;
+COMMIT;
 SELECT cs_in_b();
 SET tenancy.context_source = 'any';
 SELECT tenancy.current_tenant_text() IS NULL AS still_no_tenant, count(*) AS rows_seen FROM cs_docs;

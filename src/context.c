@@ -297,7 +297,8 @@ session_binding(Oid *role)
 
 /*
  * Who may set the tenant (value: the canonical key, or "" to clear).  For
- * roles that are not superusers: a role bound to a tenant (bind_role())
+ * roles that are not superusers (the current role outside security-definer
+ * functions): a role bound to a tenant (bind_role())
  * gets that tenant and no other, and cannot clear it, in either mode; with
  * tenancy.context_source = token any other key is refused, except from the
  * extension's own setter and from a parallel worker restoring its leader.
@@ -318,7 +319,11 @@ tenant_source_allowed(const char *value, GucSource source, bool *admitted)
 		return true;
 	if (IsTransactionState())
 	{
-		if (superuser())
+		/*
+		 * The role outside any security-definer function: set_tenant_as()
+		 * runs as the extension's owner, the caller still decides.
+		 */
+		if (superuser_arg(GetOuterUserId()))
 			return true;
 		bound = session_binding(&role);
 		if (bound != NULL)
