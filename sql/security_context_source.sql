@@ -93,10 +93,9 @@ SELECT tenancy.current_tenant_text() IS NULL AS unset_under_token, count(*) AS r
 RESET ROLE;
 RESET tenancy.tenant_id;
 
--- Token mode from the database's settings, which are applied after the
--- role's: the role's tenant default, accepted before the mode was known,
--- counts as unset (fail closed), and so does the database's own default
--- stored ahead of the mode.
+-- Token mode from the database's settings, which PostgreSQL applies after
+-- the role's: the check reads the defaults that will apply, so the role's
+-- and the database's tenant defaults are ignored with a WARNING all the same.
 ALTER ROLE cs_app IN DATABASE contrib_regression RESET tenancy.context_source;
 ALTER DATABASE contrib_regression SET tenancy.context_source = 'token';
 \c - cs_app

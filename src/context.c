@@ -17,7 +17,11 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/genam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_db_role_setting.h"
+#include "utils/array.h"
+#include "utils/fmgroids.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -296,6 +300,87 @@ session_binding(Oid *role)
 }
 
 /*
+ * tenancy.context_source as pg_db_role_setting stores it for (db, role):
+ * CONTEXT_SOURCE_ANY or _TOKEN, or -1 when not set there.
+ */
+static int
+stored_context_source(Relation rel, Snapshot snap, Oid db, Oid role)
+{
+	static const char prefix[] = "tenancy.context_source=";
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			mode = -1;
+
+	ScanKeyInit(&keys[0], Anum_pg_db_role_setting_setdatabase,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(db));
+	ScanKeyInit(&keys[1], Anum_pg_db_role_setting_setrole,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(role));
+	scan = systable_beginscan(rel, DbRoleSettingDatidRolidIndexId, true, snap, 2, keys);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_db_role_setting_setconfig,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *nulls;
+			int			n;
+
+			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, &nulls, &n);
+			for (int i = 0; i < n; i++)
+			{
+				char	   *item;
+
+				CHECK_FOR_INTERRUPTS();
+				if (nulls[i])
+					continue;
+				item = TextDatumGetCString(elems[i]);
+				if (strncmp(item, prefix, sizeof(prefix) - 1) == 0)
+					mode = pg_strcasecmp(item + sizeof(prefix) - 1, "token") == 0
+						? CONTEXT_SOURCE_TOKEN : CONTEXT_SOURCE_ANY;
+			}
+		}
+	}
+	systable_endscan(scan);
+	return mode;
+}
+
+/*
+ * The mode this session will have once login is complete.  Connection
+ * options are applied first, then the role-and-database, role, database
+ * and all-roles defaults (process_settings()): a tenant may arrive before a
+ * later default turns token mode on, so read the defaults that will apply,
+ * highest priority first, as process_settings() does; none set: the mode
+ * in force now (the server's configuration).
+ */
+static int
+login_context_source(void)
+{
+	Relation	rel;
+	Snapshot	snap;
+	Oid			role = GetSessionUserId();
+	int			mode = -1;
+
+	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	snap = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	mode = stored_context_source(rel, snap, MyDatabaseId, role);
+	if (mode < 0)
+		mode = stored_context_source(rel, snap, InvalidOid, role);
+	if (mode < 0)
+		mode = stored_context_source(rel, snap, MyDatabaseId, InvalidOid);
+	if (mode < 0)
+		mode = stored_context_source(rel, snap, InvalidOid, InvalidOid);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return mode < 0 ? tenancy_context_source : mode;
+}
+
+/*
  * Who may set the tenant (value: the canonical key, or "" to clear).  For
  * roles that are not superusers (the current role outside security-definer
  * functions): a role bound to a tenant (bind_role())
@@ -341,8 +426,15 @@ tenant_source_allowed(const char *value, GucSource source, bool *admitted)
 	if (value[0] == '\0')
 		return true;			/* clearing is always allowed */
 	*admitted = false;
-	if (tenancy_context_source != CONTEXT_SOURCE_TOKEN || source == PGC_S_TEST)
+	if (source == PGC_S_TEST)
 		return true;
+	if (tenancy_context_source != CONTEXT_SOURCE_TOKEN)
+	{
+		/* At login (these sources), the mode the defaults will give. */
+		if (source > PGC_S_CLIENT || !IsTransactionState() ||
+			login_context_source() != CONTEXT_SOURCE_TOKEN)
+			return true;
+	}
 	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
 	GUC_check_errmsg("only a verified tenant token can set the tenant");
 	GUC_check_errdetail("tenancy.context_source is token: SET, set_config(), tenancy.set_tenant(), function SET clauses, connection options and role or database defaults cannot set tenancy.tenant_id.");

@@ -7,13 +7,13 @@
 # a role bound with bind_role() starts with its bound tenant, in token mode
 # too.  (The other routes: sql/security_context_source.sql.)
 #
-# Shell TAP, run by `prove -e bash` from scripts/test.sh.  Token mode is
-# set in the server's configuration, as the README advises, so it is known
-# before the startup packet's options are applied: it runs its own server.
+# Shell TAP, run by `prove -e bash` from scripts/test.sh.  It runs its own
+# server: token mode is set in its configuration, then (ALTER SYSTEM) per
+# database.
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 
-PLAN=10
+PLAN=13
 DB=tenancy_context_source
 APP=tenancy_cs_app
 LEGACY=tenancy_cs_legacy
@@ -61,4 +61,17 @@ is "and no tenant is set" "$(printf '%s\n' "$out" | tail -n 1)" "none"
 su "$DB" -c "ALTER ROLE $APP IN DATABASE $DB SET tenancy.context_source = 'any'"
 out=$(as "$APP" "" "SELECT coalesce(tenancy.current_tenant_text(), 'none')")
 is "in mode any, the role default applies" "$out" "$B"
+
+# Token mode from the database's settings, which PostgreSQL applies after
+# the connection options and the role's defaults: refused all the same.
+su postgres -c "ALTER SYSTEM SET tenancy.context_source = 'any'" -c "SELECT pg_reload_conf()"
+su "$DB" -c "ALTER ROLE $APP IN DATABASE $DB RESET tenancy.context_source" \
+    -c "ALTER DATABASE $DB SET tenancy.context_source = 'token'"
+wait_for 10 bash -c "[ \"\$(psql -X -At -h '$DIR' -p '$PORT' -U '$TAP_USER' -d postgres -c 'SHOW tenancy.context_source')\" = any ]" \
+    || bail "the reload did not take"
+out=$(as "$APP" "-c tenancy.tenant_id=$B" "SELECT 'connected'")
+like "database-level token mode: PGOPTIONS is refused at connection" "$out" "FATAL: +only a verified tenant token can set the tenant"
+out=$(as "$APP" "" "SELECT coalesce(tenancy.current_tenant_text(), 'none')")
+is "and the role and database defaults are ignored, with two WARNINGs" "$(printf '%s\n' "$out" | grep -c 'WARNING: *only a verified tenant token')" 2
+is "leaving no tenant" "$(printf '%s\n' "$out" | tail -n 1)" "none"
 tap_end
