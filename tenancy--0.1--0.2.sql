@@ -6,3 +6,65 @@
 -- (pg_attribute of tenancy.tenants.id), never from tenancy.tenant_type.
 
 \echo Use "ALTER EXTENSION tenancy UPDATE TO '0.2'" to load this file. \quit
+
+------------------------------------------------------------------------------
+-- Bindings a role cannot override (src/context.sql)
+------------------------------------------------------------------------------
+
+-- The bindings, recorded by the extension: a bound role's sessions get
+-- this tenant and no other (context.c refuses any other, and clearing, for
+-- the role itself), whatever the role does to its own settings.
+CREATE TABLE tenancy.role_bindings (
+    role regrole PRIMARY KEY,
+    tenant text NOT NULL
+);
+COMMENT ON TABLE tenancy.role_bindings IS 'roles bound to a tenant in this database (bind_role()); read by the tenant_id check';
+REVOKE ALL ON TABLE tenancy.role_bindings FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.role_bindings', '');
+CREATE TRIGGER role_bindings_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_bindings
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.registry_changed();
+
+-- squawk: ignore require-lock-timeout: ALTER ROLE ... SET locks no table, and bind_role() runs this text itself (SET lines would change its caller's session)
+-- squawk: ignore require-statement-timeout: as above
+CREATE OR REPLACE FUNCTION tenancy.bind_role_sql(role regrole, tenant text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text := CASE WHEN tenant IS NULL THEN tenancy.implicit_tenant() ELSE tenancy.tenant_key(tenant) END;
+    rolname name := (SELECT r.rolname FROM pg_roles r WHERE r.oid = role);
+    stmt text := '';
+BEGIN
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'no tenant given and no implicit tenant is set'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call tenancy.set_implicit_tenant() first, or name the tenant.';
+    END IF;
+    -- Role settings are applied before database settings: bind the key type
+    -- at the same level, ahead of the key, so the key is parsed with it.
+    IF current_setting('tenancy.tenant_type') <> 'uuid' THEN
+        stmt := format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_type = %L;' || chr(10),
+                       rolname, current_database(), current_setting('tenancy.tenant_type'));
+    END IF;
+    -- The binding first: the ALTER ROLE below is then checked against it.
+    RETURN format('INSERT INTO tenancy.role_bindings (role, tenant) VALUES (%L, %L)'
+                  ' ON CONFLICT (role) DO UPDATE SET tenant = excluded.tenant;' || chr(10),
+                  role::text, k)
+        || stmt || format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_id = %L;',
+                          rolname, current_database(), k);
+END
+$$;
+COMMENT ON FUNCTION tenancy.bind_role_sql(regrole, text) IS 'the statements bind_role() would run (the binding, then the ALTER ROLE defaults)';
+
+CREATE OR REPLACE FUNCTION tenancy.unbind_role(role regrole) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stmt text := format('DELETE FROM tenancy.role_bindings WHERE role = %L::pg_catalog.regrole;' || chr(10)
+                        || 'ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
+                        role::text,
+                        (SELECT r.rolname FROM pg_roles r WHERE r.oid = role), current_database());
+BEGIN
+    -- plpgsql_check: VOLATILE: ALTER ROLE.
+    EXECUTE stmt;
+    RETURN stmt;
+END
+$$;

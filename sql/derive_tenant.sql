@@ -98,6 +98,14 @@ INSERT INTO rental.rental (rental_id, rental_date, inventory_id, customer_id, st
 VALUES (5001, '2022-02-01', 41, 1001, 21);
 -- A legacy write naming a third tenant is refused.
 INSERT INTO rental.customer (customer_id, store_id, email, tenant_id) VALUES (1003, 2, 'x3@example.com', 3);
+-- A bound role cannot switch (sql/role_bindings.sql): below, the same
+-- role without the recorded binding, its default set by ALTER ROLE alone.
+\c - :su
+DELETE FROM tenancy.role_bindings;
+\c - derive_legacy
+\set SHOW_CONTEXT never
+\set VERBOSITY terse
+\set ON_ERROR_ROLLBACK on
 -- No tenant at all (the binding cleared) is the legacy path too.
 BEGIN;
 SET LOCAL tenancy.tenant_id = '';

@@ -71,6 +71,18 @@ EXPLAIN (COSTS OFF) SELECT count(*) FROM par_rls;
 SELECT (SELECT count(*) FROM par_plain WHERE tenant_id = tenancy.current_tenant_text()) AS plain,
        (SELECT count(*) FROM par_part WHERE tenant_id = tenancy.current_tenant_text()) AS part,
        (SELECT count(*) FROM par_rls) AS rls;
+-- A bound role cannot switch (sql/role_bindings.sql): without the binding,
+-- its default set by ALTER ROLE alone, it switches for one transaction.
+\c tenancy_par_role postgres
+DELETE FROM tenancy.role_bindings;
+\c tenancy_par_role par_app
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+SET parallel_leader_participation = off;
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
 BEGIN;
 SELECT tenancy.set_tenant('store 1') IS NOT NULL AS set;
 SELECT (SELECT count(*) FROM par_plain WHERE tenant_id = tenancy.current_tenant_text()) AS plain,

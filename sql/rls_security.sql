@@ -81,14 +81,22 @@ SELECT current_user AS orig_user \gset
 \set ON_ERROR_ROLLBACK on
 SELECT array_agg(id ORDER BY id) AS legacy_sees FROM docs;
 INSERT INTO docs (id, body) VALUES (12, 'legacy insert') RETURNING tenant_id;
+-- A bound role cannot switch (sql/role_bindings.sql): it keeps its rows.
 BEGIN;
 SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
-SELECT array_agg(id ORDER BY id) AS new_path_sees FROM docs;
+SELECT array_agg(id ORDER BY id) AS legacy_still_sees FROM docs;
 COMMIT;
 SELECT array_agg(id ORDER BY id) AS legacy_sees_again FROM docs;
 \c - :orig_user
 \set SHOW_CONTEXT never
 \set VERBOSITY terse
+-- The new path, beside it.
+SET ROLE rls_security_app;
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
+SELECT array_agg(id ORDER BY id) AS new_path_sees FROM docs;
+COMMIT;
+RESET ROLE;
 SELECT tenancy.unbind_role('rls_security_legacy') IS NOT NULL AS unbound;
 
 -- The tenant is fixed per query: the accessor is folded into a constant

@@ -11,18 +11,46 @@
  */
 #include "tenancy.h"
 
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/parallel.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "access/genam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_db_role_setting.h"
+#include "utils/array.h"
+#include "utils/fmgroids.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc_tables.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+/*
+ * The GUC's extra: the parsed key, and whether it came by a route that
+ * tenancy.context_source = token admits (the extension's own setter, a
+ * superuser, a parallel worker restoring its leader, a role's binding).  A
+ * key admitted only under "any" (e.g. a role default applied at login
+ * before a later default turned token mode on) counts as unset while token
+ * mode is in force: fail closed.
+ */
+typedef struct TenantExtra
+{
+	TenantKey	key;			/* first: current_key points here */
+	bool		admitted;
+} TenantExtra;
 
 /* The key the GUC currently holds (its extra), or NULL when unset. */
 static const TenantKey *current_key = NULL;
+static bool current_admitted = true;
 
 /* Bumped whenever the key or its type changes; keys per-call caches. */
 static uint64 tenant_generation = 1;
@@ -43,6 +71,7 @@ static TenantKey worker_key;
 static void worker_reparse_key(TenantKeyType type);
 
 static void session_guard_callback(XactEvent event, void *arg);
+static void binding_relcache_callback(Datum arg, Oid relid);
 
 /* Per-call-site cache of the accessor's result, in the query's memory. */
 typedef struct AccessorCache
@@ -54,10 +83,41 @@ typedef struct AccessorCache
 } AccessorCache;
 
 /* GUC variables */
+int			tenancy_context_source = CONTEXT_SOURCE_ANY;
 bool		tenancy_require_tenant = false;
 bool		tenancy_validate_tenant = true;
 bool		tenancy_allow_session_tenant = true;
 char	   *tenancy_tenant_id = NULL;
+
+/*
+ * Set by the extension's own verified setter (set_tenant_token()) around its
+ * set_config_option() call: the one route token mode lets through.
+ */
+bool		tenancy_trusted_setter = false;
+
+static const struct config_enum_entry context_source_options[] = {
+	{"any", CONTEXT_SOURCE_ANY, false},
+	{"token", CONTEXT_SOURCE_TOKEN, false},
+	{NULL, 0, false}
+};
+
+static void assign_context_source(int newval, void *extra);
+
+/* ---- role bindings (tenancy.role_bindings), cached per backend ---- */
+
+/* Cache entries beyond this many make the cache start afresh. */
+#define BINDING_CACHE_MAX 1000
+
+typedef struct BindingCacheEntry
+{
+	Oid			role;			/* hash key */
+	bool		bound;
+	char		key[TENANT_KEY_MAXLEN + 1];
+} BindingCacheEntry;
+
+static HTAB *binding_cache = NULL;
+static bool binding_valid = false;
+static Oid	binding_relid = InvalidOid;
 
 /*
  * Defines the context settings.  Called after tenancy_tenant_key_init():
@@ -66,6 +126,18 @@ char	   *tenancy_tenant_id = NULL;
 void
 tenancy_context_init(void)
 {
+	/* Before tenancy.tenant_id, whose check hook reads it. */
+	DefineCustomEnumVariable("tenancy.context_source",
+							 "Which routes may set tenancy.tenant_id for roles that are not superusers.",
+							 "any: every route (SET, set_config(), set_tenant(), defaults, connection options); "
+							 "token: only a verified tenant token, a role's binding, or clearing.",
+							 &tenancy_context_source,
+							 CONTEXT_SOURCE_ANY,
+							 context_source_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, assign_context_source, NULL);
+
 	DefineCustomStringVariable("tenancy.tenant_id",
 							   "Key of the current tenant; empty when no tenant is set.",
 							   "Validated when set.  Prefer tenancy.set_tenant(), which is transaction-local.",
@@ -106,6 +178,268 @@ tenancy_context_init(void)
 							 NULL, NULL, NULL);
 
 	RegisterXactCallback(session_guard_callback, NULL);
+	CacheRegisterRelcacheCallback(binding_relcache_callback, (Datum) 0);
+}
+
+static void
+assign_context_source(int newval, void *extra)
+{
+	tenant_generation++;		/* the accessors' caches depend on it */
+}
+
+static void
+binding_relcache_callback(Datum arg, Oid relid)
+{
+	/* Not installed yet: any new relation may be the bindings table. */
+	if (relid == InvalidOid || relid == binding_relid || !OidIsValid(binding_relid))
+		binding_valid = false;
+}
+
+/*
+ * Read the binding of a role from tenancy.role_bindings (role regrole,
+ * tenant text: columns 1 and 2), directly from the heap with a fresh
+ * snapshot: no executor, no privilege check, no search_path.  Not bound
+ * when the extension is not installed in this database.
+ */
+static void
+binding_fetch(Oid role, BindingCacheEntry *entry)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	Snapshot	snap;
+	HeapTuple	tup;
+
+	entry->bound = false;
+	if (!OidIsValid(binding_relid))
+		return;
+	rel = table_open(binding_relid, AccessShareLock);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		d;
+
+		CHECK_FOR_INTERRUPTS();
+		d = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
+		if (isnull || DatumGetObjectId(d) != role)
+			continue;
+		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
+		if (isnull)
+			continue;
+		entry->bound = true;
+		text_to_cstring_buffer(DatumGetTextPP(d), entry->key, sizeof(entry->key));
+		break;
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+}
+
+/* The tenant key a role is bound to in this database, or NULL. */
+static const char *
+binding_of(Oid role)
+{
+	BindingCacheEntry *entry;
+	bool		found;
+
+	if (!binding_valid || binding_cache == NULL ||
+		hash_get_num_entries(binding_cache) >= BINDING_CACHE_MAX)
+	{
+		HASHCTL		ctl;
+		Oid			nsp;
+
+		if (binding_cache != NULL)
+			hash_destroy(binding_cache);
+		binding_cache = NULL;
+		/* Valid from here: an invalidation during the lookups resets it. */
+		binding_valid = true;
+		nsp = get_namespace_oid("tenancy", true);
+		binding_relid = OidIsValid(nsp) ? get_relname_relid("role_bindings", nsp) : InvalidOid;
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(BindingCacheEntry);
+		ctl.hcxt = TopMemoryContext;
+		binding_cache = hash_create("tenancy role binding cache", 16, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	entry = hash_search(binding_cache, &role, HASH_ENTER, &found);
+	if (!found)
+	{
+		PG_TRY();
+		{
+			binding_fetch(role, entry);
+		}
+		PG_CATCH();
+		{
+			hash_search(binding_cache, &role, HASH_REMOVE, NULL);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+	}
+	return entry->bound ? entry->key : NULL;
+}
+
+/*
+ * The binding that holds for this session: of the current role outside any
+ * security-definer function (SET ROLE), else of the session's login role.
+ */
+static const char *
+session_binding(Oid *role)
+{
+	const char *key;
+
+	*role = GetOuterUserId();
+	key = binding_of(*role);
+	if (key == NULL && GetSessionUserId() != *role)
+	{
+		*role = GetSessionUserId();
+		key = binding_of(*role);
+	}
+	return key;
+}
+
+/*
+ * tenancy.context_source as pg_db_role_setting stores it for (db, role):
+ * CONTEXT_SOURCE_ANY or _TOKEN, or -1 when not set there.
+ */
+static int
+stored_context_source(Relation rel, Snapshot snap, Oid db, Oid role)
+{
+	static const char prefix[] = "tenancy.context_source=";
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			mode = -1;
+
+	ScanKeyInit(&keys[0], Anum_pg_db_role_setting_setdatabase,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(db));
+	ScanKeyInit(&keys[1], Anum_pg_db_role_setting_setrole,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(role));
+	scan = systable_beginscan(rel, DbRoleSettingDatidRolidIndexId, true, snap, 2, keys);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_db_role_setting_setconfig,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *nulls;
+			int			n;
+
+			deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+							  TYPALIGN_INT, &elems, &nulls, &n);
+			for (int i = 0; i < n; i++)
+			{
+				char	   *item;
+
+				CHECK_FOR_INTERRUPTS();
+				if (nulls[i])
+					continue;
+				item = TextDatumGetCString(elems[i]);
+				if (strncmp(item, prefix, sizeof(prefix) - 1) == 0)
+					mode = pg_strcasecmp(item + sizeof(prefix) - 1, "token") == 0
+						? CONTEXT_SOURCE_TOKEN : CONTEXT_SOURCE_ANY;
+			}
+		}
+	}
+	systable_endscan(scan);
+	return mode;
+}
+
+/*
+ * The mode this session will have once login is complete.  Connection
+ * options are applied first, then the role-and-database, role, database
+ * and all-roles defaults (process_settings()): a tenant may arrive before a
+ * later default turns token mode on, so read the defaults that will apply,
+ * highest priority first, as process_settings() does; none set: the mode
+ * in force now (the server's configuration).
+ */
+static int
+login_context_source(void)
+{
+	Relation	rel;
+	Snapshot	snap;
+	Oid			role = GetSessionUserId();
+	int			mode = -1;
+
+	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	snap = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	mode = stored_context_source(rel, snap, MyDatabaseId, role);
+	if (mode < 0)
+		mode = stored_context_source(rel, snap, InvalidOid, role);
+	if (mode < 0)
+		mode = stored_context_source(rel, snap, MyDatabaseId, InvalidOid);
+	if (mode < 0)
+		mode = stored_context_source(rel, snap, InvalidOid, InvalidOid);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return mode < 0 ? tenancy_context_source : mode;
+}
+
+/*
+ * Who may set the tenant (value: the canonical key, or "" to clear).  For
+ * roles that are not superusers (the current role outside security-definer
+ * functions): a role bound to a tenant (bind_role())
+ * gets that tenant and no other, and cannot clear it, in either mode; with
+ * tenancy.context_source = token any other key is refused, except from the
+ * extension's own setter and from a parallel worker restoring its leader.
+ * Settings from the server's configuration (sources below PGC_S_GLOBAL) are
+ * the superuser's.  Role and database defaults arrive at login with elevel
+ * WARNING: a refusal there is a warning, and the default is ignored.
+ * Validation alone (PGC_S_TEST: ALTER ROLE ... SET, CREATE FUNCTION ...
+ * SET) refuses a bound role's other tenant, so that it cannot rebind itself.
+ */
+static bool
+tenant_source_allowed(const char *value, GucSource source, bool *admitted)
+{
+	const char *bound;
+	Oid			role;
+
+	*admitted = true;
+	if (tenancy_trusted_setter || InitializingParallelWorker || source < PGC_S_GLOBAL)
+		return true;
+	if (IsTransactionState())
+	{
+		/*
+		 * The role outside any security-definer function: set_tenant_as()
+		 * runs as the extension's owner, the caller still decides.
+		 */
+		if (superuser_arg(GetOuterUserId()))
+			return true;
+		bound = session_binding(&role);
+		if (bound != NULL)
+		{
+			if (strcmp(value, bound) == 0)
+				return true;
+			GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+			GUC_check_errmsg("role \"%s\" is bound to tenant \"%s\"",
+							 GetUserNameFromId(role, false), bound);
+			GUC_check_errdetail("A role bound with tenancy.bind_role() cannot set, clear or rebind its own tenant.");
+			GUC_check_errhint("A superuser can change the binding with tenancy.bind_role() or tenancy.unbind_role().");
+			return false;
+		}
+	}
+	if (value[0] == '\0')
+		return true;			/* clearing is always allowed */
+	*admitted = false;
+	if (source == PGC_S_TEST)
+		return true;
+	if (tenancy_context_source != CONTEXT_SOURCE_TOKEN)
+	{
+		/* At login (these sources), the mode the defaults will give. */
+		if (source > PGC_S_CLIENT || !IsTransactionState() ||
+			login_context_source() != CONTEXT_SOURCE_TOKEN)
+			return true;
+	}
+	GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+	GUC_check_errmsg("only a verified tenant token can set the tenant");
+	GUC_check_errdetail("tenancy.context_source is token: SET, set_config(), tenancy.set_tenant(), function SET clauses, connection options and role or database defaults cannot set tenancy.tenant_id.");
+	GUC_check_errhint("Call tenancy.set_tenant_token() with a signed token.");
+	return false;
 }
 
 /*
@@ -137,13 +471,20 @@ bool
 tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 {
 	TenantKey	key;
-	TenantKey  *copy;
+	TenantExtra *copy;
 	const char *detail;
+	bool		admitted;
 
 	if (source == PGC_S_SESSION)
 		tenant_set_in_xact = true;	/* for the session guard */
 	if (*newval == NULL || (*newval)[0] == '\0')
+	{
+		bool		admitted;
+
+		if (!tenant_source_allowed("", source, &admitted))
+			return false;
 		return tenant_switch_allowed(NULL, source);	/* unset: no extra */
+	}
 
 	if (!tenant_key_parse(*newval, (TenantKeyType) tenancy_tenant_type, &key, &detail))
 	{
@@ -159,13 +500,16 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("%s", detail);
 		return false;
 	}
+	if (!tenant_source_allowed(key.text, source, &admitted))
+		return false;
 	if (!tenant_switch_allowed(&key, source))
 		return false;
 
-	copy = tenancy_guc_malloc(sizeof(TenantKey));
+	copy = tenancy_guc_malloc(sizeof(TenantExtra));
 	if (copy == NULL)
 		return false;
-	memcpy(copy, &key, sizeof(TenantKey));
+	memcpy(&copy->key, &key, sizeof(TenantKey));
+	copy->admitted = admitted;
 
 	/*
 	 * Store the canonical spelling, so SHOW and GUC_REPORT agree with it;
@@ -191,7 +535,8 @@ tenancy_check_tenant_id(char **newval, void **extra, GucSource source)
 void
 tenancy_assign_tenant_id(const char *newval, void *extra)
 {
-	current_key = (const TenantKey *) extra;
+	current_key = extra != NULL ? &((const TenantExtra *) extra)->key : NULL;
+	current_admitted = extra == NULL || ((const TenantExtra *) extra)->admitted;
 	tenant_generation++;
 }
 
@@ -235,6 +580,8 @@ tenant_context_peek(void)
 	const TenantKey *key = current_key;
 
 	if (key != NULL && key->type != (TenantKeyType) tenancy_tenant_type)
+		return NULL;
+	if (unlikely(!current_admitted) && tenancy_context_source == CONTEXT_SOURCE_TOKEN)
 		return NULL;
 	return key;
 }

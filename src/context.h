@@ -11,11 +11,25 @@
 
 #include "tenant_key.h"
 
+/* tenancy.context_source */
+typedef enum ContextSource
+{
+	CONTEXT_SOURCE_ANY,
+	CONTEXT_SOURCE_TOKEN
+} ContextSource;
+
 /* GUC variables (context.c) */
+extern int	tenancy_context_source;
 extern bool tenancy_require_tenant;
 extern bool tenancy_validate_tenant;
 extern bool tenancy_allow_session_tenant;
 extern char *tenancy_tenant_id;
+
+/*
+ * True only around the extension's own verified setter's set_config_option()
+ * call (set_tenant_token()): tenancy.context_source = token lets it through.
+ */
+extern bool tenancy_trusted_setter;
 
 /* context.c */
 extern void tenancy_context_init(void);

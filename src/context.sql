@@ -48,6 +48,20 @@ GRANT EXECUTE ON FUNCTION tenancy.context_stats() TO pg_read_all_stats;
 -- Legacy code path: bind a role to a tenant (by default the implicit one)
 ------------------------------------------------------------------------------
 
+-- The bindings, recorded by the extension: a bound role's sessions get
+-- this tenant and no other (context.c refuses any other, and clearing, for
+-- the role itself), whatever the role does to its own settings.
+CREATE TABLE tenancy.role_bindings (
+    role regrole PRIMARY KEY,
+    tenant text NOT NULL
+);
+COMMENT ON TABLE tenancy.role_bindings IS 'roles bound to a tenant in this database (bind_role()); read by the tenant_id check';
+REVOKE ALL ON TABLE tenancy.role_bindings FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.role_bindings', '');
+CREATE TRIGGER role_bindings_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_bindings
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.registry_changed();
+
 -- squawk: ignore require-lock-timeout: ALTER ROLE ... SET locks no table, and bind_role() runs this text itself (SET lines would change its caller's session)
 -- squawk: ignore require-statement-timeout: as above
 CREATE FUNCTION tenancy.bind_role_sql(role regrole, tenant text DEFAULT NULL) RETURNS text
@@ -68,11 +82,15 @@ BEGIN
         stmt := format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_type = %L;' || chr(10),
                        rolname, current_database(), current_setting('tenancy.tenant_type'));
     END IF;
-    RETURN stmt || format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_id = %L;',
+    -- The binding first: the ALTER ROLE below is then checked against it.
+    RETURN format('INSERT INTO tenancy.role_bindings (role, tenant) VALUES (%L, %L)'
+                  ' ON CONFLICT (role) DO UPDATE SET tenant = excluded.tenant;' || chr(10),
+                  role::text, k)
+        || stmt || format('ALTER ROLE %I IN DATABASE %I SET tenancy.tenant_id = %L;',
                           rolname, current_database(), k);
 END
 $$;
-COMMENT ON FUNCTION tenancy.bind_role_sql(regrole, text) IS 'the ALTER ROLE statements bind_role() would run';
+COMMENT ON FUNCTION tenancy.bind_role_sql(regrole, text) IS 'the statements bind_role() would run (the binding, then the ALTER ROLE defaults)';
 
 CREATE FUNCTION tenancy.bind_role(role regrole, tenant text DEFAULT NULL) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -90,7 +108,9 @@ COMMENT ON FUNCTION tenancy.bind_role(regrole, text) IS 'make a tenant (default:
 CREATE FUNCTION tenancy.unbind_role(role regrole) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    stmt text := format('ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
+    stmt text := format('DELETE FROM tenancy.role_bindings WHERE role = %L::pg_catalog.regrole;' || chr(10)
+                        || 'ALTER ROLE %I IN DATABASE %I RESET tenancy.tenant_id;',
+                        role::text,
                         (SELECT r.rolname FROM pg_roles r WHERE r.oid = role), current_database());
 BEGIN
     -- plpgsql_check: VOLATILE: ALTER ROLE.

@@ -189,6 +189,7 @@ INSERT INTO expected_relations VALUES
     ('tenancy.memberships', ''),
     ('tenancy.migration_status', ''),
     ('tenancy.migration_status_partitions', ''),
+    ('tenancy.role_bindings', ''),
     ('tenancy.rls_tables', 'PUBLIC=SELECT'),
     ('tenancy.derived_tenants', 'PUBLIC=SELECT'),
     ('tenancy.shadow_stats', 'pg_read_all_stats=SELECT'),
