@@ -43,6 +43,7 @@
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/core_names.h>
 #include <openssl/x509.h>
 
 #include "access/htup_details.h"
@@ -92,6 +93,7 @@ typedef struct TokenKeyEntry
 	TokenAlg	alg;
 	unsigned char *secret;		/* HS256 */
 	int			secret_len;
+	EVP_MAC_CTX *mac;			/* HS256: HMAC keyed with the secret */
 	EVP_PKEY   *pkey;			/* the others */
 } TokenKeyEntry;
 
@@ -103,6 +105,10 @@ static char *token_keys_path = NULL;
 static struct stat token_keys_stat;
 /* Bumped on every (re)load: a cached verification is for one generation. */
 static uint64 token_keys_generation = 0;
+
+/* SHA-256 and HMAC, fetched once (an implicit fetch per call is slow). */
+static EVP_MD *token_sha256 = NULL;
+static EVP_MAC *token_hmac = NULL;
 
 typedef struct TokenCacheEntry
 {
@@ -369,10 +375,25 @@ json_time(Jsonb *jb, const char *name, double *out)
 /* ---- keys ---- */
 
 static void
+token_crypto_init(void)
+{
+	if (token_sha256 == NULL)
+		token_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	if (token_hmac == NULL)
+		token_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	if (token_sha256 == NULL || token_hmac == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not load SHA-256 or HMAC from OpenSSL")));
+}
+
+static void
 token_keys_free(void)
 {
 	for (int i = 0; i < token_nkeys; i++)
 	{
+		if (token_keys[i].mac != NULL)
+			EVP_MAC_CTX_free(token_keys[i].mac);
 		if (token_keys[i].secret != NULL)
 		{
 			explicit_bzero(token_keys[i].secret, token_keys[i].secret_len);
@@ -445,6 +466,17 @@ keys_file_line(const char *path, int lineno, char *line)
 		memcpy(e->secret, der, dlen);
 		e->secret_len = dlen;
 		explicit_bzero(der, dlen);
+		{
+			OSSL_PARAM	params[2];
+
+			params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
+			params[1] = OSSL_PARAM_construct_end();
+			e->mac = EVP_MAC_CTX_new(token_hmac);
+			token_nkeys++;		/* freed by keys_file_error */
+			if (e->mac == NULL || EVP_MAC_init(e->mac, e->secret, e->secret_len, params) != 1)
+				keys_file_error(path, lineno, "OpenSSL could not set up HMAC-SHA256 with the key.");
+			token_nkeys--;
+		}
 	}
 	else
 	{
@@ -594,12 +626,14 @@ verify_with_key(TokenKeyEntry *key, const char *input, int input_len,
 	if (key->alg == TOKEN_ALG_HS256)
 	{
 		unsigned char mac[EVP_MAX_MD_SIZE];
-		unsigned int mac_len = 0;
+		size_t		mac_len = 0;
+		EVP_MAC_CTX *mctx = EVP_MAC_CTX_dup(key->mac);
 
-		if (HMAC(EVP_sha256(), key->secret, key->secret_len,
-				 (const unsigned char *) input, input_len, mac, &mac_len) == NULL)
-			return false;
-		ok = (sig_len == (int) mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0);
+		if (mctx != NULL &&
+			EVP_MAC_update(mctx, (const unsigned char *) input, input_len) == 1 &&
+			EVP_MAC_final(mctx, mac, &mac_len, sizeof(mac)) == 1)
+			ok = (sig_len == (int) mac_len && CRYPTO_memcmp(mac, sig, mac_len) == 0);
+		EVP_MAC_CTX_free(mctx);
 		explicit_bzero(mac, sizeof(mac));
 		return ok;
 	}
@@ -633,7 +667,7 @@ verify_with_key(TokenKeyEntry *key, const char *input, int input_len,
 
 	ctx = EVP_MD_CTX_new();
 	if (ctx != NULL &&
-		EVP_DigestVerifyInit(ctx, NULL, key->alg == TOKEN_ALG_EDDSA ? NULL : EVP_sha256(),
+		EVP_DigestVerifyInit(ctx, NULL, key->alg == TOKEN_ALG_EDDSA ? NULL : token_sha256,
 							 NULL, key->pkey) == 1 &&
 		EVP_DigestVerify(ctx, sig, sig_len, (const unsigned char *) input, input_len) == 1)
 		ok = true;
@@ -677,7 +711,8 @@ token_verify(const char *token)
 	 * The cache first: the same bytes, verified with the keys in force (with
 	 * no keys configured nothing is cached; the checks below say why).
 	 */
-	if (EVP_Digest(token, len, hash, NULL, EVP_sha256(), NULL) != 1)
+	token_crypto_init();
+	if (EVP_Digest(token, len, hash, NULL, token_sha256, NULL) != 1)
 		elog(ERROR, "SHA-256 failed");
 	slot = &token_cache[0];
 	if (tenancy_token_keys_file != NULL && tenancy_token_keys_file[0] != '\0')
