@@ -17,7 +17,8 @@
  * only checked against keys of the alg its header names, so an HS256 token
  * can never be checked with a public key as its secret (algorithm
  * confusion), and alg "none" matches no key.  The file is read again when
- * its path, inode, size or modification time changes.
+ * its path, inode, size or modification time changes (looked at once a
+ * second at most, and after each configuration reload).
  *
  * Verified tokens are cached per backend (TOKEN_CACHE_SIZE entries, least
  * recently used evicted), keyed by the SHA-256 of the token, for the keys
@@ -103,6 +104,8 @@ static int	token_nkeys = 0;
 static bool token_keys_loaded = false;
 static char *token_keys_path = NULL;
 static struct stat token_keys_stat;
+/* When the file was last looked at (stat), and whether to look again now. */
+static TimestampTz token_keys_checked = 0;
 /* Bumped on every (re)load: a cached verification is for one generation. */
 static uint64 token_keys_generation = 0;
 
@@ -120,6 +123,14 @@ typedef struct TokenCacheEntry
 } TokenCacheEntry;
 
 static TokenCacheEntry token_cache[TOKEN_CACHE_SIZE];
+
+/* The last header that passed the checks (tokens of one issuer share it). */
+#define TOKEN_HEADER_MAXLEN 256
+static char last_header[TOKEN_HEADER_MAXLEN];
+static int	last_header_len = -1;
+static int	last_header_alg;
+static char last_header_kid[TOKEN_KID_MAXLEN + 1];
+static bool last_header_has_kid;
 static uint64 token_cache_clock = 0;
 
 /* GUC variables */
@@ -133,10 +144,14 @@ static bool tenancy_token_require_membership = false;
 static char *tenancy_token_user = NULL;
 
 static bool check_token_user(char **newval, void **extra, GucSource source);
+static void assign_token_keys_file(const char *newval, void *extra);
+static void b64url_init(void);
 
 void
 tenancy_token_init(void)
 {
+	b64url_init();
+
 	DefineCustomStringVariable("tenancy.token_keys_file",
 							   "File holding the keys that verify tenant tokens.",
 							   "One key per line: kid alg key.  Readable by the server's user only; "
@@ -145,7 +160,7 @@ tenancy_token_init(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   NULL, assign_token_keys_file, NULL);
 
 	DefineCustomStringVariable("tenancy.token_tenant_claim",
 							   "Name of the claim of a tenant token that holds the tenant.",
@@ -211,6 +226,13 @@ tenancy_token_init(void)
 							   check_token_user, NULL, NULL);
 }
 
+/* A configuration reload: look at the keys file again on the next call. */
+static void
+assign_token_keys_file(const char *newval, void *extra)
+{
+	token_keys_checked = 0;
+}
+
 /*
  * Only this module, or a parallel worker restoring its leader's state, sets
  * tenancy.token_user; anyone may clear it.
@@ -260,20 +282,17 @@ token_bad_claim(const char *claim, const char *detail)
 
 /* ---- base64url ---- */
 
-static int
-b64url_value(unsigned char c)
+/* base64url digit values, -1 for anything else (filled once). */
+static int8 b64url_values[256];
+
+static void
+b64url_init(void)
 {
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '-')
-		return 62;
-	if (c == '_')
-		return 63;
-	return -1;
+	const char *digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+	memset(b64url_values, -1, sizeof(b64url_values));
+	for (int i = 0; i < 64; i++)
+		b64url_values[(unsigned char) digits[i]] = (int8) i;
 }
 
 /*
@@ -293,7 +312,7 @@ b64url_decode(const char *src, int len, unsigned char **out, const char *part)
 		token_malformed(psprintf("The %s has an impossible base64url length.", part));
 	for (int i = 0; i < len; i++)
 	{
-		int			v = b64url_value((unsigned char) src[i]);
+		int			v = b64url_values[(unsigned char) src[i]];
 
 		if (v < 0)
 			token_malformed(psprintf("The %s holds a character outside base64url (without padding).", part));
@@ -318,17 +337,32 @@ b64url_decode(const char *src, int len, unsigned char **out, const char *part)
 static Jsonb *
 parse_object(unsigned char *json, int len, const char *part)
 {
-	JsonLexContext *lex;
-	Jsonb	   *jb;
+	Jsonb	   *volatile jb = NULL;
+	MemoryContext mcxt = CurrentMemoryContext;
 
 	if ((int) strlen((char *) json) != len)
 		token_malformed(psprintf("The %s holds a NUL byte.", part));
 	if (pg_verifymbstr((char *) json, len, true) == false)
 		token_malformed(psprintf("The %s is not valid in the database encoding.", part));
-	lex = makeJsonLexContextCstringLen((char *) json, len, GetDatabaseEncoding(), true);
-	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
+
+	/*
+	 * One parse (a separate validation pass doubled the cost); jsonb_in's
+	 * own error would quote the text, ours replaces it.  The error is
+	 * raised again at once, so nothing needs cleaning up.
+	 */
+	PG_TRY();
+	{
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum((char *) json)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(mcxt);
+		FlushErrorState();
+		jb = NULL;
+	}
+	PG_END_TRY();
+	if (jb == NULL)
 		token_malformed(psprintf("The %s is not valid JSON.", part));
-	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum((char *) json)));
 	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 		token_malformed(psprintf("The %s is not a JSON object.", part));
 	return jb;
@@ -531,12 +565,20 @@ token_keys_refresh(void)
 	FILE	   *f;
 	char	   *line;
 	volatile int lineno = 0;
+	TimestampTz now;
 
 	if (path == NULL || path[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("no tenant token keys are configured"),
 				 errhint("Set tenancy.token_keys_file in postgresql.conf and reload.")));
+	/* A stat() per call costs more than an HS256 check: once a second. */
+	now = GetCurrentTimestamp();
+	if (token_keys_loaded && token_keys_path != NULL && strcmp(token_keys_path, path) == 0 &&
+		token_keys_checked != 0 && now - token_keys_checked < USECS_PER_SEC &&
+		now >= token_keys_checked)
+		return;
+	token_keys_checked = now;
 	if (stat(path, &st) != 0)
 	{
 		int			save_errno = errno;
@@ -739,9 +781,17 @@ token_verify(const char *token)
 		token_malformed("The header and the payload must not be empty.");
 
 	/* The decoding is strict: different bytes are a different token. */
-	header_len = b64url_decode(token, dot1 - token, &header_json, "header");
 	payload_len = b64url_decode(dot1 + 1, dot2 - dot1 - 1, &payload_json, "payload");
 	sig_len = b64url_decode(dot2 + 1, len - (dot2 + 1 - token), &sig, "signature");
+	if (last_header_len == dot1 - token && memcmp(last_header, token, last_header_len) == 0)
+	{
+		alg = last_header_alg;
+		kid = last_header_has_kid ? last_header_kid : NULL;
+		if (sig_len == 0)
+			token_refused("tenant token refused", "The token is not signed.");
+		goto header_done;
+	}
+	header_len = b64url_decode(token, dot1 - token, &header_json, "header");
 
 	header = parse_object(header_json, header_len, "header");
 	alg_v = json_get(header, "alg");
@@ -761,10 +811,22 @@ token_verify(const char *token)
 		if (kid_v->type != jbvString)
 			token_malformed("The kid of the header is not a string.");
 		kid = json_string(kid_v);
+		if (strlen(kid) > TOKEN_KID_MAXLEN || strlen(kid) != (size_t) kid_v->val.string.len)
+			token_refused("tenant token refused", "No key has such a kid.");
 	}
 	if (sig_len == 0)
 		token_refused("tenant token refused", "The token is not signed.");
+	if (dot1 - token <= TOKEN_HEADER_MAXLEN)
+	{
+		memcpy(last_header, token, dot1 - token);
+		last_header_len = dot1 - token;
+		last_header_alg = alg;
+		last_header_has_kid = (kid != NULL);
+		if (kid != NULL)
+			strlcpy(last_header_kid, kid, sizeof(last_header_kid));
+	}
 
+header_done:
 	token_keys_refresh();
 
 	/* Where it will be kept: a free entry, else the least recently used. */

@@ -226,9 +226,11 @@ rot=$(q -v hs="$(tok hs)" -v hs2="$(tok hs2)" <<SQL
 SET ROLE tok_app;
 SELECT public.try_token(:'hs');
 \! install -m 600 '$DIR/keys_v2' '$DIR/data/token_keys.new' && mv '$DIR/data/token_keys.new' '$DIR/data/token_keys'
+SELECT pg_sleep(1.1) \\g /dev/null
 SELECT public.try_token(:'hs');
 SELECT public.try_token(:'hs2');
 \! install -m 600 '$DIR/keys_v3' '$DIR/data/token_keys.new' && mv '$DIR/data/token_keys.new' '$DIR/data/token_keys'
+SELECT pg_sleep(1.1) \\g /dev/null
 SELECT public.try_token(:'hs');
 SELECT public.try_token(:'hs2');
 SQL
