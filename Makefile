@@ -5,12 +5,15 @@ EXTENSION  = tenancy
 MODULE_big = tenancy
 OBJS       = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 PGFILEDESC = "tenancy - multi-tenant migration toolkit"
+# token.c verifies tenant tokens with OpenSSL's libcrypto, which Debian's
+# PostgreSQL links already.
+SHLIB_LINK += -lcrypto
 
 # The install script is built from the SQL sources, one per capability,
 # beside the C of the same name, concatenated in this order (each part may
 # use what an earlier one created).
 SQL_SOURCES = $(addprefix src/,tenancy.sql as_owner.sql tenant_key.sql registry.sql \
-	tables.sql context.sql common.sql memberships.sql contract.sql shared.sql \
+	tables.sql context.sql common.sql memberships.sql token.sql contract.sql shared.sql \
 	acknowledge.sql verify.sql rollback.sql tenant_column.sql backfill.sql \
 	status.sql rls.sql shadow.sql derive.sql)
 

@@ -22,7 +22,8 @@
 #    the extended protocol with prepared statements (-M prepared).
 #
 # BENCH_ROUNDS (7), BENCH_ROWS (2000000), BENCH_SCAN_SECONDS (8) and
-# BENCH_TX_SECONDS (4, per protocol) size the run; about 2.5 minutes in all.
+# BENCH_TX_SECONDS (4, per protocol) and BENCH_TOKENS (5000 per algorithm)
+# size the run; about 3.5 minutes in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cluster.sh
@@ -48,7 +49,8 @@ tn_cluster_start "$DIR" "$port" \
     "shared_buffers = '512MB'" \
     "jit = off" \
     "max_parallel_workers_per_gather = 0" \
-    "log_min_messages = warning" || { tn_log "cannot start the bench cluster"; exit 1; }
+    "log_min_messages = warning" \
+    "tenancy.token_keys_file = 'token_keys'" || { tn_log "cannot start the bench cluster"; exit 1; }
 
 sql() { tn_run "$TN_BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$DIR" -p "$port" -d postgres "$@"; }
 bench() { tn_run env PGOPTIONS="${PGOPTIONS:-}" "$TN_BINDIR/pgbench" -n -r -h "$DIR" -p "$port" -U "$ROLE" "$@" postgres; }
@@ -194,8 +196,81 @@ done
 tx_simple=$(median <"$WORK/tx.simple"); tx_prepared=$(median <"$WORK/tx.prepared")
 printf '  %-7s %-9s %-24s %s\n' median 1 "${tx_simple}x" "${tx_prepared}x"
 
+# ---- 3. verify a token + primary-key lookup ---------------------------------
+NTOK=${BENCH_TOKENS:-5000}
+tn_run python3 - "$WORK" "$NTOK" "$KEY_PREFIX" "$TENANTS" <<'PY' || { tn_log "python3-jwt could not mint the tokens"; exit 1; }
+import base64, os, random, sys, time
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+work, n, prefix, tenants = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+hs = os.urandom(32)
+ed = ed25519.Ed25519PrivateKey.generate()
+rs = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+es = ec.generate_private_key(ec.SECP256R1())
+der = lambda k: base64.b64encode(k.public_key().public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+with open(os.path.join(work, "token_keys"), "w") as f:
+    f.write("hs1 HS256 %s\ned1 EdDSA %s\nrs1 RS256 %s\nes1 ES256 %s\n"
+            % (base64.b64encode(hs).decode(), der(ed), der(rs), der(es)))
+exp = int(time.time()) + 86400
+with open(os.path.join(work, "tokens.tsv"), "w") as f:
+    for i in range(1, n + 1):
+        f.write("key\t%d\t%s%d\n" % (i, prefix, 100 + random.randrange(tenants)))
+    for alg, key, kid in (("HS256", hs, "hs1"), ("EdDSA", ed, "ed1"), ("RS256", rs, "rs1"), ("ES256", es, "es1")):
+        for i in range(1, n + 1):
+            t = jwt.encode({"tenant_id": "%s%d" % (prefix, 100 + random.randrange(tenants)),
+                            "sub": "user-%d" % i, "exp": exp, "jti": "%s-%d" % (alg, i)},
+                           key, algorithm=alg, headers={"kid": kid})
+            f.write("%s\t%d\t%s\n" % (alg, i, t))
+PY
+tn_run install -m 600 "$WORK/token_keys" "$DIR/data/token_keys"
+sql -c "CREATE TABLE bench_tok (arm text, id int, arg text, PRIMARY KEY (arm, id))" \
+    -c "\\copy bench_tok FROM '$WORK/tokens.tsv'" -c "VACUUM ANALYZE bench_tok" -c "GRANT SELECT ON bench_tok TO $ROLE"
+token_arms=(set_tenant)
+for alg in HS256 EdDSA RS256 ES256; do token_arms+=("$alg-fresh" "$alg-reused"); done
+targs=()
+for arm in "${token_arms[@]}"; do
+    f=$WORK/tok_$arm.sql
+    case $arm in
+        set_tenant) range=$NTOK; call="tenancy.set_tenant(arg)"; sel=key ;;
+        *-fresh) range=$NTOK; call="tenancy.set_tenant_token(arg)"; sel=${arm%-fresh} ;;
+        *-reused) range=1; call="tenancy.set_tenant_token(arg)"; sel=${arm%-reused} ;;
+    esac
+    printf '%s\n' "\\set id random(1, $ROWS)" "\\set n random(1, $range)" "BEGIN;" \
+        "SELECT $call FROM bench_tok WHERE arm = '$sel' AND id = :n;" \
+        "SELECT v FROM t WHERE id = :id;" "END;" >"$f"
+    targs+=(-f "$f@1")
+done
+echo
+echo "3. transactions BEGIN; <set tenant from a table row>; pk lookup; END (1 client, simple protocol):"
+echo "   median time per transaction / median with set_tenant(); fresh: one of $NTOK tokens, reused: the same one (cached)"
+printf '  %-7s' round; printf ' %-13s' "${token_arms[@]}"; echo
+declare -A tokr
+for arm in "${token_arms[@]}"; do : >"$WORK/tokr.$arm"; done
+for r in $(seq "$ROUNDS"); do
+    run_arms tok 1 -M simple -T "$TX_SECONDS" "${targs[@]}" >"$WORK/tok.med"
+    read -r _ base _ < <(sed -n 1p "$WORK/tok.med")
+    printf '  %-7s' "$r"
+    for i in "${!token_arms[@]}"; do
+        read -r _ med _ < <(sed -n "$((i + 1))p" "$WORK/tok.med")
+        [ -n "${med:-}" ] || { tn_log "an arm did not run: $(cat "$WORK/tok.med")"; exit 1; }
+        v=$(ratio "$med" "$base")
+        echo "$v" >>"$WORK/tokr.${token_arms[$i]}"
+        printf ' %-13s' "${v}x"
+    done
+    echo
+done
+printf '  %-7s' median
+for arm in "${token_arms[@]}"; do tokr[$arm]=$(median <"$WORK/tokr.$arm"); printf ' %-13s' "${tokr[$arm]}x"; done
+echo
+
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v <= t) ? "meets" : "MISSES" }'; }
 echo
 echo "RATIOS current_tenant()/literal=${scan_cur}x ($(verdict "$scan_cur" 1.05) <= 1.05)" \
      "(SELECT current_tenant())/literal=${scan_init}x current_setting()::uuid/literal=${scan_set}x" \
      "set_tenant()/SET LOCAL=${tx_simple}x simple, ${tx_prepared}x prepared ($(verdict "$tx_simple" 1.10) <= 1.10)"
+echo "TOKEN RATIOS (vs set_tenant()) HS256 fresh=${tokr[HS256-fresh]}x ($(verdict "${tokr[HS256-fresh]}" 1.15) <= 1.15)" \
+     "reused: HS256=${tokr[HS256-reused]}x ($(verdict "${tokr[HS256-reused]}" 1.10) <= 1.10)" \
+     "EdDSA=${tokr[EdDSA-reused]}x RS256=${tokr[RS256-reused]}x ES256=${tokr[ES256-reused]}x;" \
+     "fresh: EdDSA=${tokr[EdDSA-fresh]}x RS256=${tokr[RS256-fresh]}x ES256=${tokr[ES256-fresh]}x"

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap postgresql-15-plpgsql-check
-          libtap-parser-sourcehandler-pgtap-perl pgbouncer)
+          libtap-parser-sourcehandler-pgtap-perl pgbouncer
+          libssl-dev python3-jwt python3-cryptography)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

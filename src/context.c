@@ -89,6 +89,9 @@ bool		tenancy_validate_tenant = true;
 bool		tenancy_allow_session_tenant = true;
 char	   *tenancy_tenant_id = NULL;
 
+/* True while this module's own setter (set_tenant_token()) sets the tenant. */
+bool		tenancy_trusted_setter = false;
+
 /*
  * Set by the extension's own verified setter (set_tenant_token()) around its
  * set_config_option() call: the one route token mode lets through.
@@ -923,6 +926,29 @@ tenancy_set_tenant(PG_FUNCTION_ARGS)
 	set_tenant_guc(key, is_local);
 	tenancy_count(TENANCY_SET_TENANT);
 	PG_RETURN_TEXT_P(cstring_to_text(key));
+}
+
+/* For the token module: the registry check of set_tenant(). */
+void
+tenant_context_resolve(const char *input, char *key_out)
+{
+	resolve_tenant(input, key_out);
+}
+
+/* For the token module: set a resolved key, as the trusted setter. */
+void
+tenant_context_set(const char *key, bool is_local)
+{
+	tenancy_trusted_setter = true;
+	PG_TRY();
+	{
+		set_tenant_guc(key, is_local);
+	}
+	PG_FINALLY();
+	{
+		tenancy_trusted_setter = false;
+	}
+	PG_END_TRY();
 }
 
 /* Unset the tenant, for the transaction and the session. */

@@ -24,6 +24,7 @@ extern bool tenancy_require_tenant;
 extern bool tenancy_validate_tenant;
 extern bool tenancy_allow_session_tenant;
 extern char *tenancy_tenant_id;
+extern bool tenancy_trusted_setter;
 
 /*
  * True only around the extension's own verified setter's set_config_option()
@@ -39,6 +40,11 @@ extern void tenancy_assign_tenant_type(int newval, void *extra);
 extern const TenantKey *tenant_context_get(void);
 extern const TenantKey *tenant_context_peek(void);
 extern bool tenant_context_is_default(void);
+extern void tenant_context_resolve(const char *input, char *key_out);
+extern void tenant_context_set(const char *key, bool is_local);
+
+/* token.c */
+extern void tenancy_token_init(void);
 
 /* context_stats.c: cluster-wide tenant context counters */
 typedef enum TenancyCounter

@@ -60,6 +60,7 @@ _PG_init(void)
 	tenancy_shadow_init();
 	tenancy_rls_guard_init();
 	tenancy_derive_init();
+	tenancy_token_init();
 
 	MarkGUCPrefixReserved("tenancy");
 
