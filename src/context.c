@@ -89,9 +89,6 @@ bool		tenancy_validate_tenant = true;
 bool		tenancy_allow_session_tenant = true;
 char	   *tenancy_tenant_id = NULL;
 
-/* True while this module's own setter (set_tenant_token()) sets the tenant. */
-bool		tenancy_trusted_setter = false;
-
 /*
  * Set by the extension's own verified setter (set_tenant_token()) around its
  * set_config_option() call: the one route token mode lets through.

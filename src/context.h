@@ -24,7 +24,6 @@ extern bool tenancy_require_tenant;
 extern bool tenancy_validate_tenant;
 extern bool tenancy_allow_session_tenant;
 extern char *tenancy_tenant_id;
-extern bool tenancy_trusted_setter;
 
 /*
  * True only around the extension's own verified setter's set_config_option()

@@ -13,7 +13,7 @@ tap_tmpdir DIR token
 port=$(tap_free_port)
 q() { psql_at "$DIR" "$port" -d postgres "$@"; }
 
-plan 48
+plan 50
 
 python3 - "$DIR" <<'PY' || bail "python3 could not mint the tokens (python3-jwt, python3-cryptography)"
 import base64, hashlib, hmac, json, os, sys, time
@@ -122,6 +122,19 @@ BEGIN
     RETURN 'ok ' || tenancy.current_tenant_text() || ' ' || coalesce(tenancy.current_user_key(), '-');
 EXCEPTION WHEN OTHERS THEN
     RETURN SQLSTATE || ' ' || coalesce(tenancy.current_tenant_text(), '-') || ' ' || SQLERRM;
+END
+$$;
+-- The outcome of setting the tenant another way: "set <tenant>" or the SQLSTATE.
+CREATE FUNCTION public.try_other(how text, k text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF how = 'set_config' THEN
+        PERFORM pg_catalog.set_config('tenancy.tenant_id', k, true);
+    ELSE
+        PERFORM tenancy.set_tenant(k);
+    END IF;
+    RETURN 'set ' || coalesce(tenancy.current_tenant_text(), '-');
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE;
 END
 $$;
 SQL
@@ -256,6 +269,22 @@ SELECT tenancy.set_tenant('globex') \g /dev/null
 SELECT coalesce(tenancy.current_user_key(), 'none');
 SQL
 )" "none"
+# Token-only mode (tenancy.context_source = token): for a role that is not a
+# superuser the verified token sets the tenant, and nothing else does.
+tm=$(q -v t="$(tok hs2)" -v g="$GLOBEX" <<'SQL'
+SET tenancy.context_source = 'token';
+SET ROLE tok_app;
+BEGIN;
+SELECT public.try_token(:'t');
+SELECT public.try_other('set_config', :'g');
+SELECT public.try_other('set_tenant', 'globex');
+SELECT tenancy.current_tenant_text();
+COMMIT;
+SQL
+)
+expect "token mode: set_tenant_token() sets the tenant" "ok $ACME alice" "$(printf '%s\n' "$tm" | sed -n 1p)"
+expect "token mode: set_config() and set_tenant() refused (42501), the token's tenant stays" \
+    "42501|42501|$ACME" "$(printf '%s\n' "$tm" | sed -n '2,4p' | paste -sd'|')"
 like "no key material in the server log" "$(grep -c -F "$secret" "$DIR/data.log")" "^0$"
 
 tap_end
