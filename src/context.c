@@ -185,6 +185,7 @@ static void
 assign_context_source(int newval, void *extra)
 {
 	tenant_generation++;		/* the accessors' caches depend on it */
+	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
 }
 
 static void
@@ -538,12 +539,14 @@ tenancy_assign_tenant_id(const char *newval, void *extra)
 	current_key = extra != NULL ? &((const TenantExtra *) extra)->key : NULL;
 	current_admitted = extra == NULL || ((const TenantExtra *) extra)->admitted;
 	tenant_generation++;
+	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
 }
 
 void
 tenancy_assign_tenant_type(int newval, void *extra)
 {
 	tenant_generation++;
+	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
 	if (InitializingParallelWorker)
 		worker_reparse_key((TenantKeyType) newval);
 }

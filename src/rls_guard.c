@@ -288,6 +288,24 @@ accessor_const(FuncExpr *f, AccessorKind kind, const TenantKey *key)
 							  value, key == NULL, typbyval);
 }
 
+/*
+ * The value of an accessor call for key (not NULL), as a Const; NULL when
+ * f is not one of the accessors, or when it would raise (key type
+ * mismatch).  For prune.c, which specialises plans to the current tenant.
+ */
+Node *
+rls_accessor_const(FuncExpr *f, const TenantKey *key)
+{
+	AccessorKind kind;
+
+	if (f->args != NIL)
+		return NULL;
+	kind = accessor_kind(f->funcid);
+	if (kind == ACCESSOR_NONE)
+		return NULL;
+	return accessor_const(f, kind, key);
+}
+
 static Node *
 fold_mutator(Node *node, FoldState *st)
 {

@@ -59,6 +59,7 @@ _PG_init(void)
 	tenancy_worker_init();
 	tenancy_shadow_init();
 	tenancy_rls_guard_init();
+	tenancy_prune_init();
 	tenancy_derive_init();
 	tenancy_token_init();
 

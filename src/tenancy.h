@@ -15,6 +15,7 @@
 #error "tenancy requires PostgreSQL 15: point PG_CONFIG at a PostgreSQL 15 pg_config"
 #endif
 
+#include "nodes/primnodes.h"
 #include "utils/guc.h"
 
 #include "as_owner.h"
@@ -52,6 +53,10 @@ extern void shadow_shmem_startup(void);
 extern void tenancy_rls_guard_init(void);
 extern bool tenant_switch_refused(const char **reason, const char **detail);
 extern bool shadow_note_derived(Oid relid);
+extern Node *rls_accessor_const(FuncExpr *f, const TenantKey *key);
+/* prune.c: plans specialised to the current tenant (one tenant, one shard) */
+extern void tenancy_prune_init(void);
+extern void tenant_plans_invalidate(void);
 /* derive.c: tenants derived from the row or its parent */
 extern void tenancy_derive_init(void);
 extern bool derive_accepts(Oid relid, const char *tenant);
