@@ -83,6 +83,7 @@ static bool specialised_ever = false;
 static bool citus_preloaded = false;
 typedef bool (*IsCitusTableFn) (Oid relid);
 static IsCitusTableFn is_citus_table = NULL;
+static bool citus_lookup_done = false;
 
 static planner_hook_type prev_planner = NULL;
 static ExecutorStart_hook_type prev_executor_start = NULL;
@@ -111,9 +112,12 @@ relation_is_citus(Oid relid)
 {
 	if (!citus_preloaded)
 		return false;
-	if (is_citus_table == NULL)
+	if (!citus_lookup_done)
+	{
 		is_citus_table = (IsCitusTableFn)
 			load_external_function("$libdir/citus", "IsCitusTable", false, NULL);
+		citus_lookup_done = true;
+	}
 	return is_citus_table != NULL && is_citus_table(relid);
 }
 
@@ -193,7 +197,8 @@ prune_query(Query *query, PruneContext *ctx)
 		{
 			Node	   *s = specialise_qual((Node *) lfirst(q), rti, ctx->key);
 
-			if (s != NULL)
+			/* Citus plans subqueries again: add each condition once. */
+			if (s != NULL && !list_member(rte->securityQuals, s))
 				added = lappend(added, s);
 		}
 		if (added == NIL)
