@@ -8,7 +8,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "no citus.so for $(pg_config --version)"
-plan 23
+plan 24
 
 tap_tmpdir DIR citus_pruning
 citus_cluster_start "$DIR"
@@ -90,6 +90,9 @@ is "the same rows as the current_setting() policy" \
    "$(as_app $B "SELECT count(*), sum(amount) FROM legacy;")" "50|2500"
 is "joins see the tenant's rows only" \
    "$(as_app $A "SELECT count(*), count(DISTINCT i.tenant_id) FROM orders o JOIN items i ON i.tenant_id = o.tenant_id AND i.order_id = o.id;")" "50|1"
+is "a CTE and a subquery: the tenant's rows, one task" \
+   "$(as_app $B "WITH x AS MATERIALIZED (SELECT id FROM orders) SELECT count(*) FROM x WHERE id IN (SELECT id FROM orders WHERE amount > 50);") $(as_app $B "EXPLAIN (COSTS OFF) WITH x AS MATERIALIZED (SELECT id FROM orders) SELECT count(*) FROM x WHERE id IN (SELECT id FROM orders WHERE amount > 50);" | tasks)" \
+   "25 Task Count: 1"
 is "an UPDATE of another tenant's row changes nothing" \
    "$(as_app $A "UPDATE orders SET amount = 0 WHERE id = 3 RETURNING id;" | grep -c '^3$')" "0"
 is "no tenant: nothing visible, no error" \
