@@ -8,7 +8,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "no citus.so for $(pg_config --version)"
-plan 24
+plan 25
 
 tap_tmpdir DIR citus_pruning
 citus_cluster_start "$DIR"
@@ -40,6 +40,13 @@ SELECT tenancy.enable_rls('orders');
 SELECT tenancy.enable_rls('items');
 ALTER TABLE legacy ENABLE ROW LEVEL SECURITY;
 CREATE POLICY legacy_tenant ON legacy USING (tenant_id = current_setting('app.tenant', true)::uuid);
+-- a SQL function plans its statements together: the second one is planned
+-- before the first switches the tenant
+CREATE FUNCTION public.switch_then_total(t text) RETURNS bigint LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp AS \$\$
+    SELECT set_config('tenancy.tenant_id', t, true);
+    SELECT sum(amount) FROM public.orders;
+\$\$;
 CREATE FUNCTION public.order_total() RETURNS bigint LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS \$\$
 DECLARE r bigint;
@@ -172,6 +179,10 @@ COMMIT;
 SQL
 )
 like "a cursor opened for one tenant is not fetched under another" "$out" "tenant changed"
+
+like "a plan made before a switch it could not see is refused (55000), not run" \
+   "$(as_app $A "\\set VERBOSITY verbose
+SELECT public.switch_then_total('$B');" 2>&1 | tr '\n' ' ')" "ERROR: +55000: this plan was made for another tenant"
 
 # Workers without the coordinator's tenant (set before propagation is on):
 # the routed query carries the constant, and the workers' own policy still
