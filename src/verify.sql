@@ -60,8 +60,15 @@ DECLARE
     atleast text;
 BEGIN
     relation := rel;
-    n := (tenancy.table_query(rel, NULL,
-              format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', rel, tenant_col, lim)))[1]::bigint;
+    IF tenancy.rls_citus_distributed(rel) THEN
+        -- on Citus: counted on each shard, as its owner (citus_shadow.sql)
+        n := least((tenancy.citus_shard_sums(rel,
+                 format('SELECT count(*) FROM (SELECT 1 FROM %%1$s WHERE %s IS NULL LIMIT %s) s',
+                        replace(quote_ident(tenant_col), '%', '%%'), lim)))[1], max_rows);
+    ELSE
+        n := (tenancy.table_query(rel, NULL,
+                  format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', rel, tenant_col, lim)))[1]::bigint;
+    END IF;
     atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
     check_name := 'null_tenant'; rows_affected := n;
     IF n > 0 THEN
@@ -337,9 +344,19 @@ BEGIN
         txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
                        f.child, f.parent, f.joincond, cond, lim);
         BEGIN
-            n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
+            IF tenancy.rls_citus_distributed(f.child) THEN
+                -- on Citus: each shard of the child joined with the shard
+                -- of the parent beside it (colocated, or a reference table)
+                n := tenancy.verify_citus_references(f.child, f.parent, f.joincond, cond, lim, max_rows);
+            ELSE
+                n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
+            END IF;
         EXCEPTION WHEN insufficient_privilege THEN
             BEGIN
+                IF tenancy.rls_citus_distributed(f.child) THEN
+                    -- the shard counts ran as the least privileged already
+                    RAISE;
+                END IF;
                 n := (tenancy.table_query(f.parent, NULL, txt2))[1]::bigint;
             EXCEPTION WHEN insufficient_privilege THEN
                 n := NULL; txt2 := SQLERRM;
