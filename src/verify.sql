@@ -60,15 +60,10 @@ DECLARE
     atleast text;
 BEGIN
     relation := rel;
-    IF tenancy.rls_citus_distributed(rel) THEN
-        -- on Citus: counted on each shard, as its owner (citus_shadow.sql)
-        n := least((tenancy.citus_shard_sums(rel,
-                 format('SELECT count(*) FROM (SELECT 1 FROM %%1$s WHERE %s IS NULL LIMIT %s) s',
-                        replace(quote_ident(tenant_col), '%', '%%'), lim)))[1], max_rows);
-    ELSE
-        n := (tenancy.table_query(rel, NULL,
-                  format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', rel, tenant_col, lim)))[1]::bigint;
-    END IF;
+    n := CASE WHEN tenancy.rls_citus_distributed(rel)   -- on Citus: shard by shard (citus_shadow.sql)
+              THEN tenancy.citus_null_tenants(rel, tenant_col, lim, max_rows)
+              ELSE (tenancy.table_query(rel, NULL,
+                        format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', rel, tenant_col, lim)))[1]::bigint END;
     atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
     check_name := 'null_tenant'; rows_affected := n;
     IF n > 0 THEN
@@ -347,7 +342,7 @@ BEGIN
             IF tenancy.rls_citus_distributed(f.child) THEN
                 -- on Citus: each shard of the child joined with the shard
                 -- of the parent beside it (colocated, or a reference table)
-                n := tenancy.verify_citus_references(f.child, f.parent, f.joincond, cond, lim, max_rows);
+                n := tenancy.citus_cross_tenant_references(f.child, f.parent, f.joincond, cond, lim, max_rows);
             ELSE
                 n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
             END IF;
