@@ -176,6 +176,11 @@ DECLARE
     refshard text;
     body text := replace(format(' p ON %s WHERE %s LIMIT %s) s', joincond, cond, lim), '%', '%%');
 BEGIN
+    IF NOT tenancy.rls_citus_distributed(child) OR NOT tenancy.rls_citus_distributed(parent) THEN
+        RAISE EXCEPTION 'tables % and % are not both Citus tables', child, parent
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Count the references with an ordinary query.';
+    END IF;
     -- plpgsql_check: dynamic: Citus's catalog and functions are absent where Citus is not installed; only names go in, through %I.
     EXECUTE format('SELECT pg_catalog.%I($1, $2)', 'distributed_tables_colocated') INTO colocated USING child, parent;
     IF colocated THEN
