@@ -22,6 +22,11 @@
  *				(null_frac * rows, method 'estimate'); afterwards the total of
  *				the last complete pass (method 'exact').
  *
+ *	shards		a Citus table (citus_shadow.c): its rows are in shards on the
+ *				workers, not in the local relation; each shard is counted in
+ *				one query on its worker, as its owner, and the figures summed
+ *				(method 'exact'; tenancy.citus_shard_sums()).
+ *
  * A partitioned table is counted partition by partition: each leaf is
  * counted like a plain table, with its own row (and scan position) in
  * tenancy.migration_status_partitions, one leaf per step, in OID order; the
