@@ -246,6 +246,57 @@ BEGIN
 END
 $$;
 
+-- verify(): shadow_divergence reads every node's counters on Citus.
+CREATE OR REPLACE FUNCTION tenancy.verify_shadow_divergence(rel regclass)
+RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
+               detail text, fix text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET row_security = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    n bigint;
+    m bigint;
+BEGIN
+    relation := rel;
+    check_name := 'shadow_divergence'; rows_affected := NULL; fix := NULL;
+    BEGIN
+        SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
+          INTO n, m FROM tenancy.shadow_stats s WHERE s.relation = rel;
+        IF tenancy.rls_citus_distributed(rel) THEN
+            -- on Citus the workers count the shards (citus_shadow.sql)
+            SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
+              INTO n, m FROM tenancy.cluster_shadow_stats s WHERE s.relation = rel;
+        END IF;
+        rows_affected := n + m;
+        IF n + m > 0 THEN
+            status := 'failure';
+            detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
+                             n, m);
+            fix := format('SELECT tenancy.%s(%L);',
+                          CASE WHEN tenancy.rls_citus_distributed(rel) THEN 'reset_cluster_shadow_stats'
+                               ELSE 'reset_shadow_stats' END, rel::text);
+        ELSIF (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d) > 0 THEN
+            -- the counters were full: this table's divergences may be missing
+            status := 'failure'; rows_affected := NULL;
+            detail := format('shadow counters incomplete: %s rows of tables past tenancy.shadow_max_tables were not counted, so divergences may be missing: raise tenancy.shadow_max_tables (restart), reset the counters and run the workload again',
+                             (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d));
+            fix := 'SELECT tenancy.reset_shadow_stats();';
+        ELSE
+            status := 'ok'; detail := 'no shadow divergence counted';
+        END IF;
+    EXCEPTION
+        WHEN object_not_in_prerequisite_state      -- not preloaded: no counters
+          OR external_routine_exception THEN          -- a Citus worker did not answer
+            status := 'warning'; rows_affected := NULL;
+            detail := format('shadow counters unavailable: %s', SQLERRM);
+            fix := NULL;
+    END;
+    RETURN NEXT;
+END
+$$;
+
 ------------------------------------------------------------------------------
 -- On a Citus cluster, the shards of a distributed table live on the
 -- workers: what a query on the coordinator reads of them went through each

@@ -346,7 +346,7 @@ shadow_registered(Oid relid)
 		info.hcxt = TopMemoryContext;
 		registered = hash_create("tenancy shadow tables", 16, &info,
 								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		CacheRegisterRelcacheCallback(registered_invalidate, (Datum) 0);
+		tenancy_register_relcache_callback(registered_invalidate, (Datum) 0);
 	}
 	(void) hash_search(registered, &relid, HASH_FIND, &found);
 	if (!found)

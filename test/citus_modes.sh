@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "no citus.so for PostgreSQL $(pg_config --version)"
 
-plan 37
+plan 38
 tap_tmpdir DIR citus_modes
 citus_cluster_start "$DIR" "tenancy.worker_databases = 'citus'" "tenancy.worker_interval = 1" \
     "tenancy.worker_run_backfills = off"
@@ -139,6 +139,12 @@ per_node=$(for n in 1 2; do cq "$n" -c "SELECT coalesce(sum(rows_checked), 0) FR
 is "shadow: the sum is that of the workers' own tenancy.shadow_stats" "$per_node" "12"
 is "shadow: a pg_read_all_stats member reads the cluster view" \
    "$(cq 0 -c "SET ROLE cz_reader" -c "SELECT rows_hidden FROM tenancy.cluster_shadow_stats WHERE relation = 'notes'::regclass")" "5"
+# (verify() also runs, on worker connections that ran shadow_read(), the
+# Citus code that registers its last relcache callbacks: with one slot per
+# tenancy module that failed "out of relcache_callback_list slots")
+is "shadow: verify() reports the 6 divergences of the workers, and the cluster-wide reset" \
+   "$(cq 0 -c "SELECT status, rows_affected, fix FROM tenancy.verify('notes') WHERE check_name = 'shadow_divergence'")" \
+   "failure|6|SELECT tenancy.reset_cluster_shadow_stats('public.notes');"
 out=$(cq 0 -c "SET ROLE cz_app" -c "SELECT * FROM tenancy.cluster_shadow_stats" 2>&1)
 like "shadow: the application role may not read it" "$out" "permission denied"
 cq 0 -c "SELECT tenancy.reset_cluster_shadow_stats('notes')" >/dev/null
