@@ -178,7 +178,7 @@ tenancy_context_init(void)
 							 NULL, NULL, NULL);
 
 	RegisterXactCallback(session_guard_callback, NULL);
-	CacheRegisterRelcacheCallback(binding_relcache_callback, (Datum) 0);
+	tenancy_register_relcache_callback(binding_relcache_callback, (Datum) 0);
 }
 
 static void

@@ -99,7 +99,7 @@ derive_invalidate(Datum arg, Oid relid)
 void
 tenancy_derive_init(void)
 {
-	CacheRegisterRelcacheCallback(derive_invalidate, (Datum) 0);
+	tenancy_register_relcache_callback(derive_invalidate, (Datum) 0);
 }
 
 static void

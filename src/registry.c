@@ -68,7 +68,7 @@ registry_relcache_callback(Datum arg, Oid relid)
 void
 tenancy_registry_init(void)
 {
-	CacheRegisterRelcacheCallback(registry_relcache_callback, (Datum) 0);
+	tenancy_register_relcache_callback(registry_relcache_callback, (Datum) 0);
 }
 
 /* Start afresh: find the registry, forget every lookup and plan. */

@@ -220,17 +220,29 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                  'tenancy_policy_legacy_update']::name[];
 $$;
 
+-- On a Citus table the implicit-tenant test is a plain call: Citus cannot
+-- propagate a policy holding a sub-select to the shards ("unexpected
+-- non-SELECT command in SubLink"), and on each shard the call is as cheap,
+-- being evaluated only for the rows whose tenant is NULL.
+CREATE FUNCTION tenancy.rls_citus_distributed(tbl regclass) RETURNS boolean
+    AS 'MODULE_PATHNAME', 'tenancy_rls_citus_distributed'
+    LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION tenancy.rls_citus_distributed(regclass) IS 'true when Citus lists the table in its metadata on this node (distributed, reference or Citus-local); false without Citus';
+
 CREATE FUNCTION tenancy.rls_legacy_stmts(qualified text, column_name name, roles text, mode text)
 RETURNS text[]
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN mode = 'migrating' THEN ARRAY[
         format('CREATE POLICY tenancy_policy_legacy_read ON %s AS PERMISSIVE FOR SELECT TO %s USING (%I IS NULL)',
                qualified, roles, column_name),
-        format('CREATE POLICY tenancy_policy_legacy_update ON %s AS PERMISSIVE FOR UPDATE TO %s USING (%I IS NULL AND (SELECT tenancy.is_implicit_tenant())) WITH CHECK (%I IS NULL AND (SELECT tenancy.is_implicit_tenant()))',
-               qualified, roles, column_name, column_name),
-        format('CREATE POLICY tenancy_policy_legacy_delete ON %s AS PERMISSIVE FOR DELETE TO %s USING (%I IS NULL AND (SELECT tenancy.is_implicit_tenant()))',
-               qualified, roles, column_name)]
-    ELSE '{}'::text[] END;
+        format('CREATE POLICY tenancy_policy_legacy_update ON %s AS PERMISSIVE FOR UPDATE TO %s USING (%I IS NULL AND %s) WITH CHECK (%I IS NULL AND %s)',
+               qualified, roles, column_name, imp, column_name, imp),
+        format('CREATE POLICY tenancy_policy_legacy_delete ON %s AS PERMISSIVE FOR DELETE TO %s USING (%I IS NULL AND %s)',
+               qualified, roles, column_name, imp)]
+    ELSE '{}'::text[] END
+      FROM (SELECT CASE WHEN tenancy.rls_citus_distributed(qualified::regclass)
+                        THEN 'tenancy.is_implicit_tenant()'
+                        ELSE '(SELECT tenancy.is_implicit_tenant())' END AS imp) i;
 $$;
 
 -- The table and everything below it, partitions and inheritance children

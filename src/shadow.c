@@ -48,6 +48,8 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "citus_shadow.h"
+
 /* Local slots, and the number of counted rows that forces a flush. */
 #define SHADOW_LOCAL_SLOTS	16
 #define SHADOW_FLUSH_ROWS	65536
@@ -313,6 +315,17 @@ lookup_shadow_mode(Oid relid)
 }
 
 /*
+ * On a Citus worker, whose tenancy.rls_tables lists nothing, shards count
+ * under the distributed table their policy names, when the coordinator put
+ * it in shadow mode (citus_shadow.c).
+ */
+static bool
+shadow_registered_on_citus(Oid relid)
+{
+	return citus_shadow_policy(relid);
+}
+
+/*
  * Is relid registered in shadow mode?  Only those tables are counted: the
  * policy functions are executable by every role, with any regclass.
  */
@@ -333,13 +346,13 @@ shadow_registered(Oid relid)
 		info.hcxt = TopMemoryContext;
 		registered = hash_create("tenancy shadow tables", 16, &info,
 								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		CacheRegisterRelcacheCallback(registered_invalidate, (Datum) 0);
+		tenancy_register_relcache_callback(registered_invalidate, (Datum) 0);
 	}
 	(void) hash_search(registered, &relid, HASH_FIND, &found);
 	if (!found)
 	{
 		/* Not cached when not registered: a later registration counts. */
-		if (!lookup_shadow_mode(relid))
+		if (!lookup_shadow_mode(relid) && !shadow_registered_on_citus(relid))
 			return false;
 		(void) hash_search(registered, &relid, HASH_ENTER, NULL);
 	}

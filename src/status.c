@@ -22,6 +22,11 @@
  *				(null_frac * rows, method 'estimate'); afterwards the total of
  *				the last complete pass (method 'exact').
  *
+ *	shards		a Citus table (citus_shadow.c): its rows are in shards on the
+ *				workers, not in the local relation; each shard is counted in
+ *				one query on its worker, as its owner, and the figures summed
+ *				(method 'exact'; tenancy.citus_shard_sums()).
+ *
  * A partitioned table is counted partition by partition: each leaf is
  * counted like a plain table, with its own row (and scan position) in
  * tenancy.migration_status_partitions, one leaf per step, in OID order; the
@@ -68,11 +73,14 @@
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/array.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+
+#include "citus_shadow.h"
 
 /* GUC variables: the counting code's budget, shared with the worker */
 int			tenancy_worker_cycle_budget = 1000;
@@ -106,7 +114,8 @@ typedef enum CountMethod
 {
 	COUNT_PROOF,
 	COUNT_INDEX,
-	COUNT_SCAN
+	COUNT_SCAN,
+	COUNT_SHARDS
 } CountMethod;
 
 /* The previous status row of a table, if any. */
@@ -133,6 +142,8 @@ typedef struct StatusRow
 	int64		total_rows;
 	bool		total_null;
 } StatusRow;
+
+static void count_shards(Oid relid, const char *qcol, StatusRow *row);
 
 /* Is expr "var IS [NOT] NULL" on attribute attnum of the relation? */
 static bool
@@ -564,6 +575,8 @@ count_table(Relation rel, const char *column, Oid parent, bool in_worker)
 	if (TupleDescAttr(RelationGetDescr(rel), attnum - 1)->attnotnull ||
 		has_notnull_check(rel, attnum))
 		how = COUNT_PROOF;
+	else if (citus_table_distributed(relid))
+		how = COUNT_SHARDS;
 	else if (OidIsValid(index = find_null_index(rel, attnum)))
 		how = COUNT_INDEX;
 	else
@@ -576,7 +589,8 @@ count_table(Relation rel, const char *column, Oid parent, bool in_worker)
 		snprintf(activity, sizeof(activity), "tenancy: counting %s.%s (%s)",
 				 qualname, qcol,
 				 how == COUNT_PROOF ? "catalog proof" :
-				 how == COUNT_INDEX ? "partial index" : "incremental scan");
+				 how == COUNT_INDEX ? "partial index" :
+				 how == COUNT_SHARDS ? "Citus shards" : "incremental scan");
 		pgstat_report_activity(STATE_RUNNING, activity);
 	}
 
@@ -610,6 +624,11 @@ count_table(Relation rel, const char *column, Oid parent, bool in_worker)
 				measured = true;
 				break;
 			}
+
+		case COUNT_SHARDS:
+			count_shards(relid, qcol, &row);
+			measured = true;
+			break;
 
 		case COUNT_SCAN:
 			{
@@ -691,6 +710,61 @@ count_table(Relation rel, const char *column, Oid parent, bool in_worker)
 				  how == COUNT_PROOF ? "catalog proof" : "exact count");
 	pfree(sql.data);
 	return more;
+}
+
+/*
+ * A Citus table: its rows are in shards on the workers, not in the local
+ * relation.  Each shard is counted in one query on its worker, as its owner
+ * (tenancy.citus_shard_sums(), citus_shadow.sql), and the sums are exact.
+ * tenancy.citus_shard_sums() runs as the role that runs this step: the
+ * owner, under SECURITY_RESTRICTED_OPERATION (as_owner_begin()).
+ */
+static void
+count_shards(Oid relid, const char *qcol, StatusRow *row)
+{
+	Oid			types[2] = {REGCLASSOID, TEXTOID};
+	Datum		vals[2];
+	char	   *tpl;
+	int64		nulls;
+	int64		seen;
+	bool		isnull;
+	ArrayType  *arr;
+	Datum	   *elems;
+	int			nelems;
+	StringInfoData col;
+
+	/* A literal % of the column name must survive format() on the worker. */
+	initStringInfo(&col);
+	for (const char *c = qcol; *c; c++)
+	{
+		if (*c == '%')
+			appendStringInfoChar(&col, '%');
+		appendStringInfoChar(&col, *c);
+	}
+	tpl = psprintf("SELECT pg_catalog.count(*) FILTER (WHERE %s IS NULL), pg_catalog.count(*) FROM %%1$s",
+				   col.data);
+	vals[0] = ObjectIdGetDatum(relid);
+	vals[1] = CStringGetTextDatum(tpl);
+	if (SPI_execute_with_args("SELECT tenancy.citus_shard_sums($1, $2)", 2, types, vals, NULL,
+							  false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "counting the shards of relation %u failed", relid);
+	arr = DatumGetArrayTypeP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	nulls = seen = 0;
+	if (!isnull)
+	{
+		deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, NULL, &nelems);
+		if (nelems == 2)
+		{
+			nulls = DatumGetInt64(elems[0]);
+			seen = DatumGetInt64(elems[1]);
+		}
+	}
+	row->unmigrated = nulls;
+	row->unmigrated_null = false;
+	row->total_rows = seen;
+	row->total_null = false;
+	strlcpy(row->method, "exact", sizeof(row->method));
+	row->scan_null = true;
 }
 
 /* The leaf partitions of a partitioned table, in OID order. */

@@ -5,6 +5,13 @@
  *
  * Each module defines its own settings in its *_init() function; the
  * "tenancy" prefix is reserved once all of them are defined.
+ *
+ * Relcache invalidation callbacks go through one callback of this module
+ * (tenancy_register_relcache_callback()): a backend has room for only
+ * MAX_RELCACHE_CALLBACKS (10) of them, shared with PostgreSQL's own caches
+ * and with other extensions; Citus takes five, and with one slot per
+ * module a Citus worker backend ran out ("out of relcache_callback_list
+ * slots").
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
@@ -13,12 +20,22 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
 bool		tenancy_preloaded = false;
+
+/* The modules' relcache callbacks, called by the one registered. */
+#define TENANCY_RELCACHE_CALLBACKS 8
+static struct
+{
+	RelcacheCallbackFunction func;
+	Datum		arg;
+}			relcache_callbacks[TENANCY_RELCACHE_CALLBACKS];
+static int	relcache_callbacks_used = 0;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -73,6 +90,26 @@ _PG_init(void)
 		prev_shmem_startup_hook = shmem_startup_hook;
 		shmem_startup_hook = tenancy_shmem_startup;
 	}
+}
+
+static void
+tenancy_relcache_callback(Datum arg, Oid relid)
+{
+	for (int i = 0; i < relcache_callbacks_used; i++)
+		relcache_callbacks[i].func(relcache_callbacks[i].arg, relid);
+}
+
+/* CacheRegisterRelcacheCallback() for the modules: one slot for them all. */
+void
+tenancy_register_relcache_callback(RelcacheCallbackFunction func, Datum arg)
+{
+	if (relcache_callbacks_used >= TENANCY_RELCACHE_CALLBACKS)
+		elog(FATAL, "out of tenancy relcache callback slots");
+	if (relcache_callbacks_used == 0)
+		CacheRegisterRelcacheCallback(tenancy_relcache_callback, (Datum) 0);
+	relcache_callbacks[relcache_callbacks_used].func = func;
+	relcache_callbacks[relcache_callbacks_used].arg = arg;
+	relcache_callbacks_used++;
 }
 
 /*

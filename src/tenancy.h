@@ -17,6 +17,7 @@
 
 #include "nodes/primnodes.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 
 #include "as_owner.h"
 #include "context.h"
@@ -32,6 +33,7 @@ extern bool registry_implicit_key(char *key_out);
 /* tenancy.c */
 extern bool tenancy_preloaded;
 extern void tenancy_require_preload(const char *feature);
+extern void tenancy_register_relcache_callback(RelcacheCallbackFunction func, Datum arg);
 
 /* Memory for GUC check hooks: malloc before 16, guc_malloc from 16 on. */
 #if PG_VERSION_NUM >= 160000

@@ -60,8 +60,10 @@ DECLARE
     atleast text;
 BEGIN
     relation := rel;
-    n := (tenancy.table_query(rel, NULL,
-              format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', rel, tenant_col, lim)))[1]::bigint;
+    n := CASE WHEN tenancy.rls_citus_distributed(rel)   -- on Citus: shard by shard (citus_shadow.sql)
+              THEN tenancy.citus_null_tenants(rel, tenant_col, lim, max_rows)
+              ELSE (tenancy.table_query(rel, NULL,
+                        format('SELECT count(*) FROM (SELECT 1 FROM %s WHERE %I IS NULL LIMIT %s) s', rel, tenant_col, lim)))[1]::bigint END;
     atleast := CASE WHEN n = max_rows THEN 'at least ' ELSE '' END;
     check_name := 'null_tenant'; rows_affected := n;
     IF n > 0 THEN
@@ -337,9 +339,19 @@ BEGIN
         txt2 := format('SELECT count(*) FROM (SELECT 1 FROM %s x JOIN %s p ON %s WHERE %s LIMIT %s) s',
                        f.child, f.parent, f.joincond, cond, lim);
         BEGIN
-            n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
+            IF tenancy.rls_citus_distributed(f.child) THEN
+                -- on Citus: each shard of the child joined with the shard
+                -- of the parent beside it (colocated, or a reference table)
+                n := tenancy.citus_cross_tenant_references(f.child, f.parent, f.joincond, cond, lim, max_rows);
+            ELSE
+                n := (tenancy.table_query(f.child, NULL, txt2))[1]::bigint;
+            END IF;
         EXCEPTION WHEN insufficient_privilege THEN
             BEGIN
+                IF tenancy.rls_citus_distributed(f.child) THEN
+                    -- the shard counts ran as the least privileged already
+                    RAISE;
+                END IF;
                 n := (tenancy.table_query(f.parent, NULL, txt2))[1]::bigint;
             EXCEPTION WHEN insufficient_privilege THEN
                 n := NULL; txt2 := SQLERRM;
@@ -617,12 +629,19 @@ BEGIN
     BEGIN
         SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
           INTO n, m FROM tenancy.shadow_stats s WHERE s.relation = rel;
+        IF tenancy.rls_citus_distributed(rel) THEN
+            -- on Citus the workers count the shards (citus_shadow.sql)
+            SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
+              INTO n, m FROM tenancy.cluster_shadow_stats s WHERE s.relation = rel;
+        END IF;
         rows_affected := n + m;
         IF n + m > 0 THEN
             status := 'failure';
             detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
                              n, m);
-            fix := format('SELECT tenancy.reset_shadow_stats(%L);', rel::text);
+            fix := format('SELECT tenancy.%s(%L);',
+                          CASE WHEN tenancy.rls_citus_distributed(rel) THEN 'reset_cluster_shadow_stats'
+                               ELSE 'reset_shadow_stats' END, rel::text);
         ELSIF (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d) > 0 THEN
             -- the counters were full: this table's divergences may be missing
             status := 'failure'; rows_affected := NULL;
@@ -633,7 +652,8 @@ BEGIN
             status := 'ok'; detail := 'no shadow divergence counted';
         END IF;
     EXCEPTION
-        WHEN object_not_in_prerequisite_state THEN   -- not preloaded: no counters
+        WHEN object_not_in_prerequisite_state      -- not preloaded: no counters
+          OR external_routine_exception THEN          -- a Citus worker did not answer
             status := 'warning'; rows_affected := NULL;
             detail := format('shadow counters unavailable: %s', SQLERRM);
             fix := NULL;
