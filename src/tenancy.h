@@ -52,6 +52,12 @@ extern void shadow_shmem_startup(void);
 extern void tenancy_rls_guard_init(void);
 extern bool tenant_switch_refused(const char **reason, const char **detail);
 extern bool shadow_note_derived(Oid relid);
+/* path_stats.c: shadow counts by path, role and tenant */
+extern void tenancy_path_stats_init(void);
+extern void path_stats_shmem_request(void);
+extern void path_stats_shmem_startup(void);
+extern void path_stats_count(Oid relid, bool is_write, bool diverges, const TenantKey *key,
+							 char *(*valtext) (Datum), Datum value, bool isnull);
 /* derive.c: tenants derived from the row or its parent */
 extern void tenancy_derive_init(void);
 extern bool derive_accepts(Oid relid, const char *tenant);
