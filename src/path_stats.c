@@ -99,7 +99,7 @@ typedef struct TenantEntry
 	TenantStatKey key;
 	PathCounts	c;
 	uint64		score;
-	int64		score_period;
+	TimestampTz score_at;		/* start of the score's current period */
 	TimestampTz last_divergence;
 } TenantEntry;
 
@@ -290,23 +290,20 @@ role_add(const RoleKey *key, const PathCounts *c, bool diverged, TimestampTz now
 	LWLockRelease(pshared->lock);
 }
 
-static int64
-current_period(TimestampTz now)
-{
-	return (int64) (now / ((int64) path_stats_tenant_period * USECS_PER_SEC));
-}
-
 /* The score of a tenant entry now: halved for each period gone by. */
 static uint64
-decayed_score(TenantEntry *e, int64 period)
+decayed_score(TenantEntry *e, TimestampTz now)
 {
-	int64		gone = period - e->score_period;
+	int64		period = (int64) path_stats_tenant_period * USECS_PER_SEC;
+	int64		gone = (now - e->score_at) / period;
 
 	if (gone > 0)
 	{
 		e->score = gone >= 64 ? 0 : e->score >> gone;
-		e->score_period = period;
+		e->score_at += gone * period;
 	}
+	else if (gone < 0)
+		e->score_at = now;		/* the clock went back */
 	return e->score;
 }
 
@@ -321,7 +318,7 @@ tenant_score_cmp(const void *a, const void *b)
 
 /* The list is full: keep the 2 x limit best-scored tenants (exclusive lock). */
 static void
-tenants_evict(int64 period)
+tenants_evict(TimestampTz now)
 {
 	long		n = hash_get_num_entries(tenant_hash);
 	TenantEntry **all = palloc(sizeof(TenantEntry *) * n);
@@ -332,7 +329,7 @@ tenants_evict(int64 period)
 	hash_seq_init(&seq, tenant_hash);
 	while ((e = hash_seq_search(&seq)) != NULL && i < n)
 	{
-		(void) decayed_score(e, period);
+		(void) decayed_score(e, now);
 		all[i++] = e;
 	}
 	if (e != NULL)
@@ -354,14 +351,13 @@ tenant_add(const TenantStatKey *key, const PathCounts *c, bool diverged, Timesta
 {
 	TenantEntry *e;
 	bool		found;
-	int64		period = current_period(now);
 
 	LWLockAcquire(pshared->lock, LW_EXCLUSIVE);
 	e = hash_search(tenant_hash, key, HASH_FIND, NULL);
 	if (e == NULL)
 	{
 		if (hash_get_num_entries(tenant_hash) >= 3 * path_stats_tenants)
-			tenants_evict(period);
+			tenants_evict(now);
 		e = hash_search(tenant_hash, key, HASH_ENTER_NULL, &found);
 		if (e == NULL)
 		{
@@ -373,7 +369,7 @@ tenant_add(const TenantStatKey *key, const PathCounts *c, bool diverged, Timesta
 		}
 		memset(&e->c, 0, sizeof(e->c));
 		e->score = 0;
-		e->score_period = period;
+		e->score_at = now;
 		e->last_divergence = 0;
 	}
 	e->c.xacts += c->xacts;
@@ -381,7 +377,7 @@ tenant_add(const TenantStatKey *key, const PathCounts *c, bool diverged, Timesta
 	e->c.rows_hidden += c->rows_hidden;
 	e->c.rows_written += c->rows_written;
 	e->c.writes_refused += c->writes_refused;
-	(void) decayed_score(e, period);
+	(void) decayed_score(e, now);
 	e->score += c->rows_read + c->rows_written;	/* refused among written */
 	if (diverged)
 		e->last_divergence = now;
@@ -474,7 +470,7 @@ tenancy_path_stats_init(void)
 							"(rows counted, decayed).",
 							&path_stats_tenant_period,
 							60, 1, 86400 * 7,
-							PGC_SUSET,
+							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
@@ -686,7 +682,7 @@ tenancy_read_tenant_path_stats(PG_FUNCTION_ARGS)
 	TenantEntry *e;
 	TenantEntry *copy;
 	long		n = 0;
-	int64		period = current_period(GetCurrentTimestamp());
+	TimestampTz now = GetCurrentTimestamp();
 
 	path_require("tenancy.tenant_path_stats");
 	InitMaterializedSRF(fcinfo, 0);
@@ -696,7 +692,7 @@ tenancy_read_tenant_path_stats(PG_FUNCTION_ARGS)
 	hash_seq_init(&seq, tenant_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		(void) decayed_score(e, period);
+		(void) decayed_score(e, now);
 		if (e->key.dbid == MyDatabaseId)
 			copy[n++] = *e;
 	}
