@@ -81,7 +81,7 @@ expect "the path's totals still count every transaction and row" "new|8|33" \
 q -c "ALTER SYSTEM SET tenancy.path_stats_tenant_period = '1s'" >/dev/null
 own_server_reload "$DIR/data"
 sleep 2.2
-expect "after two periods or more, the scores are at most a quarter, the counts unchanged" "t|8" \
+expect "after two periods or more, the scores are at most a quarter, the counts unchanged" "true|8" \
     "$(q -c "SELECT bool_and(score <= 2)::text || '|' || max(rows_read) FILTER (WHERE tenant = '$(key 3)') FROM tenancy.tenant_path_stats")"
 
 # The application role reads none of it, and cannot reset it.
