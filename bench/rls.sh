@@ -211,3 +211,58 @@ cat "$DIR/exec.txt"
 echo
 echo "shadow counters during the shadow runs: $stats"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); total: $(( $(date +%s) - t0 ))s"
+
+# ---- Counters by path (issue 18): the cost of shadow accounting per path ----
+# items_rls is in shadow mode now.  Executor time of a full scan (every row
+# through tenancy.shadow_read()) as bench_app, in one session, arms
+# alternating, the minimum of N runs each:
+#   A  tenancy.path_stats = off: shadow accounting per table only, as on main
+#   B  tenancy.path_stats = on: also per path, role and tenant (new path:
+#      the tenant set with set_tenant(); half the rows diverge)
+#   A2 off again: the A/A baseline, the noise of the method
+#   LA/LB  the same off/on on the legacy path (no tenant: every row
+#      diverges, one divergence sampled per statement)
+PATHS_RUNS=${RLS_BENCH_PATH_RUNS:-25}
+psql_su -At >"$DIR/paths.txt" <<SQL
+SET max_parallel_workers_per_gather = 0;
+SET enable_indexscan = off; SET enable_bitmapscan = off;
+BEGIN;
+CREATE TEMP TABLE res (arm text, ms float8);
+GRANT ALL ON res TO bench_app;
+DO \$\$
+DECLARE t0 timestamptz; c bigint; s bigint; a text;
+    arms text[] := ARRAY['A', 'B', 'A2', 'LA', 'LB'];
+BEGIN
+    FOR i IN 1 .. $PATHS_RUNS LOOP
+        FOREACH a IN ARRAY arms LOOP
+            RESET ROLE;
+            PERFORM set_config('tenancy.path_stats', CASE WHEN a IN ('B', 'LB') THEN 'on' ELSE 'off' END, true);
+            SET LOCAL ROLE bench_app;
+            IF a LIKE 'L%' THEN
+                PERFORM set_config('tenancy.tenant_id', '', true);
+            ELSE
+                PERFORM tenancy.set_tenant('00000000-0000-0000-0000-000000000001');
+            END IF;
+            t0 := clock_timestamp();
+            SELECT count(*), sum(amount) INTO c, s FROM items_rls;
+            INSERT INTO res VALUES (a, extract(epoch FROM clock_timestamp() - t0) * 1000);
+        END LOOP;
+    END LOOP;
+END \$\$;
+RESET ROLE;
+SELECT format('%-28s %8s ms', arm, to_char(min(ms), 'FM9990.00')) FROM res GROUP BY arm ORDER BY arm;
+SELECT format('B/A  (per path, new path)     %6s', to_char(min(ms) FILTER (WHERE arm = 'B') / min(ms) FILTER (WHERE arm = 'A'), 'FM0.000'))
+  FROM res;
+SELECT format('A2/A (A/A baseline: noise)    %6s', to_char(min(ms) FILTER (WHERE arm = 'A2') / min(ms) FILTER (WHERE arm = 'A'), 'FM0.000'))
+  FROM res;
+SELECT format('LB/LA (per path, legacy path) %6s', to_char(min(ms) FILTER (WHERE arm = 'LB') / min(ms) FILTER (WHERE arm = 'LA'), 'FM0.000'))
+  FROM res;
+COMMIT;
+SELECT 'path counters: ' || string_agg(path || ' ' || rows_read || ' read, ' || rows_hidden || ' hidden', '; ' ORDER BY path)
+  FROM tenancy.path_stats WHERE relation = 'items_rls'::regclass;
+SELECT 'divergence samples: ' || count(*) FROM tenancy.path_divergences;
+SQL
+echo
+echo "counters by path: executor time of a full scan of items_rls ($ROWS rows) in shadow mode, min of $PATHS_RUNS alternating runs"
+cat "$DIR/paths.txt"
+echo "load after the path section: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -147,6 +147,7 @@ typedef struct PathLocal
 } PathLocal;
 
 /* GUCs */
+static bool path_stats_enabled = true;
 static int	path_stats_max = 1000;
 static int	path_stats_tenants = 100;
 static int	path_divergence_samples = 100;
@@ -474,6 +475,16 @@ tenancy_path_stats_init(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("tenancy.path_stats",
+							 "Count shadow-mode rows by code path, role and tenant.",
+							 "Off: shadow mode counts per table only (tenancy.shadow_stats), "
+							 "as before the path counters.",
+							 &path_stats_enabled,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
 	RegisterXactCallback(path_xact_callback, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
@@ -574,7 +585,7 @@ path_stats_count(Oid relid, bool is_write, bool diverges, const TenantKey *key,
 	int32		path;
 	TimestampTz stmt;
 
-	if (pshared == NULL)
+	if (pshared == NULL || !path_stats_enabled)
 		return;
 	path = (key == NULL || tenant_context_is_default()) ? PATH_LEGACY : PATH_NEW;
 	l = path_slot(relid, path, GetUserId(), key);
