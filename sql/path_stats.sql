@@ -66,7 +66,7 @@ SET tenancy.tenant_id = '00000000-0000-0000-0000-0000000000a1';
 SELECT count(*) AS visible FROM pth_notes WHERE id < 3;
 RESET tenancy.tenant_id;
 \c - :su
-SELECT relation, unmigrated FROM tenancy.refresh_status('pth_notes');
+SELECT relation, unmigrated FROM tenancy.refresh_status() ORDER BY relation::text;
 \c - pth_app
 
 -- Not readable by the application: tenant keys and role names.
@@ -138,6 +138,20 @@ SET ROLE pth_monitor;
 SELECT tenancy.reset_path_stats();
 RESET ROLE;
 SELECT count(*) FROM tenancy.path_stats;
+
+-- tenancy.path_stats = off: shadow mode counts per table only, as before
+-- the path counters.  A superuser setting.
+SET ROLE pth_app;
+SET tenancy.path_stats = off;
+RESET ROLE;
+SELECT tenancy.reset_shadow_stats();
+SET tenancy.path_stats = off;
+SET ROLE pth_app;
+SELECT count(*) AS visible FROM pth_notes;
+RESET ROLE;
+RESET tenancy.path_stats;
+SELECT count(*) AS path_entries FROM tenancy.path_stats;
+SELECT rows_checked FROM tenancy.shadow_stats WHERE relation = 'pth_notes'::regclass;
 
 SELECT tenancy.unbind_role('pth_legacy') IS NOT NULL AS unbound;
 DROP TABLE pth_notes, pth_plain;

@@ -15,7 +15,9 @@
  * before a view is read.  A flush adds each slot to three shared entries:
  * (table, path, role), (path) and (path, tenant); each entry counts a
  * transaction once however many flushes it takes (a per-transaction set of
- * entries already credited).
+ * entries already credited).  A parallel worker adds its rows, but not
+ * transactions or statements: those are its leader's (counted when the
+ * leader itself counts a row of the entry).
  *
  * Shared memory has a fixed size.  The (table, path, role) hash holds
  * tenancy.path_stats_max entries; counts that find it full are added up
@@ -32,6 +34,7 @@
 #include "tenancy.h"
 
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/xact.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -413,14 +416,17 @@ path_flush(bool keep_slots)
 		ck.role.relid = l->relid;
 		ck.role.roleid = l->roleid;
 		ck.role.path = l->path;
-		c.xacts = credit_once(&ck) ? 1 : 0;
+		/* A parallel worker's rows count; its leader's transaction counts. */
+		if (IsParallelWorker())
+			c.reads = 0;
+		c.xacts = (!IsParallelWorker() && credit_once(&ck)) ? 1 : 0;
 		role_add(&ck.role, &c, l->diverged, now);
 
 		/* The path's totals: statements are per table, not added up. */
 		ck.role.relid = InvalidOid;
 		ck.role.roleid = InvalidOid;
 		c.reads = 0;
-		c.xacts = credit_once(&ck) ? 1 : 0;
+		c.xacts = (!IsParallelWorker() && credit_once(&ck)) ? 1 : 0;
 		role_add(&ck.role, &c, l->diverged, now);
 
 		memset(&ck, 0, sizeof(ck));
@@ -429,7 +435,7 @@ path_flush(bool keep_slots)
 		ck.tenant.path = l->path;
 		ck.tenant.has_tenant = l->has_tenant;
 		strlcpy(ck.tenant.tenant, l->tenant, PATH_KEYLEN);
-		c.xacts = credit_once(&ck) ? 1 : 0;
+		c.xacts = (!IsParallelWorker() && credit_once(&ck)) ? 1 : 0;
 		tenant_add(&ck.tenant, &c, l->diverged, now);
 
 		memset(&l->c, 0, sizeof(l->c));
