@@ -142,6 +142,9 @@ typedef struct PathLocal
 	Oid			roleid;
 	int32		path;
 	bool		has_tenant;
+	TenantKeyType type;			/* the key, to compare it cheaply */
+	pg_uuid_t	uuid;
+	int64		i64;
 	char		tenant[PATH_KEYLEN];
 	PathCounts	c;
 	bool		diverged;
@@ -522,25 +525,47 @@ tenancy_path_stats_init(void)
 							NULL, NULL, NULL);
 }
 
+/* Is the slot's tenant this key (NULL: none)?  By value, cheapest first. */
+static inline bool
+slot_tenant_is(const PathLocal *l, const TenantKey *key)
+{
+	if (key == NULL || !l->has_tenant)
+		return key == NULL && !l->has_tenant;
+	if (l->type != key->type)
+		return false;
+	switch (key->type)
+	{
+		case TENANT_KEY_UUID:
+			return memcmp(l->uuid.data, key->uuid.data, UUID_LEN) == 0;
+		case TENANT_KEY_BIGINT:
+			return l->i64 == key->i64;
+		default:
+			return strcmp(l->tenant, key->text) == 0;
+	}
+}
+
+static inline bool
+slot_is(const PathLocal *l, Oid relid, int32 path, Oid roleid, const TenantKey *key)
+{
+	return l->relid == relid && l->path == path && l->roleid == roleid &&
+		slot_tenant_is(l, key);
+}
+
 /* The local slot of (table, path, role, tenant). */
 static inline PathLocal *
 path_slot(Oid relid, int32 path, Oid roleid, const TenantKey *key)
 {
 	PathLocal  *l;
-	const char *t = key ? key->text : "";
 
-	for (int k = 0; k <= local_used; k++)
+	if (likely(local_used > 0) &&
+		slot_is(&local[local_last], relid, path, roleid, key))
+		return &local[local_last];
+	for (int i = 0; i < local_used; i++)
 	{
-		int			i = (k == 0) ? local_last : k - 1;
-
-		if (i >= local_used)
-			continue;
-		l = &local[i];
-		if (l->relid == relid && l->path == path && l->roleid == roleid &&
-			l->has_tenant == (key != NULL) && strcmp(l->tenant, t) == 0)
+		if (slot_is(&local[i], relid, path, roleid, key))
 		{
 			local_last = i;
-			return l;
+			return &local[i];
 		}
 	}
 	if (local_used == PATH_LOCAL_SLOTS)
@@ -551,7 +576,13 @@ path_slot(Oid relid, int32 path, Oid roleid, const TenantKey *key)
 	l->path = path;
 	l->roleid = roleid;
 	l->has_tenant = (key != NULL);
-	strlcpy(l->tenant, t, PATH_KEYLEN);
+	if (key != NULL)
+	{
+		l->type = key->type;
+		l->uuid = key->uuid;
+		l->i64 = key->i64;
+		strlcpy(l->tenant, key->text, PATH_KEYLEN);
+	}
 	local_last = local_used++;
 	return l;
 }
