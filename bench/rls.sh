@@ -211,3 +211,71 @@ cat "$DIR/exec.txt"
 echo
 echo "shadow counters during the shadow runs: $stats"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); total: $(( $(date +%s) - t0 ))s"
+
+# ---- Counters by path (issue 18): the cost of shadow accounting per path ----
+# items_rls is in shadow mode now.  A full scan (every row through
+# tenancy.shadow_read()) as bench_app, in one session, arms alternating:
+#   A  tenancy.path_stats = off: shadow accounting per table only, as on main
+#   B  tenancy.path_stats = on: also per path, role and tenant (new path:
+#      the tenant set with set_tenant(); half the rows diverge)
+#   A2 off again: the A/A baseline, the noise of the method
+#   LA/LB  the same off/on on the legacy path (no tenant: every row
+#      diverges, one divergence sampled per statement)
+# Two measures: the minimum executor (wall) time of each arm, and the
+# backend's CPU time (utime + stime of /proc/self/stat, in clock ticks)
+# summed over all runs of an arm, which waiting for a core under load does
+# not inflate.
+PATHS_RUNS=${RLS_BENCH_PATH_RUNS:-25}
+psql_su -At >"$DIR/paths.txt" <<SQL
+SET max_parallel_workers_per_gather = 0;
+SET enable_indexscan = off; SET enable_bitmapscan = off;
+BEGIN;
+CREATE TEMP TABLE res (arm text, ms float8, ticks bigint);
+GRANT ALL ON res TO bench_app;
+CREATE FUNCTION pg_temp.cpu_ticks() RETURNS bigint LANGUAGE sql AS \$f\$
+    SELECT f[12]::bigint + f[13]::bigint
+      FROM (SELECT string_to_array(split_part(pg_read_file('/proc/self/stat'), ') ', 2), ' ') AS f) x
+\$f\$;
+DO \$\$
+DECLARE t0 timestamptz; t1 timestamptz; c0 bigint; c1 bigint; c bigint; s bigint; a text;
+    arms text[] := ARRAY['A', 'B', 'A2', 'LA', 'LB'];
+BEGIN
+    FOR i IN 1 .. $PATHS_RUNS LOOP
+        FOREACH a IN ARRAY arms LOOP
+            RESET ROLE;
+            PERFORM set_config('tenancy.path_stats', CASE WHEN a IN ('B', 'LB') THEN 'on' ELSE 'off' END, true);
+            c0 := pg_temp.cpu_ticks();
+            SET LOCAL ROLE bench_app;
+            IF a LIKE 'L%' THEN
+                PERFORM set_config('tenancy.tenant_id', '', true);
+            ELSE
+                PERFORM tenancy.set_tenant('00000000-0000-0000-0000-000000000001');
+            END IF;
+            t0 := clock_timestamp();
+            SELECT count(*), sum(amount) INTO c, s FROM items_rls;
+            t1 := clock_timestamp();
+            RESET ROLE;
+            c1 := pg_temp.cpu_ticks();
+            INSERT INTO res VALUES (a, extract(epoch FROM t1 - t0) * 1000, c1 - c0);
+        END LOOP;
+    END LOOP;
+END \$\$;
+RESET ROLE;
+SELECT format('%-4s min %8s ms   cpu %6s ticks', arm, to_char(min(ms), 'FM9990.00'), sum(ticks))
+  FROM res GROUP BY arm ORDER BY arm;
+SELECT format('%-32s min time %6s   cpu time %6s', label,
+              to_char(min(ms) FILTER (WHERE arm = b) / min(ms) FILTER (WHERE arm = a), 'FM0.000'),
+              to_char(sum(ticks) FILTER (WHERE arm = b)::numeric / nullif(sum(ticks) FILTER (WHERE arm = a), 0), 'FM0.000'))
+  FROM res, (VALUES (1, 'B/A   per path, new path', 'A', 'B'),
+                    (2, 'A2/A  A/A baseline (noise)', 'A', 'A2'),
+                    (3, 'LB/LA per path, legacy path', 'LA', 'LB')) v(n, label, a, b)
+ GROUP BY n, label ORDER BY n;
+COMMIT;
+SELECT 'path counters (whole bench): ' || string_agg(path || ' ' || rows_read || ' read, ' || rows_hidden || ' hidden', '; ' ORDER BY path)
+  FROM tenancy.path_stats WHERE relation = 'items_rls'::regclass;
+SELECT 'divergence samples: ' || count(*) FROM tenancy.path_divergences;
+SQL
+echo
+echo "counters by path: a full scan of items_rls ($ROWS rows) in shadow mode, $PATHS_RUNS alternating runs per arm"
+cat "$DIR/paths.txt"
+echo "load after the path section: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -5,7 +5,8 @@ set -euo pipefail
 
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap postgresql-15-plpgsql-check
           libtap-parser-sourcehandler-pgtap-perl pgbouncer
-          libssl-dev python3-jwt python3-cryptography)
+          libssl-dev python3-jwt python3-cryptography
+          prometheus-postgres-exporter curl)   # test/prometheus_exporter.sh
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -45,5 +46,6 @@ echo "tenancy: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq </dev/null
 apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
-# The Debian package starts a cluster on 5432; tenancy's tests use their own.
+# The Debian package starts a cluster on 5432 (and, under systemd, the
+# exporter's service on 9187); tenancy's tests use their own.
 install_squawk

@@ -430,6 +430,9 @@ shadow_count(FunctionCallInfo fcinfo, bool is_write, bool diverges,
 			log_divergence(relid, is_write,
 						   PG_ARGISNULL(1) ? NULL : valtext(PG_GETARG_DATUM(1)), key);
 	}
+	/* The same row, by path, role and tenant (path_stats.c). */
+	path_stats_count(relid, is_write, diverges, key, valtext,
+					 PG_GETARG_DATUM(1), PG_ARGISNULL(1));
 	if (++local_pending >= SHADOW_FLUSH_ROWS)
 		shadow_flush();
 }
@@ -448,6 +451,7 @@ shadow_note_derived(Oid relid)
 		return false;
 	l = local_slot(relid);
 	l->refused++;
+	path_stats_count(relid, true, true, tenant_context_peek(), NULL, (Datum) 0, true);
 	if (++local_pending >= SHADOW_FLUSH_ROWS)
 		shadow_flush();
 	return true;

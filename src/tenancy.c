@@ -49,6 +49,7 @@ tenancy_shmem_request(void)
 	context_stats_shmem_request();
 	worker_shmem_request();
 	shadow_shmem_request();
+	path_stats_shmem_request();
 }
 
 /* Attach to (or, first, initialise) each module's shared state. */
@@ -60,6 +61,7 @@ tenancy_shmem_startup(void)
 	context_stats_shmem_startup();
 	worker_shmem_startup();
 	shadow_shmem_startup();
+	path_stats_shmem_startup();
 }
 
 void
@@ -75,6 +77,7 @@ _PG_init(void)
 	tenancy_status_init();
 	tenancy_worker_init();
 	tenancy_shadow_init();
+	tenancy_path_stats_init();
 	tenancy_rls_guard_init();
 	tenancy_prune_init();
 	tenancy_derive_init();

@@ -59,6 +59,12 @@ extern Node *rls_accessor_const(FuncExpr *f, const TenantKey *key);
 /* prune.c: plans specialised to the current tenant (one tenant, one shard) */
 extern void tenancy_prune_init(void);
 extern void tenant_plans_invalidate(void);
+/* path_stats.c: shadow counts by path, role and tenant */
+extern void tenancy_path_stats_init(void);
+extern void path_stats_shmem_request(void);
+extern void path_stats_shmem_startup(void);
+extern void path_stats_count(Oid relid, bool is_write, bool diverges, const TenantKey *key,
+							 char *(*valtext) (Datum), Datum value, bool isnull);
 /* derive.c: tenants derived from the row or its parent */
 extern void tenancy_derive_init(void);
 extern bool derive_accepts(Oid relid, const char *tenant);
