@@ -32,6 +32,7 @@ tenancy_shmem_request(void)
 	context_stats_shmem_request();
 	worker_shmem_request();
 	shadow_shmem_request();
+	deprecation_shmem_request();
 }
 
 /* Attach to (or, first, initialise) each module's shared state. */
@@ -43,6 +44,7 @@ tenancy_shmem_startup(void)
 	context_stats_shmem_startup();
 	worker_shmem_startup();
 	shadow_shmem_startup();
+	deprecation_shmem_startup();
 }
 
 void
@@ -61,6 +63,7 @@ _PG_init(void)
 	tenancy_rls_guard_init();
 	tenancy_derive_init();
 	tenancy_token_init();
+	tenancy_deprecation_init();
 
 	MarkGUCPrefixReserved("tenancy");
 
