@@ -95,6 +95,7 @@ GRANT SELECT ON TABLE tenancy.deprecated_roles TO pg_read_all_stats;
 CREATE FUNCTION tenancy.tenant_required() RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- plpgsql_check: STABLE, not IMMUTABLE: an INSERT's planner would fold an IMMUTABLE call, and raise for every row.
     RAISE EXCEPTION 'no tenant is set'
         USING ERRCODE = 'not_null_violation',
               DETAIL = 'The legacy path is retired: the tenant column no longer defaults to the implicit tenant.',
@@ -214,6 +215,7 @@ DECLARE
     bound text;
     t record;
     kept regclass;
+    implicit_default text;
 BEGIN
     IF role IS NULL THEN
         RAISE EXCEPTION 'role must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -248,12 +250,13 @@ BEGIN
     IF k IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tenancy.role_bindings b
                                       WHERE b.tenant = k AND b.role <> role) THEN
         -- The implicit default: what add_tenant_column() set.
+        implicit_default := tenancy.tenant_default_sql();
         FOR t IN
             SELECT tt.relation AS rel, tt.column_name AS col, pg_get_expr(ad.adbin, ad.adrelid) AS dflt
               FROM tenancy.tables tt
               JOIN pg_attribute a ON a.attrelid = tt.relation AND a.attname = tt.column_name AND NOT a.attisdropped
               JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-             WHERE pg_get_expr(ad.adbin, ad.adrelid) = tenancy.tenant_default_sql()
+             WHERE pg_get_expr(ad.adbin, ad.adrelid) = implicit_default
              ORDER BY tt.relation::text
         LOOP
             relation := t.rel; step := 'retire_role_default';
@@ -380,7 +383,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s record;
     refusal record;
-    ids bigint[] := '{}';
+    ids bigint[] := '{}'::bigint[];
     script text := '';
 BEGIN
     IF force IS NULL OR lock_timeout IS NULL OR lock_timeout <= interval '0' OR max_attempts IS NULL OR max_attempts < 1 THEN
