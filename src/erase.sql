@@ -265,6 +265,7 @@ BEGIN
                JOIN tenancy.tenant_erasure_tables et ON et.tenant = k AND et.relation = o.relation
               ORDER BY o.ord LOOP
         n := coalesce(t.batch_size, batch_size);
+        SELECT n AS next_batch, NULL::numeric AS next_per_row, NULL::interval AS sleep INTO nx;
         per_row := NULL;
         failures := 0;
         FOR leaf IN SELECT l FROM tenancy.erase_leaves(t.relation) l LOOP
