@@ -5,8 +5,7 @@
 SELECT tenancy.deprecate_role_sql('legacy_app');
 SELECT tenancy.deprecate_role('legacy_app') IS NOT NULL AS deprecated;
 
-\c - legacy_app
-SET application_name = 'legacy-web';
+\c 'dbname=demo user=legacy_app application_name=legacy-web'
 SELECT count(*) AS projects_seen FROM projects;
 \c - postgres
 -- The server log (the client above saw nothing):
