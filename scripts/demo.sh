@@ -24,7 +24,8 @@ tn_cluster_start "$DEMO" "$PORT" "shared_preload_libraries = 'tenancy'" \
 tn_run "$TN_BINDIR/createdb" -h "$DEMO" -p "$PORT" demo
 
 export PGHOST=$DEMO PGPORT=$PORT PGDATABASE=demo PGUSER=$TN_USER
-psql_demo() { tn_run env PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE=demo PGUSER="$PGUSER" \
+export TN_DEMO_LOG=$DEMO/server.log   # the server log, read by the deprecation steps
+psql_demo() { tn_run env PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE=demo PGUSER="$PGUSER" TN_DEMO_LOG="$TN_DEMO_LOG" \
                   psql -X -q -v ON_ERROR_STOP=1 -P footer=off "$@"; }
 
 if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi

@@ -110,7 +110,7 @@ SELECT name, kind FROM (VALUES ('unnest', 'function'), ('cardinality', 'function
                        AS v(name, kind)
  WHERE NOT EXISTS (SELECT FROM sp_trap.traps t WHERE t.name = v.name AND t.kind = v.kind AND t.created);
 
--- Every SQL and PL/pgSQL routine is pinned, but the two procedures (a SET
+-- Every SQL and PL/pgSQL routine is pinned, but the three procedures (a SET
 -- clause forbids COMMIT: they pin it themselves after each COMMIT) and
 -- queue_backfill() (it records the caller's search_path; fully qualified).
 SELECT p.proname AS not_pinned, p.prokind
@@ -222,6 +222,26 @@ SELECT tenancy.bind_role('sp_role', 'sp-acme');
 SELECT tenancy.unbind_role('sp_role');
 SELECT * FROM tenancy.context_stats();
 SELECT tenancy.reset_context_stats();
+SELECT tenancy.bind_role('sp_role');
+SELECT tenancy.deprecate_role_sql('sp_role');
+SELECT tenancy.deprecate_role('sp_role');
+SELECT * FROM tenancy.deprecated_roles;
+SET tenancy.retire_after = 0;
+SELECT * FROM tenancy.retire_role_steps('sp_role');
+SELECT tenancy.retire_role_sql('sp_role');
+SELECT tenancy.retire_role('sp_role');
+SELECT tenancy.unretire_role('sp_role');
+RESET tenancy.retire_after;
+SELECT tenancy.undeprecate_role('sp_role');
+SELECT tenancy.unbind_role('sp_role');
+SELECT tenancy.create_tenant('sp-gone', 'Gone');
+SELECT tenancy.suspend_tenant('sp-gone');
+SELECT * FROM tenancy.erase_order();
+SELECT * FROM tenancy.erase_blockers('sp-gone');
+SELECT tenancy.erase_tenant_sql('sp-gone');
+CALL tenancy.erase_tenant('sp-gone');
+SELECT * FROM tenancy.erase_progress;
+SELECT * FROM tenancy.tenant_checksums('sp-acme');
 SELECT tenancy.table_query('sp_fix.projects', NULL, 'SELECT 1');
 SELECT tenancy.table_exec('sp_fix.projects', NULL, 'SELECT 1');
 \o

@@ -50,6 +50,7 @@ tenancy_shmem_request(void)
 	worker_shmem_request();
 	shadow_shmem_request();
 	path_stats_shmem_request();
+	deprecation_shmem_request();
 }
 
 /* Attach to (or, first, initialise) each module's shared state. */
@@ -62,6 +63,7 @@ tenancy_shmem_startup(void)
 	worker_shmem_startup();
 	shadow_shmem_startup();
 	path_stats_shmem_startup();
+	deprecation_shmem_startup();
 }
 
 void
@@ -82,6 +84,7 @@ _PG_init(void)
 	tenancy_prune_init();
 	tenancy_derive_init();
 	tenancy_token_init();
+	tenancy_deprecation_init();
 
 	MarkGUCPrefixReserved("tenancy");
 

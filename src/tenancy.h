@@ -69,4 +69,9 @@ extern void path_stats_count(Oid relid, bool is_write, bool diverges, const Tena
 extern void tenancy_derive_init(void);
 extern bool derive_accepts(Oid relid, const char *tenant);
 
+/* deprecation.c: the legacy path's deprecation */
+extern void tenancy_deprecation_init(void);
+extern void deprecation_shmem_request(void);
+extern void deprecation_shmem_startup(void);
+
 #endif							/* TENANCY_H */

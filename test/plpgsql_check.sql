@@ -51,10 +51,12 @@ SELECT bag_eq(
            ('backfill_run_batch', 'warning extra', 'parameter "err_detail" is never read'),
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
+           ('deprecation_run', 'security', 'text type variable is not sanitized'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),
            ('rollback_table', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
+           ('tenant_required', 'performance', 'routine is marked as STABLE, should be IMMUTABLE'),
            ('unbind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE')$$,
     'the plpgsql_check findings are exactly the justified ones');
 
