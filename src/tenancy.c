@@ -8,6 +8,7 @@
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
+#include "citus_context.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -61,6 +62,7 @@ _PG_init(void)
 	tenancy_rls_guard_init();
 	tenancy_derive_init();
 	tenancy_token_init();
+	tenancy_citus_context_init();
 
 	MarkGUCPrefixReserved("tenancy");
 
