@@ -53,8 +53,11 @@ SELECT tenancy.bind_role('cz_bound', 'acme') IS NOT NULL AS bound;
 SELECT role, tenant FROM tenancy.role_bindings;
 SELECT tenancy.unbind_role('cz_bound') IS NOT NULL AS unbound;
 SELECT count(*) FROM tenancy.role_bindings;
--- The trigger function is not for PUBLIC.
+-- Neither the trigger function nor the node check is for PUBLIC.
 SELECT has_function_privilege('public', 'tenancy.citus_forward_binding()', 'EXECUTE') AS public_may_execute;
+SELECT has_function_privilege('public', 'tenancy.citus_context_problems()', 'EXECUTE') AS public_may_execute;
+-- Without Citus there is no node to check.
+SELECT count(*) FROM tenancy.citus_context_problems();
 
 DROP ROLE cz_app;
 DROP ROLE cz_bound;

@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "test/citus_context.sh"
 
-plan 42
+plan 47
 tap_tmpdir DIR citus_context
 
 # Tokens, minted by a real JWT library: "shared" is in every node's keys
@@ -92,6 +92,7 @@ is "the policy is on every shard, on the workers" \
    "$(for n in 1 2; do cq $n -c "SELECT count(*) FROM pg_policy p WHERE p.polname = 'tenancy_policy' AND p.polrelid::regclass::text ~ '^(orders|items)_[0-9]+$'"; done | paste -sd+ | bc)" "16"
 is "the tenants' rows are spread over several shards" \
    "$(cq 0 -c "SELECT count(DISTINCT get_shard_id_for_distribution_column('orders', tenant_id)) > 1 FROM orders")" "t"
+is "citus_context_problems(): none after CREATE EXTENSION" "$(cq 0 -c "SELECT count(*) FROM tenancy.citus_context_problems()")" "0"
 errs=$(grep -h "ERROR" "${CITUS_DATA[@]/%/.log}" 2>/dev/null | head -3)
 is "no node logged an error while Citus created the shards and policies" "$errs" ""
 
@@ -135,6 +136,7 @@ is "the binding's role default reaches every worker" \
    "$(for n in 1 2; do cq $n -c "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting WHERE setrole = 'bound'::regrole"; done | tr '\n' ' ')" "tenancy.tenant_id=$t2 tenancy.tenant_id=$t2 "
 is "the binding itself reaches every worker" \
    "$(for n in 1 2; do cq $n -c "SELECT tenant FROM tenancy.role_bindings WHERE role = 'bound'::regrole"; done | tr '\n' ' ')" "$t2 $t2 "
+is "citus_context_problems(): the bindings agree on every node" "$(cq 0 -c "SELECT count(*) FROM tenancy.citus_context_problems()")" "0"
 is "a bound role sees its tenant's rows only, without setting it (autocommit and in a block)" \
    "$(as 0 bound -c "SELECT count(*), count(DISTINCT tenant_id) FROM orders" -c "BEGIN" -c "SELECT count(*) FROM orders o JOIN items i ON i.tenant_id = o.tenant_id AND i.order_id = o.id" -c "COMMIT")" "6|1 12"
 is "a bound role cannot set another tenant on the coordinator: 42501" \
@@ -148,10 +150,17 @@ is "unbind_role() removes the binding on every worker" \
    "$(for n in 1 2; do cq $n -c "SELECT count(*) FROM tenancy.role_bindings"; done | tr '\n' ' ')" "0 0 "
 
 # ---- 4. Token mode ------------------------------------------------------------
+cq 0 -c "ALTER SYSTEM SET tenancy.context_source = 'token'" -c "SELECT pg_reload_conf()" >/dev/null || bail "ALTER SYSTEM failed"
+wait_for 10 bash -c "psql -X -At -h 127.0.0.1 -p ${CITUS_PORT[0]} -U app -d $CITUS_DB -c 'SHOW tenancy.context_source' | grep -qx token"
+is "citus_context_problems(): token mode on the coordinator only is reported for each worker" \
+   "$(cq 0 -c "SELECT string_agg(check_name || ' ' || node, ',' ORDER BY node) FROM tenancy.citus_context_problems()")" \
+   "$(printf 'context_source 127.0.0.1:%s\n' "${CITUS_PORT[1]}" "${CITUS_PORT[2]}" | LC_ALL=C sort | paste -sd,)"
+is "citus_context_problems() on a worker: 55000" "$(as 1 "$TAP_USER" -c "SELECT * FROM tenancy.citus_context_problems()")" "ERROR 55000"
 citus_all "ALTER SYSTEM SET tenancy.context_source = 'token'" || bail "ALTER SYSTEM failed"
 citus_all "SELECT pg_reload_conf()" >/dev/null
 wait_for 10 bash -c "for p in ${CITUS_PORT[*]}; do psql -X -At -h 127.0.0.1 -p \$p -U app -d $CITUS_DB -c 'SHOW tenancy.context_source' | grep -qx token || exit 1; done"
 ok $? "tenancy.context_source = token on every node"
+is "citus_context_problems(): none once every node is in token mode" "$(cq 0 -c "SELECT count(*) FROM tenancy.citus_context_problems()")" "0"
 is "token mode: a bare key is refused on the coordinator: 42501" \
    "$(as 0 app -c "BEGIN" -c "SELECT tenancy.set_tenant('t1')" -c "ROLLBACK")" "ERROR 42501"
 is "token mode: the forwarded token is verified by the workers; multi-shard and join see the tenant's rows" \
