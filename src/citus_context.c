@@ -19,8 +19,11 @@
  * coordinator first forwards SET LOCAL tenancy.tenant_token = '<token>',
  * whose check hook verifies the token with the worker's own keys file
  * (token_verify_tenant_key()), and the worker's tenant_id check admits only
- * the key that token names (citus_context_token_admits()).  A client that
- * reaches a worker directly has no other route in.
+ * the key that token names (citus_context_token_admits()), and only on a
+ * Citus worker (pg_dist_local_group): on the coordinator or a single node,
+ * where the registry is, set_tenant_token() with its registry and
+ * membership checks stays the one route.  A client that reaches a worker
+ * directly has no other route in.
  *
  * Whether Citus is loaded is decided once per backend; without it the only
  * cost is one test of a static variable per tenant switch.
@@ -29,11 +32,18 @@
 #include "tenancy.h"
 #include "citus_context.h"
 
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_namespace.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/memutils.h"
 
 /* -1: not looked yet; 0: Citus absent; 1: Citus loaded. */
@@ -123,10 +133,56 @@ assign_tenant_token(const char *newval, void *extra)
 	token_key = (const char *) extra;
 }
 
+/*
+ * Is this node a Citus worker?  Citus's pg_dist_local_group holds one row,
+ * the node's group: 0 on the coordinator (or a node not added to a
+ * cluster), another number on a worker.  Read from the heap, as the
+ * bindings are (context.c): no executor, no search_path.
+ */
+static bool
+citus_node_is_worker(void)
+{
+	Oid			relid;
+	Relation	rel;
+	TableScanDesc scan;
+	Snapshot	snap;
+	HeapTuple	tup;
+	bool		worker = false;
+
+	if (!citus_context_loaded() || !IsTransactionState())
+		return false;
+	relid = get_relname_relid("pg_dist_local_group", PG_CATALOG_NAMESPACE);
+	if (!OidIsValid(relid))
+		return false;
+	rel = table_open(relid, AccessShareLock);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	tup = heap_getnext(scan, ForwardScanDirection);
+	if (tup != NULL)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
+
+		worker = !isnull && DatumGetInt32(d) != 0;
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return worker;
+}
+
+/*
+ * Only on a Citus worker: there the registry is empty, and the coordinator
+ * has resolved the tenant (known, active, the token's subject a member when
+ * required) before forwarding it.  On the coordinator or a single node the
+ * tenant comes from set_tenant_token() alone, which checks all that.
+ */
 bool
 citus_context_token_admits(const char *value)
 {
-	return token_key != NULL && value[0] != '\0' && strcmp(token_key, value) == 0;
+	if (likely(token_key == NULL))
+		return false;
+	return value[0] != '\0' && strcmp(token_key, value) == 0 && citus_node_is_worker();
 }
 
 /* Run one SET LOCAL name = 'value' through SPI, so Citus's hook sees it. */

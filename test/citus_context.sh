@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "test/citus_context.sh"
 
-plan 47
+plan 48
 tap_tmpdir DIR citus_context
 
 # Tokens, minted by a real JWT library: "shared" is in every node's keys
@@ -171,6 +171,8 @@ is "token mode: after COMMIT nothing is visible" \
    "$(as 0 app -c "BEGIN" -c "SELECT tenancy.set_tenant_token('$(tok t4)') IS NOT NULL" -c "SELECT count(*) FROM orders" -c "COMMIT" -c "SELECT count(*) FROM orders")" "t 12 0"
 is "token mode: a token the coordinator verifies but the workers' keys do not: the workers refuse it (28000)" \
    "$(as 0 app -c "BEGIN" -c "SELECT tenancy.set_tenant_token('$(tok t1_coord)') = '$t1'" -c "SELECT count(*) FROM orders" -c "ROLLBACK")" "t ERROR 28000"
+is "token mode: on the coordinator tenancy.tenant_token admits no key (only set_tenant_token() does): 42501" \
+   "$(as 0 app -c "BEGIN" -c "SET LOCAL tenancy.tenant_token = '$(tok t1)'" -c "SET LOCAL tenancy.tenant_id = '$t1'" -c "ROLLBACK")" "ERROR 42501"
 is "token mode: a token naming the tenant by slug cannot be forwarded (22023)" \
    "$(as 0 app -c "BEGIN" -c "SELECT tenancy.set_tenant_token('$(tok slug)')" -c "ROLLBACK")" "ERROR 22023"
 is "direct to a worker: SET LOCAL tenancy.tenant_id: 42501" \
