@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "test/citus_context.sh"
 
-plan 48
+plan 49
 tap_tmpdir DIR citus_context
 
 # Tokens, minted by a real JWT library: "shared" is in every node's keys
@@ -175,6 +175,9 @@ is "token mode: on the coordinator tenancy.tenant_token admits no key (only set_
    "$(as 0 app -c "BEGIN" -c "SET LOCAL tenancy.tenant_token = '$(tok t1)'" -c "SET LOCAL tenancy.tenant_id = '$t1'" -c "ROLLBACK")" "ERROR 42501"
 is "token mode: a token naming the tenant by slug cannot be forwarded (22023)" \
    "$(as 0 app -c "BEGIN" -c "SELECT tenancy.set_tenant_token('$(tok slug)')" -c "ROLLBACK")" "ERROR 22023"
+cq 0 -c "SELECT tenancy.bind_role('bound', 't5')" >/dev/null || bail "bind_role failed"
+is "token mode: a bound role's default is admitted on every node (the binding is on the workers)" \
+   "$(as 0 bound -c "SELECT count(*), count(DISTINCT tenant_id) FROM orders")" "15|1"
 is "direct to a worker: SET LOCAL tenancy.tenant_id: 42501" \
    "$(as 1 app -c "BEGIN" -c "SET LOCAL tenancy.tenant_id = '$t1'" -c "ROLLBACK")" "ERROR 42501"
 is "direct to a worker: set_config(): 42501" \
