@@ -10,6 +10,9 @@
 # committed for its tenant plus its own pending ones), so a row of any other
 # tenant, a row missing, a tenant left on a cached worker connection after
 # COMMIT or ROLLBACK, or a cross-tenant write accepted fails the run.
+# Half the sessions are a role in token mode (tenancy.context_source =
+# token as its default on every node): they set each tenant with a signed
+# token, which the workers verify with their own keys files.
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
@@ -19,17 +22,33 @@ CLIENTS=4 TENANTS=12 STEPS=${CITUS_ISOLATION_STEPS:-600}
 SEED=${CITUS_ISOLATION_SEED:-$(( $(date +%s) % 100000 ))}
 RANDOM=$SEED
 
-plan 8
+plan 10
 diag "seed $SEED: $CLIENTS clients, $TENANTS tenants, $STEPS steps"
 tap_tmpdir DIR citus_isolation
-citus_cluster_start "$DIR"
+python3 - "$DIR" "$TENANTS" <<'PY' || bail "python3 could not mint the tokens (python3-jwt)"
+import base64, os, sys, time
+import jwt
+d, n = sys.argv[1], int(sys.argv[2])
+secret = os.urandom(32)
+with open(os.path.join(d, "keys"), "w") as f:
+    f.write("k1 HS256 " + base64.b64encode(secret).decode() + "\n")
+for t in range(1, n + 1):
+    with open(os.path.join(d, "t%d.jwt" % t), "w") as f:
+        f.write(jwt.encode({"tenant_id": "00000000-0000-0000-0000-%012d" % t, "exp": int(time.time()) + 3600},
+                           secret, algorithm="HS256", headers={"kid": "k1"}))
+PY
+[ "$(id -u)" -eq 0 ] && chown -R "$TAP_USER" "$DIR"
+citus_cluster_start "$DIR" "tenancy.token_keys_file = 'token_keys'"
+for n in 0 1 2; do install -m 600 -o "$TAP_USER" "$DIR/keys" "${CITUS_DATA[n]}/token_keys"; done
 
 T() { printf '00000000-0000-0000-0000-%012d' "$1"; }
 cq 0 >/dev/null <<SQL || bail "setup failed"
 SET client_min_messages = warning;
 CREATE EXTENSION tenancy;
 CREATE ROLE app LOGIN;
-GRANT USAGE ON SCHEMA tenancy TO app;
+CREATE ROLE app_tok LOGIN;
+ALTER ROLE app_tok SET tenancy.context_source = token;
+GRANT USAGE ON SCHEMA tenancy TO app, app_tok;
 SELECT tenancy.create_tenant('t' || i, 'Tenant ' || i, format('00000000-0000-0000-0000-%s', lpad(i::text, 12, '0')))
   FROM generate_series(1, $TENANTS) i;
 CREATE TABLE events (tenant_id uuid NOT NULL, id bigserial, client int NOT NULL, kind text NOT NULL, PRIMARY KEY (tenant_id, id));
@@ -40,14 +59,22 @@ SELECT create_distributed_table('accounts', 'tenant_id', colocate_with => 'event
 SELECT create_reference_table('kinds');
 INSERT INTO kinds VALUES ('a'), ('b');
 INSERT INTO accounts SELECT format('00000000-0000-0000-0000-%s', lpad(i::text, 12, '0'))::uuid, 'p' || i FROM generate_series(1, $TENANTS) i;
-GRANT SELECT, INSERT ON events, accounts, kinds TO app;
-GRANT USAGE ON SEQUENCE events_id_seq TO app;
+GRANT SELECT, INSERT ON events, accounts, kinds TO app, app_tok;
+GRANT USAGE ON SEQUENCE events_id_seq TO app, app_tok;
 SELECT tenancy.enable_rls('events');
 SELECT tenancy.enable_rls('accounts');
 SQL
 
+is "the token role is in token mode on every node" \
+   "$(for n in 0 1 2; do psql -X -At -h 127.0.0.1 -p "${CITUS_PORT[n]}" -U app_tok -d "$CITUS_DB" -c "SHOW tenancy.context_source"; done | tr '\n' ' ')" "token token token "
+# clients 1..CLIENTS/2: app with set_tenant(); the others: app_tok with tokens
+role_of() { [ "$1" -le $((CLIENTS / 2)) ] && echo app || echo app_tok; }
+set_sql() {
+    if [ "$(role_of "$1")" = app ]; then echo "SELECT tenancy.set_tenant('t$2') = '$(T "$2")';"
+    else echo "SELECT tenancy.set_tenant_token('$(cat "$DIR/t$2.jwt")') = '$(T "$2")';"; fi
+}
 for c in $(seq 1 $CLIENTS); do
-    client_start "$c" -h 127.0.0.1 -p "${CITUS_PORT[0]}" -U app -d "$CITUS_DB"
+    client_start "$c" -h 127.0.0.1 -p "${CITUS_PORT[0]}" -U "$(role_of "$c")" -d "$CITUS_DB"
 done
 
 declare -A committed pending
@@ -64,7 +91,7 @@ for step in $(seq 1 "$STEPS"); do
     c=$((1 + RANDOM % CLIENTS))
     if [ "${intx[c]}" -eq 0 ]; then
         t=$((1 + RANDOM % TENANTS))
-        client_q "$c" "BEGIN;" "SELECT tenancy.set_tenant('t$t') = '$(T $t)';"
+        client_q "$c" "BEGIN;" "$(set_sql "$c" "$t")"
         expect_ok "$c" "set_tenant t$t"
         [ "$OUT" = t ] || note "client $c: set_tenant said $OUT"
         cur[c]=$t intx[c]=1
@@ -99,7 +126,7 @@ for step in $(seq 1 "$STEPS"); do
             expect_ok "$c" "rollback to savepoint" ;;
         6)      # switch tenant within the transaction
             n=$((1 + RANDOM % TENANTS))
-            client_q "$c" "SELECT tenancy.set_tenant('t$n') = '$(T $n)';"
+            client_q "$c" "$(set_sql "$c" "$n")"
             expect_ok "$c" "switch to t$n"
             cur[c]=$n ;;
         7|8|9)  # end: commit (or roll back), then nothing is visible
@@ -133,5 +160,7 @@ got=$(cq 0 -c "SELECT a.tenant_id || '|' || count(e.id) FROM accounts a LEFT JOI
 is "the committed rows per tenant are the model's (superuser)" "$got" "$model"
 is "every committed row was written by a session whose tenant it is (no stray row)" \
    "$(cq 0 -c "SELECT count(*) FROM events")" "$(( $(printf '%s\n' "${committed[@]}" | paste -sd+ | bc) ))"
+is "token mode: a bare key from the token role is refused (42501)" \
+   "$(psql -X -q -At -v VERBOSITY=sqlstate -h 127.0.0.1 -p "${CITUS_PORT[0]}" -U app_tok -d "$CITUS_DB" -c "BEGIN" -c "SELECT tenancy.set_tenant('t1')" 2>&1)" "ERROR:  42501"
 ok $(( commits >= 20 && reads >= 40 && refused >= 10 ? 0 : 1 )) "the run exercised enough (>= 20 commits, 40 reads, 10 refused writes)"
 tap_end
