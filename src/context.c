@@ -10,6 +10,7 @@
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
+#include "citus_context.h"
 
 #include "access/heapam.h"
 #include "access/htup_details.h"
@@ -426,6 +427,9 @@ tenant_source_allowed(const char *value, GucSource source, bool *admitted)
 	}
 	if (value[0] == '\0')
 		return true;			/* clearing is always allowed */
+	/* A Citus worker: the tenant of the token forwarded with it. */
+	if (citus_context_token_admits(value))
+		return true;
 	*admitted = false;
 	if (source == PGC_S_TEST)
 		return true;
@@ -878,6 +882,9 @@ set_tenant_guc(const char *value, bool is_local)
 							 PGC_S_SESSION,
 							 is_local ? GUC_ACTION_LOCAL : GUC_ACTION_SET,
 							 true, 0, false);
+	/* On a Citus cluster, to the workers too (citus_context.c). */
+	if (citus_context_loaded())
+		citus_context_forward_tenant(value);
 }
 
 PG_FUNCTION_INFO_V1(tenancy_set_tenant);

@@ -15,6 +15,7 @@
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
+#include "citus_context.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -85,6 +86,7 @@ _PG_init(void)
 	tenancy_derive_init();
 	tenancy_token_init();
 	tenancy_deprecation_init();
+	tenancy_citus_context_init();
 
 	MarkGUCPrefixReserved("tenancy");
 

@@ -36,6 +36,7 @@
  *-------------------------------------------------------------------------
  */
 #include "tenancy.h"
+#include "citus_context.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1036,6 +1037,29 @@ is_member(const char *tenant_key, const char *user_key)
 	return found;
 }
 
+/*
+ * For citus_context.c: verify a token (signature, times, issuer, audience)
+ * and return its tenant claim as a canonical key, without the registry (a
+ * Citus worker's registry is empty): the claim must be a key, not a slug.
+ */
+void
+token_verify_tenant_key(const char *token, char *key_out)
+{
+	Jsonb	   *payload;
+	char	   *claim;
+	TenantKey	key;
+	const char *detail;
+
+	payload = token_verify(token);
+	check_times(payload);
+	check_issuer_audience(payload);
+	claim = tenant_claim(payload);
+	if (!tenant_key_parse(claim, (TenantKeyType) tenancy_tenant_type, &key, &detail))
+		token_bad_claim(tenancy_token_tenant_claim,
+						"A token forwarded to Citus workers names the tenant by its key, not by its slug.");
+	strlcpy(key_out, key.text, TENANT_KEY_MAXLEN + 1);
+}
+
 PG_FUNCTION_INFO_V1(tenancy_set_tenant_token);
 Datum
 tenancy_set_tenant_token(PG_FUNCTION_ARGS)
@@ -1100,6 +1124,9 @@ tenancy_set_tenant_token(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
 				 errmsg("tenancy.set_tenant_token() outside a transaction block sets the tenant for this statement only"),
 				 errhint("Call it after BEGIN, or pass is_local => false to set it for the session.")));
+
+	/* On a Citus cluster the workers get the token, and verify it. */
+	citus_context_forward_token(token);
 
 	/* The tenant and its subject, at the same scope, by the trusted setter. */
 	user = sub ? psprintf("%d:%s%s", (int) strlen(key), key, sub) : "";

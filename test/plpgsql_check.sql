@@ -52,6 +52,7 @@ SELECT bag_eq(
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('deprecation_run', 'security', 'text type variable is not sanitized'),
+           ('citus_context_problems', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),

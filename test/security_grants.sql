@@ -57,6 +57,8 @@ INSERT INTO expected_routines VALUES
     ('tenancy.contract_guard(regclass,text,name)', 'PUBLIC'),
     ('tenancy.contract_guard(regclass,text,name,text[],regclass)', 'PUBLIC'),
     ('tenancy.create_personal_tenants(regclass,name,name,regclass[],name[],text)', ''),
+    ('tenancy.citus_context_problems()', ''),
+    ('tenancy.citus_forward_binding()', ''),
     ('tenancy.create_tenant(text,text,text)', ''),
     ('tenancy.current_tenant()', 'PUBLIC'),
     ('tenancy.current_tenant_bigint()', 'PUBLIC'),

@@ -13,7 +13,7 @@ tap_tmpdir DIR token
 port=$(tap_free_port)
 q() { psql_at "$DIR" "$port" -d postgres "$@"; }
 
-plan 50
+plan 51
 
 python3 - "$DIR" <<'PY' || bail "python3 could not mint the tokens (python3-jwt, python3-cryptography)"
 import base64, hashlib, hmac, json, os, sys, time
@@ -74,6 +74,7 @@ mint("no_sub", hs1, "HS256", "hs1", sub=None)
 mint("iss_aud", hs1, "HS256", "hs1", iss="https://login.example", aud=["other", "tenancy"])
 mint("iss_wrong", hs1, "HS256", "hs1", iss="https://evil.example", aud="tenancy")
 mint("hs2", hs2, "HS256", "hs2")
+mint("hs2_initech_key", hs2, "HS256", "hs2", tenant_id="cccccccc-0000-0000-0000-000000000003")
 # Forged: globex's payload under acme's signature.
 h, p, s = tokens["hs"].split(".")
 tokens["forged"] = h + "." + b64url(json.dumps(claims(tenant_id="globex")).encode()) + "." + s
@@ -285,6 +286,20 @@ SQL
 expect "token mode: set_tenant_token() sets the tenant" "ok $ACME alice" "$(printf '%s\n' "$tm" | sed -n 1p)"
 expect "token mode: set_config() and set_tenant() refused (42501), the token's tenant stays" \
     "42501|42501|$ACME" "$(printf '%s\n' "$tm" | sed -n '2,4p' | paste -sd'|')"
+# Issue 17: tenancy.tenant_token (what a Citus coordinator forwards) is
+# verified when set, but on a node that is not a Citus worker it admits no
+# tenant: set_tenant_token() alone, with its registry and membership
+# checks, sets the tenant here (the token's tenant is suspended initech).
+like "token mode, one node: a verified tenancy.tenant_token does not admit its key (42501)" \
+    "$(q -v t="$(tok hs2_initech_key)" -v a="cccccccc-0000-0000-0000-000000000003" -v VERBOSITY=sqlstate <<'SQL' 2>&1
+SET tenancy.context_source = 'token';
+SET ROLE tok_app;
+BEGIN;
+SET LOCAL tenancy.tenant_token = :'t';
+SET LOCAL tenancy.tenant_id = :'a';
+ROLLBACK;
+SQL
+)" "^ERROR:  42501$"
 like "no key material in the server log" "$(grep -c -F "$secret" "$DIR/data.log")" "^0$"
 
 tap_end
