@@ -87,11 +87,11 @@ COLNQ=$(printf '%s' "$COLN" | sed "s/'/''/g")
 
 # As the application role, with tenant $1 carried to the workers; the rest
 # of stdin runs in that transaction.
-# (until set_tenant propagates (cz-ctx): SET LOCAL through Citus's hook)
+# tenancy.set_tenant() carries it to the workers.
 as_app() {
     local t=$1
-    { echo "SET ROLE cz_app; BEGIN; SET LOCAL citus.propagate_set_commands = 'local';"
-      [ -n "$t" ] && echo "SET LOCAL tenancy.tenant_id = '$t';"
+    { echo "SET ROLE cz_app; BEGIN;"
+      [ -n "$t" ] && printf '%s\n' '\o /dev/null' "SELECT tenancy.set_tenant('$t');" '\o'
       cat; echo "COMMIT;"; } | cq 0 2>&1
 }
 # The policies of the shards of table $1 on the workers: how many shards

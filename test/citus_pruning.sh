@@ -57,15 +57,15 @@ END \$\$;
 SQL
 
 # as_app TENANT SQL...: one session as app, the tenant set for the
-# transaction on the coordinator and the workers
-# -- until set_tenant propagates (cz-ctx)
+# transaction with tenancy.set_tenant() (which carries it to the workers)
 as_app() {
     local t=$1; shift
     cq 0 <<SQL
 SET ROLE app;
 BEGIN;
-SET LOCAL citus.propagate_set_commands = 'local';
-SET LOCAL tenancy.tenant_id = '$t';
+\\o /dev/null
+SELECT tenancy.set_tenant('$t');
+\\o
 SET LOCAL app.tenant = '$t';
 $*
 COMMIT;
