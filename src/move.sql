@@ -177,10 +177,15 @@ BEGIN
                        k, format_type(tenancy.key_type(), NULL),
                        (SELECT x.slug FROM tenancy.tenants x WHERE x.id::text = k),
                        (SELECT x.name FROM tenancy.tenants x WHERE x.id::text = k), k);
-    FOR r IN SELECT DISTINCT n.nspname FROM tenancy.move_tables() m
+    FOR r IN SELECT DISTINCT n.oid, n.nspname, pg_get_userbyid(n.nspowner) AS owner FROM tenancy.move_tables() m
              JOIN pg_class c ON c.oid = m.relation JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname <> 'public' ORDER BY 1 LOOP
+             WHERE n.nspname <> 'public' ORDER BY 2 LOOP
         RETURN NEXT format('CREATE SCHEMA IF NOT EXISTS %I;', r.nspname);
+        RETURN NEXT format('ALTER SCHEMA %I OWNER TO %I;', r.nspname, r.owner);
+        RETURN QUERY SELECT format('GRANT %s ON SCHEMA %I TO %s;', a.privilege_type, r.nspname,
+                                   CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+                     FROM pg_namespace n, aclexplode(n.nspacl) a
+                     WHERE n.oid = r.oid AND a.grantee <> n.nspowner ORDER BY a.grantee, a.privilege_type;
     END LOOP;
     -- Sequences of serial columns (identity columns make their own).
     FOR r IN SELECT DISTINCT s.seqrelid::regclass AS seq, format_type(s.seqtypid, NULL) AS typ
@@ -267,13 +272,16 @@ BEGIN
         END LOOP;
     END LOOP;
     -- Serial sequences owned by their columns again.
-    FOR r IN SELECT DISTINCT s.seqrelid::regclass AS seq, d.refobjid::regclass AS rel, a.attname
+    FOR r IN SELECT DISTINCT s.seqrelid::regclass AS seq, d.refobjid::regclass AS rel, a.attname,
+                    pg_get_userbyid(sc.relowner) AS owner
              FROM tenancy.move_tables() m
              JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
                              AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'a'
              JOIN pg_sequence s ON s.seqrelid = d.objid
+             JOIN pg_class sc ON sc.oid = s.seqrelid
              JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
              ORDER BY 1 LOOP
+        RETURN NEXT format('ALTER SEQUENCE %s OWNER TO %I;', r.seq, r.owner);
         RETURN NEXT format('ALTER SEQUENCE %s OWNED BY %s.%I;', r.seq, r.rel, r.attname);
     END LOOP;
     FOR r IN SELECT fk.conname, fk.conrelid, pg_get_constraintdef(fk.conoid) AS def
@@ -404,6 +412,7 @@ BEGIN
              FROM tenancy.move_tables() m
              JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+             JOIN pg_sequence sq ON sq.seqrelid = d.objid
              JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
              ORDER BY 1, 2 LOOP
         step := step + 1; phase := 'sequences'; side := 'target';
@@ -467,7 +476,7 @@ $$;
 CREATE FUNCTION tenancy.move_remote_query(conninfo text, sql text) RETURNS SETOF text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- plpgsql_check: dynamic SQL: dblink is found at run time (move_dblink_schema()).
+    -- plpgsql_check: dynamic SQL: dblink is found at run time (move_dblink_schema()); VOLATILE: the remote query may write (setval).
     RETURN QUERY EXECUTE format('SELECT r FROM %I.dblink($1, $2) AS t(r text[])', tenancy.move_dblink_schema())
         USING conninfo, sql;
 END
@@ -656,7 +665,7 @@ DECLARE
     k text;
     j tenancy.move_jobs;
     bad text;
-    have integer;
+    have bigint;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF tenancy.in_transaction_block() THEN
@@ -860,6 +869,7 @@ BEGIN
              FROM tenancy.move_tables() m
              JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
                              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+             JOIN pg_sequence sq ON sq.seqrelid = d.objid
              JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
              JOIN pg_class sc ON sc.oid = d.objid
              JOIN pg_namespace sn ON sn.oid = sc.relnamespace

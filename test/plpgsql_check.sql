@@ -51,6 +51,8 @@ SELECT bag_eq(
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
+           ('move_ddl', 'security', 'text type variable is not sanitized'),
+           ('move_remote_query', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),
            ('rollback_table', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
