@@ -732,7 +732,8 @@ BEGIN
                   HINT = 'Drop them at the target, or create the others: SELECT * FROM tenancy.move_target_schema_sql(...);';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM tenancy.move_remote_query(j.target_conninfo,
-                       format('SELECT ARRAY[subname::text] FROM pg_subscription WHERE subname = %L', j.subscription))) THEN
+                       format('SELECT ARRAY[subname::text] FROM pg_catalog.pg_subscription WHERE subname = %L'
+                              ' AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())', j.subscription))) THEN
         PERFORM tenancy.move_remote_exec(j.target_conninfo, tenancy.move_subscription_sql(k, j.source_conninfo));
     END IF;
     UPDATE tenancy.move_jobs SET state = 'started', started_at = clock_timestamp() WHERE id = j.id;
@@ -749,7 +750,8 @@ DECLARE
     deadline timestamptz := clock_timestamp() + interval '30 s';
 BEGIN
     IF EXISTS (SELECT 1 FROM tenancy.move_remote_query(j.target_conninfo,
-                   format('SELECT ARRAY[subname::text] FROM pg_subscription WHERE subname = %L', j.subscription))) THEN
+                   format('SELECT ARRAY[subname::text] FROM pg_catalog.pg_subscription WHERE subname = %L'
+                              ' AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())', j.subscription))) THEN
         -- DROP SUBSCRIPTION stops its workers and drops its slot and any
         -- table-sync slot here.
         PERFORM tenancy.move_remote_exec(j.target_conninfo, format('DROP SUBSCRIPTION %I', j.subscription));
