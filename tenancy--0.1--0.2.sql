@@ -155,9 +155,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ), refs AS (
         SELECT DISTINCT fk.confrelid AS relation
         FROM roots r, tenancy.foreign_keys(r.relation) fk
-        WHERE fk.confrelid NOT IN (SELECT r2.relation FROM roots r2)
-          AND NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(fk.confrelid) a
-                          WHERE a.relid IN (SELECT r3.relation FROM roots r3))
+        WHERE coalesce(pg_partition_root(fk.confrelid), fk.confrelid) NOT IN (SELECT r2.relation FROM roots r2)
     )
     -- pg_partition_tree() is empty for a table that is not partitioned.
     SELECT p.relid, r.column_name, 'tenant', p.parentrelid, p.level
