@@ -184,16 +184,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         ELSE EXISTS (SELECT 1 FROM pg_index i
                      WHERE i.indrelid = rel
                        AND CASE c.relreplident WHEN 'd' THEN i.indisprimary ELSE i.indisreplident END
-                       AND (SELECT a.attnum FROM pg_attribute a
-                            WHERE a.attrelid = rel AND a.attname = col) = ANY (i.indkey::int2[]))
+                       AND (col IS NULL
+                            OR (SELECT a.attnum FROM pg_attribute a
+                                WHERE a.attrelid = rel AND a.attname = col) = ANY (i.indkey::int2[])))
         END
     FROM pg_class c WHERE c.oid = rel;
 $$;
 
--- Each tenant table and partition (the partitioned parents hold no rows),
--- whether its replica identity covers the tenant column, and the statement
--- that makes it: USING INDEX on a unique index with the tenant column (the
--- contract phase's), else FULL.
+-- Each table and partition of the move (the partitioned parents hold no
+-- rows), whether its replica identity covers the tenant column (a shared
+-- table, copied whole: whether it has one at all, else its UPDATE and
+-- DELETE fail once published), and the statement that makes it: USING
+-- INDEX on a unique index with the tenant column (the contract phase's),
+-- else FULL.
 CREATE FUNCTION tenancy.move_replica_identity()
 RETURNS TABLE (relation regclass, column_name name, covered boolean, fix text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -204,20 +207,21 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                     WHERE i.indrelid = m.relation AND i.indisunique AND i.indisvalid AND i.indimmediate
                       AND i.indpred IS NULL AND NOT (0 = ANY (i.indkey::int2[]))
-                      AND (SELECT a.attnum FROM pg_attribute a
-                           WHERE a.attrelid = m.relation AND a.attname = m.column_name) = ANY (i.indkey::int2[])
+                      AND (m.column_name IS NULL
+                           OR (SELECT a.attnum FROM pg_attribute a
+                               WHERE a.attrelid = m.relation AND a.attname = m.column_name) = ANY (i.indkey::int2[]))
                       AND NOT EXISTS (SELECT 1 FROM pg_attribute a
                                       WHERE a.attrelid = m.relation AND a.attnum = ANY (i.indkey::int2[])
                                         AND NOT a.attnotnull)
                     ORDER BY i.indisprimary DESC, i.indnatts, ic.relname LIMIT 1),
-                   format('ALTER TABLE %s REPLICA IDENTITY FULL;  -- no unique NOT NULL index with %I: FULL logs whole old rows',
-                          m.relation, m.column_name))
+                   format('ALTER TABLE %s REPLICA IDENTITY FULL;  -- no unique NOT NULL index%s: FULL logs whole old rows',
+                          m.relation, CASE WHEN m.column_name IS NOT NULL THEN format(' with %I', m.column_name) ELSE '' END))
            END
     FROM tenancy.move_tables() m
     JOIN pg_class c ON c.oid = m.relation
-    WHERE m.kind = 'tenant' AND c.relkind = 'r';
+    WHERE c.relkind = 'r';
 $$;
-COMMENT ON FUNCTION tenancy.move_replica_identity() IS 'per tenant table and partition: does its replica identity cover the tenant column, and the statement that makes it';
+COMMENT ON FUNCTION tenancy.move_replica_identity() IS 'per table and partition of a move: does its replica identity cover the tenant column (shared tables: exist), and the statement that makes it';
 
 ------------------------------------------------------------------------------
 -- The target's schema, from the catalog: tables, partitions, constraints,
