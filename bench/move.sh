@@ -68,11 +68,12 @@ SQL
 }
 now_ms() { date +%s%3N; }
 p99() {   # p99 latency (ms) of pgbench per-transaction logs $1*
-    cat "$1".* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}'
-    rm -f "$1".*
+    cat "$1".[0-9]* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}'
+    rm -f "$1".[0-9]*
 }
 bench_p99() {   # bench_p99 SCRIPT PREFIX
-    (cd "$DIR" && tn_run pgbench -n -M prepared -c 2 -T "$DURATION" -f "$1" -l --log-prefix="$2" bench_src >/dev/null 2>&1)
+    (cd "$DIR" && tn_run pgbench -n -M prepared -c 2 -T "$DURATION" -f "$1" -l --log-prefix="$2" bench_src >"$DIR/$2.pgbench" 2>&1) \
+        || { echo "pgbench failed:" >&2; cat "$DIR/$2.pgbench" >&2; exit 1; }
     p99 "$DIR/$2"
 }
 
