@@ -541,11 +541,13 @@ DECLARE
     j tenancy.move_jobs := tenancy.move_job(tenant);
     nsp name := tenancy.move_dblink_schema();
     conn text := 'tenancy_move_verify_' || pg_backend_pid();
+    here jsonb;
     rels text[];
     cols name[];
 BEGIN
     SELECT array_agg(m.relation::text ORDER BY m.relation::text), array_agg(m.column_name ORDER BY m.relation::text)
       INTO rels, cols FROM tenancy.move_tables() m WHERE m.level = 0;
+    -- plpgsql_check: the OUT variables are set by RETURN QUERY EXECUTE below.
     -- Both sides at once: the target's sums are sent first (asynchronous
     -- dblink query), this side's computed meanwhile; that halves the time
     -- the cut-over keeps the tenant refused.
@@ -554,16 +556,15 @@ BEGIN
         USING conn, j.target_conninfo,
               format('SELECT ARRAY[relation, row_count::text, checksum::text] FROM tenancy.move_checksums(%L, %L, %L)',
                      j.tenant, rels, cols);
-    CREATE TEMP TABLE IF NOT EXISTS move_verify_source (relation text, row_count bigint, checksum numeric) ON COMMIT DROP;
-    TRUNCATE move_verify_source;
-    INSERT INTO move_verify_source SELECT * FROM tenancy.move_checksums(j.tenant, rels, cols);
+    SELECT jsonb_agg(to_jsonb(c)) INTO here FROM tenancy.move_checksums(j.tenant, rels, cols) c;
     -- plpgsql_check: dynamic SQL: dblink is found at run time (move_dblink_schema()).
     RETURN QUERY EXECUTE format(
         'WITH t AS (SELECT r[1] AS relation, r[2]::bigint AS row_count, r[3]::numeric AS checksum
                     FROM %1$I.dblink_get_result($1) AS x(r text[]))
          SELECT s.relation, s.row_count, t.row_count, s.row_count = t.row_count AND s.checksum = t.checksum
-         FROM move_verify_source s LEFT JOIN t USING (relation) ORDER BY 1', nsp)
-        USING conn;
+         FROM jsonb_to_recordset($2) AS s(relation text, row_count bigint, checksum numeric)
+         LEFT JOIN t USING (relation) ORDER BY 1', nsp)
+        USING conn, here;
     -- plpgsql_check: dynamic SQL: dblink is found at run time (move_dblink_schema()).
     EXECUTE format('SELECT %1$I.dblink_disconnect($1)', nsp) USING conn;
 EXCEPTION WHEN OTHERS THEN
