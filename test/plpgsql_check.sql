@@ -54,6 +54,7 @@ SELECT bag_eq(
            ('move_ddl', 'security', 'text type variable is not sanitized'),
            ('move_remote_query', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('move_verify', 'warning extra', 'OUT variable "equal" is maybe unmodified'),
+           ('move_verify', 'warning extra', 'OUT variable "relation" is maybe unmodified'),
            ('move_verify', 'warning extra', 'OUT variable "source_rows" is maybe unmodified'),
            ('move_verify', 'warning extra', 'OUT variable "target_rows" is maybe unmodified'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
