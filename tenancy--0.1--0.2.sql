@@ -196,14 +196,16 @@ $$;
 -- table, copied whole: whether it has one at all, else its UPDATE and
 -- DELETE fail once published), and the statement that makes it: USING
 -- INDEX on a unique index with the tenant column (the contract phase's),
--- else FULL.
+-- else FULL; under a short lock_timeout (ALTER TABLE takes a strong lock:
+-- run the fix again if it times out).
 CREATE FUNCTION tenancy.move_replica_identity()
 RETURNS TABLE (relation regclass, column_name name, covered boolean, fix text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.relation, m.column_name, tenancy.move_identity_covers(m.relation, m.column_name),
            CASE WHEN NOT tenancy.move_identity_covers(m.relation, m.column_name) THEN
                coalesce(
-                   (SELECT format('ALTER TABLE %s REPLICA IDENTITY USING INDEX %I;', m.relation, ic.relname)
+                   (SELECT format('SET LOCAL lock_timeout = %L; ALTER TABLE %s REPLICA IDENTITY USING INDEX %I;',
+                                  '1s', m.relation, ic.relname)
                     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
                     WHERE i.indrelid = m.relation AND i.indisunique AND i.indisvalid AND i.indimmediate
                       AND i.indpred IS NULL AND NOT (0 = ANY (i.indkey::int2[]))
@@ -214,8 +216,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                       WHERE a.attrelid = m.relation AND a.attnum = ANY (i.indkey::int2[])
                                         AND NOT a.attnotnull)
                     ORDER BY i.indisprimary DESC, i.indnatts, ic.relname LIMIT 1),
-                   format('ALTER TABLE %s REPLICA IDENTITY FULL;  -- no unique NOT NULL index%s: FULL logs whole old rows',
-                          m.relation, CASE WHEN m.column_name IS NOT NULL THEN format(' with %I', m.column_name) ELSE '' END))
+                   format('SET LOCAL lock_timeout = %L; ALTER TABLE %s REPLICA IDENTITY FULL;  -- no unique NOT NULL index%s: FULL logs whole old rows',
+                          '1s', m.relation, CASE WHEN m.column_name IS NOT NULL THEN format(' with %I', m.column_name) ELSE '' END))
            END
     FROM tenancy.move_tables() m
     JOIN pg_class c ON c.oid = m.relation
