@@ -10,13 +10,14 @@
 #   globex untouched at the source, sequences past the source's at the
 #   target, set_tenant() at the source refuses acme naming its home.
 # - initech's move is rolled back before its cut-over: nothing left behind,
-#   its rows at the source unchanged, active again.
+#   its rows at the source unchanged, active again; then moved again and
+#   rolled back once fenced (its cut-over stopped by an older transaction).
 # - empty (a tenant with no rows) moves within the source cluster.
 # Partitioned (events) and shared (countries) tables in every move.
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 
-plan 24
+plan 27
 
 tap_tmpdir DIR move
 PS=$(tap_free_port) || bail "no free port"
@@ -39,7 +40,7 @@ for P in "$PS" "$PT"; do
         || bail "cannot create roles"
 done
 psql_at "$DIR" "$PS" -d postgres -c "CREATE DATABASE src" -c "CREATE DATABASE dst_same" >/dev/null || bail "createdb"
-psql_at "$DIR" "$PT" -d postgres -c "CREATE DATABASE dst_rb" >/dev/null || bail "createdb"
+psql_at "$DIR" "$PT" -d postgres -c "CREATE DATABASE dst_rb" -c "CREATE DATABASE dst_rb2" >/dev/null || bail "createdb"
 S >/dev/null <<SQL || bail "cannot set up the source"
 CREATE EXTENSION tenancy;
 CREATE EXTENSION dblink;
@@ -125,8 +126,21 @@ is "initech's rows at the source are as before, it is active, the move rolled ba
    "$(sums_src "$I") $(S -c "SELECT status FROM tenancy.tenants WHERE id = '$I'") $(S -c "SELECT state FROM tenancy.moves WHERE tenant = '$I'")" \
    "$I0 active rolled_back"
 
-# --- acme's cut-over, interrupted by a transaction older than the fence -------
+# --- rollback of a fenced move (initech again, into an empty database) -------
 client_start 1 -h "$DIR" -p "$PS" -U "$TAP_USER" -d src
+S -c "CALL tenancy.move_start('initech', 'rb-db2', 'host=$DIR port=$PT dbname=dst_rb2', 'host=$DIR port=$PS dbname=src')" \
+  -c "SELECT count(*) FROM tenancy.move_wait('initech', '120s')" >/dev/null 2>&1
+client_q 1 "BEGIN;" "SELECT txid_current() > 0;"
+out=$(S -c "CALL tenancy.move_cutover('initech', '2s')" 2>&1)
+is "initech's cut-over stopped fenced (a transaction older than the fence)" \
+   "$(S -c "SELECT state FROM tenancy.moves WHERE tenant = '$I' ORDER BY id DESC LIMIT 1")" fenced
+is "a fenced move rolls back" "$(S -c "SELECT tenancy.move_rollback('initech')" 2>&1)" fenced
+client_q 1 "COMMIT;"
+is "after it: initech active and writable, no fence trigger, no subscription or slot left" \
+   "$(S -c "SELECT status FROM tenancy.tenants WHERE id = '$I'") $(S -c "INSERT INTO orders (tenant_id, country, note) VALUES ('$I', 'fr', 'after rollback') RETURNING note") $(S -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tenancy_move_%'") $(T dst_rb2 -c "SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = 'dst_rb2')") $(S -c "SELECT count(*) FROM pg_replication_slots s JOIN tenancy.move_jobs m ON m.slot = s.slot_name AND m.tenant = '$I'")" \
+   "active after rollback 0 0 0"
+
+# --- acme's cut-over, interrupted by a transaction older than the fence -------
 client_q 1 "BEGIN;" "SELECT txid_current() > 0;"
 out=$(S -c "CALL tenancy.move_cutover('acme', '3s')" 2>&1)
 like "the cut-over waits for a transaction older than the fence, then gives up (55006)" "$out" "transactions older than the fence"
