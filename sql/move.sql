@@ -91,6 +91,10 @@ SELECT relation, covered FROM tenancy.move_replica_identity() ORDER BY relation:
 -- slot made first, create_slot = false), the cut-over, sequences, drops.
 SELECT step, phase, side, sql FROM tenancy.move_plan('acme', 'db2', 'host=/nowhere dbname=src') ORDER BY step;
 
+-- The schema does not depend on the caller's DateStyle (partition bounds).
+SET datestyle = 'SQL, DMY';
+SELECT s FROM tenancy.move_target_schema_sql('acme') s WHERE s LIKE '%PARTITION OF%';
+RESET datestyle;
 -- The target's schema, run into another database as move_start() runs it
 -- (one transaction, through dblink).
 CREATE DATABASE contrib_regression_move_target;

@@ -166,15 +166,28 @@ COMMENT ON FUNCTION tenancy.move_replica_identity() IS 'per table and partition 
 -- there (same cluster: they do).
 ------------------------------------------------------------------------------
 
+-- squawk: ignore adding-foreign-key-constraint: new empty tables at the target, in one transaction
+-- squawk: ignore adding-serial-primary-key-field: new empty tables at the target, in one transaction
+-- squawk: ignore constraint-missing-not-valid: new empty tables at the target, in one transaction
+-- squawk: ignore prefer-bigint-over-int: the columns' types are the source's
+-- squawk: ignore prefer-robust-stmts: one transaction, all or nothing; move_start() runs it only at a target without the tables
+-- squawk: ignore require-concurrent-index-creation: new empty tables, in one transaction (where CONCURRENTLY is not allowed)
+-- squawk: ignore disallowed-unique-constraint: new empty tables, in one transaction
 CREATE FUNCTION tenancy.move_target_schema_sql(tenant text)
 RETURNS SETOF text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    -- Partition bounds, defaults and checks printed as any session reads
+    -- them back (as pg_dump does), whatever the caller's settings.
+    SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3 AS $$
 DECLARE
     k text := tenancy.tenant_key(tenant);
     t record;
     r record;
     cols text;
 BEGIN
+    -- One transaction at the target (move_start() wraps it in BEGIN/COMMIT).
+    RETURN NEXT 'SET LOCAL lock_timeout = ''5s'';';
+    RETURN NEXT 'SET LOCAL statement_timeout = ''5min'';';
     RETURN NEXT 'CREATE EXTENSION IF NOT EXISTS tenancy;';
     RETURN NEXT format('INSERT INTO tenancy.tenants (id, slug, name) SELECT CAST(%L AS %s), %L, %L'
                        ' WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants WHERE id::text = %L);',
@@ -376,9 +389,18 @@ $$;
 -- The plan: every statement of a move, in order, with the side it runs on.
 ------------------------------------------------------------------------------
 
+-- squawk: ignore adding-foreign-key-constraint: the target's schema: new empty tables, in one transaction
+-- squawk: ignore adding-serial-primary-key-field: the target's schema: new empty tables, in one transaction
+-- squawk: ignore constraint-missing-not-valid: the target's schema: new empty tables, in one transaction
+-- squawk: ignore prefer-bigint-over-int: the columns' types are the source's
+-- squawk: ignore prefer-robust-stmts: each part checks whether it is done (move_start(), move_cutover()); the target's schema is one transaction
+-- squawk: ignore require-concurrent-index-creation: the target's schema: new empty tables, in one transaction (where CONCURRENTLY is not allowed)
+-- squawk: ignore disallowed-unique-constraint: the target's schema: new empty tables, in one transaction
+-- squawk: ignore require-statement-timeout: the replica identity fixes change the catalog only (no scan), under lock_timeout; the target's schema sets both
 CREATE FUNCTION tenancy.move_plan(tenant text, home text, source_conninfo text DEFAULT NULL)
 RETURNS TABLE (step integer, phase text, side text, sql text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3 AS $$
 DECLARE
     k text := tenancy.tenant_key(tenant);
     n name := tenancy.move_object_name(k);
@@ -751,8 +773,7 @@ BEGIN
                     (SELECT array_agg(m.relation::text) FROM tenancy.move_tables() m))) r;
     IF have = 0 THEN
         PERFORM tenancy.move_remote_exec(j.target_conninfo,
-            'BEGIN; SET LOCAL lock_timeout = ''5s''; '
-            || (SELECT string_agg(s, ' ') FROM tenancy.move_target_schema_sql(k) s) || ' COMMIT;');
+            'BEGIN; ' || (SELECT string_agg(s, ' ') FROM tenancy.move_target_schema_sql(k) s) || ' COMMIT;');
     ELSIF have < (SELECT count(*) FROM tenancy.move_tables()) THEN
         RAISE EXCEPTION 'the target has % of the % tables of the move', have, (SELECT count(*) FROM tenancy.move_tables())
             USING ERRCODE = 'object_not_in_prerequisite_state',
