@@ -18,7 +18,7 @@ trap 'rc=$?; tn_cluster_stop "$DEMO"
       else tn_log "cluster stopped; its files are in $DEMO"; fi' EXIT
 tn_log "starting a throwaway cluster on port $PORT"
 # The background worker watches the demo database every second.
-tn_cluster_start "$DEMO" "$PORT" "shared_preload_libraries = 'tenancy'" \
+tn_cluster_start "$DEMO" "$PORT" "shared_preload_libraries = 'tenancy'" "wal_level = logical" \
     "tenancy.worker_databases = 'demo'" "tenancy.worker_interval = 1" "max_worker_processes = 16"
 
 tn_run "$TN_BINDIR/createdb" -h "$DEMO" -p "$PORT" demo

@@ -866,7 +866,15 @@ resolve_tenant(const char *input, char *key_out)
 	}
 	if (status != 'a' && tenancy_validate_tenant)
 	{
+		char		home[NAMEDATALEN];
+
 		tenancy_count(TENANCY_REFUSED_SUSPENDED);
+		if (registry_tenant_home(key_out, home))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("tenant \"%s\" has moved to another database", slug),
+					 errdetail("Its rows are no longer served here (tenancy.move_cutover())."),
+					 errhint("Its new home is \"%s\": connect there and set the tenant again.", home)));
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("tenant \"%s\" is suspended", slug),

@@ -43,12 +43,14 @@ typedef struct RegistryCacheEntry
 	char		status;			/* 'a'ctive or 's'uspended */
 	char		key[TENANT_KEY_MAXLEN + 1];
 	char		slug[TENANT_KEY_MAXLEN + 1];
+	char		home[NAMEDATALEN];	/* moved away: its home label, else "" */
 } RegistryCacheEntry;
 
 static HTAB *registry_cache = NULL;
 static bool registry_valid = false;
 static uint64 registry_invalidations = 0;	/* invalidations received */
 static Oid	registry_relid = InvalidOid;
+static Oid	registry_homes_relid = InvalidOid;	/* tenancy.tenant_homes (move.sql) */
 static Oid	registry_owner = InvalidOid;
 static Oid	registry_key_type = InvalidOid;
 static SPIPlanPtr plan_by_key = NULL;
@@ -58,7 +60,8 @@ static SPIPlanPtr plan_implicit = NULL;
 static void
 registry_relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == registry_relid)
+	if (relid == InvalidOid || relid == registry_relid ||
+		(OidIsValid(registry_homes_relid) && relid == registry_homes_relid))
 	{
 		registry_valid = false;
 		registry_invalidations++;
@@ -92,6 +95,8 @@ registry_reset(void)
 
 	nsp = get_namespace_oid("tenancy", true);
 	registry_relid = OidIsValid(nsp) ? get_relname_relid("tenants", nsp) : InvalidOid;
+	/* Absent in a database not yet updated to the version that has it. */
+	registry_homes_relid = OidIsValid(nsp) ? get_relname_relid("tenant_homes", nsp) : InvalidOid;
 	if (!OidIsValid(registry_relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -121,16 +126,25 @@ registry_plan(char kind)
 	Oid			argtype = TEXTOID;
 	char	   *sql;
 
-	/* Every name qualified; search_path is pinned as well (registry_fetch). */
+	/*
+	 * Every name qualified; search_path is pinned as well (registry_fetch).
+	 * The fourth column: the home label of a tenant moved away, when the
+	 * database has tenancy.tenant_homes.
+	 */
+	const char *home = OidIsValid(registry_homes_relid)
+		? ", (SELECT h.home FROM tenancy.tenant_homes h "
+		"WHERE h.tenant OPERATOR(pg_catalog.=) t.id::pg_catalog.text)"
+		: ", NULL::pg_catalog.text";
+
 	if (kind == 's')
-		sql = "SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
-			"WHERE slug OPERATOR(pg_catalog.=) $1";
+		sql = psprintf("SELECT t.id::pg_catalog.text, t.slug, t.status%s FROM tenancy.tenants t "
+					   "WHERE t.slug OPERATOR(pg_catalog.=) $1", home);
 	else if (kind == 'i')
-		sql = "SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
-			"WHERE is_implicit";
+		sql = psprintf("SELECT t.id::pg_catalog.text, t.slug, t.status%s FROM tenancy.tenants t "
+					   "WHERE t.is_implicit", home);
 	else
-		sql = psprintf("SELECT id::pg_catalog.text, slug, status FROM tenancy.tenants "
-					   "WHERE id OPERATOR(pg_catalog.=) CAST($1 AS %s)",
+		sql = psprintf("SELECT t.id::pg_catalog.text, t.slug, t.status%s FROM tenancy.tenants t "
+					   "WHERE t.id OPERATOR(pg_catalog.=) CAST($1 AS %s)", home,
 					   format_type_extended(registry_key_type, -1,
 											FORMAT_TYPE_FORCE_QUALIFY));
 	plan = SPI_prepare(sql, kind == 'i' ? 0 : 1, &argtype);
@@ -174,10 +188,12 @@ registry_fetch(const char *tenant, char kind, RegistryCacheEntry *entry)
 		HeapTuple	row = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		char	   *status = SPI_getvalue(row, desc, 3);
+		char	   *home = SPI_getvalue(row, desc, 4);
 
 		strlcpy(entry->key, SPI_getvalue(row, desc, 1), sizeof(entry->key));
 		strlcpy(entry->slug, SPI_getvalue(row, desc, 2), sizeof(entry->slug));
 		entry->status = (status != NULL && strcmp(status, "active") == 0) ? 'a' : 's';
+		strlcpy(entry->home, home != NULL ? home : "", sizeof(entry->home));
 	}
 	SPI_finish();
 	AtEOXact_GUC(true, save_nestlevel);
@@ -185,7 +201,8 @@ registry_fetch(const char *tenant, char kind, RegistryCacheEntry *entry)
 }
 
 static bool registry_lookup_kind(const char *tenant, char kind,
-								 char *key_out, char *slug_out, char *status_out);
+								 char *key_out, char *slug_out, char *status_out,
+								 char *home_out);
 
 /*
  * Look a tenant up by canonical key or by slug.  Returns whether it exists;
@@ -196,12 +213,30 @@ bool
 registry_lookup(const char *tenant, bool by_slug,
 				char *key_out, char *slug_out, char *status_out)
 {
-	return registry_lookup_kind(tenant, by_slug ? 's' : 'k', key_out, slug_out, status_out);
+	return registry_lookup_kind(tenant, by_slug ? 's' : 'k', key_out, slug_out, status_out, NULL);
+}
+
+/*
+ * The home label of a tenant (by canonical key) moved to another database
+ * (tenancy.tenant_homes, src/move.sql) into home_out (NAMEDATALEN bytes);
+ * false when it has not moved or is unknown.
+ */
+bool
+registry_tenant_home(const char *key, char *home_out)
+{
+	char		key_out[TENANT_KEY_MAXLEN + 1];
+	char		slug[TENANT_KEY_MAXLEN + 1];
+	char		status;
+
+	if (!registry_lookup_kind(key, 'k', key_out, slug, &status, home_out))
+		return false;
+	return home_out[0] != '\0';
 }
 
 static bool
 registry_lookup_kind(const char *tenant, char kind,
-					 char *key_out, char *slug_out, char *status_out)
+					 char *key_out, char *slug_out, char *status_out,
+					 char *home_out)
 {
 	char		lookup[TENANT_KEY_MAXLEN + 2];
 	RegistryCacheEntry *entry;
@@ -243,6 +278,7 @@ registry_lookup_kind(const char *tenant, char kind,
 			memcpy(entry->slug, fetched.slug, sizeof(entry->slug));
 			entry->found = fetched.found;
 			entry->status = fetched.status;
+			memcpy(entry->home, fetched.home, sizeof(entry->home));
 		}
 	}
 	if (!entry->found)
@@ -250,6 +286,8 @@ registry_lookup_kind(const char *tenant, char kind,
 	strlcpy(key_out, entry->key, TENANT_KEY_MAXLEN + 1);
 	strlcpy(slug_out, entry->slug, TENANT_KEY_MAXLEN + 1);
 	*status_out = entry->status;
+	if (home_out != NULL)
+		strlcpy(home_out, entry->home, NAMEDATALEN);
 	return true;
 }
 
@@ -270,7 +308,7 @@ tenancy_is_implicit_tenant(PG_FUNCTION_ARGS)
 
 	if (key == NULL)
 		PG_RETURN_BOOL(false);
-	if (!registry_lookup_kind("", 'i', implicit, slug, &status))
+	if (!registry_lookup_kind("", 'i', implicit, slug, &status, NULL))
 		PG_RETURN_BOOL(false);
 	PG_RETURN_BOOL(strcmp(implicit, key->text) == 0);
 }
@@ -282,7 +320,7 @@ registry_implicit_key(char *key_out)
 	char		slug[TENANT_KEY_MAXLEN + 1];
 	char		status;
 
-	return registry_lookup_kind("", 'i', key_out, slug, &status);
+	return registry_lookup_kind("", 'i', key_out, slug, &status, NULL);
 }
 
 /* Statement trigger on tenancy.tenants: tell every backend to forget. */

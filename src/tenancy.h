@@ -28,6 +28,7 @@
 extern void tenancy_registry_init(void);
 extern bool registry_lookup(const char *tenant, bool by_slug,
 							char *key_out, char *slug_out, char *status_out);
+extern bool registry_tenant_home(const char *key, char *home_out);
 extern bool registry_implicit_key(char *key_out);
 
 /* tenancy.c */

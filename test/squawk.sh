@@ -57,7 +57,7 @@ gexec() {
         >>"$DIR/$2.sql" || bail "$2: the generator failed"
 }
 
-plan 13
+plan 15
 cleanup
 psql -X -q -d postgres -c 'CREATE DATABASE squawk_demo' -c 'CREATE DATABASE squawk_store' -c 'CREATE ROLE squawk_legacy' >/dev/null
 
@@ -106,6 +106,9 @@ for attempt in 1 2 3 4 5; do
 done
 [ $contract_ok -eq 0 ] || bail "the contract failed: $(head -c 300 "$DIR/contract.err")"
 gexec $D rollback_table_sql "SELECT tenancy.rollback_table_sql(t) FROM unnest('{comments,tasks,projects}'::regclass[]) t"
+# a tenant move's plan (its statements, not its comments and placeholders) and the target's schema
+gexec $D move_plan "SELECT sql FROM tenancy.move_plan('original', 'db2') WHERE sql NOT LIKE '--%' AND sql NOT LIKE '%<last_value at the source>%'"
+gexec $D move_target_schema_sql "SELECT tenancy.move_target_schema_sql('original')"
 
 # --- the store-rental database: bigint keys, partitions, derived tenants ----
 S=squawk_store
@@ -147,6 +150,8 @@ lint scope_constraints_plan_undo scope_constraints_plan
 lint verify_fix verify
 lint rollback_table_sql rollback_table_sql
 lint derive_tenant_sql derive_tenant_sql
+lint move_plan move_plan
+lint move_target_schema_sql move_target_schema_sql
 if [ -x "$SQUAWK" ]; then pass "squawk $("$SQUAWK" --version | awk '{print $2}') at $SQUAWK"
 else fail "no squawk at $SQUAWK (scripts/deps.sh installs it)"; fi
 tap_end
