@@ -185,6 +185,7 @@ static void
 assign_context_source(int newval, void *extra)
 {
 	tenant_generation++;		/* the accessors' caches depend on it */
+	rollout_tenant_changed(false);
 }
 
 static void
@@ -538,12 +539,14 @@ tenancy_assign_tenant_id(const char *newval, void *extra)
 	current_key = extra != NULL ? &((const TenantExtra *) extra)->key : NULL;
 	current_admitted = extra == NULL || ((const TenantExtra *) extra)->admitted;
 	tenant_generation++;
+	rollout_tenant_changed(true);	/* plans folded for another mode */
 }
 
 void
 tenancy_assign_tenant_type(int newval, void *extra)
 {
 	tenant_generation++;
+	rollout_tenant_changed(false);
 	if (InitializingParallelWorker)
 		worker_reparse_key((TenantKeyType) newval);
 }

@@ -339,7 +339,7 @@ shadow_registered(Oid relid)
 	if (!found)
 	{
 		/* Not cached when not registered: a later registration counts. */
-		if (!lookup_shadow_mode(relid))
+		if (!lookup_shadow_mode(relid) && !rollout_has_shadow(relid))
 			return false;
 		(void) hash_search(registered, &relid, HASH_ENTER, NULL);
 	}

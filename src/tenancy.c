@@ -61,6 +61,7 @@ _PG_init(void)
 	tenancy_rls_guard_init();
 	tenancy_derive_init();
 	tenancy_token_init();
+	tenancy_rollout_init();
 
 	MarkGUCPrefixReserved("tenancy");
 

@@ -55,5 +55,9 @@ extern bool shadow_note_derived(Oid relid);
 /* derive.c: tenants derived from the row or its parent */
 extern void tenancy_derive_init(void);
 extern bool derive_accepts(Oid relid, const char *tenant);
+/* rollout.c: per-tenant modes */
+extern void tenancy_rollout_init(void);
+extern void rollout_tenant_changed(bool recheck);
+extern bool rollout_has_shadow(Oid relid);
 
 #endif							/* TENANCY_H */
