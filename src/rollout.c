@@ -403,6 +403,60 @@ tenancy_rollout_mode_of(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(m));
 }
 
+/* Is any tenant of conf in this mode by the list or the percentage? */
+static bool
+conf_lists_mode(const RolloutConf *c, char mode)
+{
+	HASH_SEQ_STATUS seq;
+	RolloutTenant *t;
+
+	if (c->buckets > 0 && c->pmode == mode)
+		return true;
+	if (c->tenants == NULL)
+		return false;
+	hash_seq_init(&seq, c->tenants);
+	while ((t = hash_seq_search(&seq)) != NULL)
+	{
+		if (t->mode == mode)
+		{
+			hash_seq_term(&seq);
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool
+conf_active(const RolloutConf *c)
+{
+	return c->buckets > 0 || (c->tenants != NULL && hash_get_num_entries(c->tenants) > 0);
+}
+
+/*
+ * tenancy.rollout_active(root): has the table a rollout?  Read with catalog
+ * scans, so that the generators, which run as the table owner, need no
+ * privilege on the lists.
+ */
+PG_FUNCTION_INFO_V1(tenancy_rollout_active);
+Datum
+tenancy_rollout_active(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(conf_active(conf_get(PG_GETARG_OID(0))));
+}
+
+/* tenancy.rollout_may_be(root, mode, base): may a tenant run in mode? */
+PG_FUNCTION_INFO_V1(tenancy_rollout_may_be);
+Datum
+tenancy_rollout_may_be(PG_FUNCTION_ARGS)
+{
+	char		mode = mode_code(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	char		base = PG_ARGISNULL(2) ? 0 : mode_code(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+
+	if (mode == 0)
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(base == mode || conf_lists_mode(conf_get(PG_GETARG_OID(0)), mode));
+}
+
 /* tenancy.rollout_bucket(key) */
 PG_FUNCTION_INFO_V1(tenancy_rollout_bucket);
 Datum
@@ -436,8 +490,6 @@ rollout_has_shadow(Oid relid)
 {
 	Oid			root = InvalidOid;
 	RolloutConf *c;
-	HASH_SEQ_STATUS seq;
-	RolloutTenant *t;
 
 	/* The root of a partition: its row in tenancy.rls_tables. */
 	{
@@ -470,20 +522,7 @@ rollout_has_shadow(Oid relid)
 	if (!OidIsValid(root))
 		return false;
 	c = conf_get(root);
-	if (c->buckets > 0 && c->pmode == 's')
-		return true;
-	if (c->tenants == NULL)
-		return false;
-	hash_seq_init(&seq, c->tenants);
-	while ((t = hash_seq_search(&seq)) != NULL)
-	{
-		if (t->mode == 's')
-		{
-			hash_seq_term(&seq);
-			return true;
-		}
-	}
-	return false;
+	return c->base == 's' || conf_lists_mode(c, 's');
 }
 
 /*

@@ -52,6 +52,8 @@ SELECT bag_eq(
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
+           ('rollout_stmts', 'security', 'text type variable is not sanitized'),
+           ('rollout_stmts', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),
            ('rollback_table', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('unbind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE')$$,
