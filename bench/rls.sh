@@ -211,3 +211,84 @@ cat "$DIR/exec.txt"
 echo
 echo "shadow counters during the shadow runs: $stats"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); total: $(( $(date +%s) - t0 ))s"
+
+# ---- Per-tenant rollout (issue 18): enforced tenants on a mixed table ----
+# items_enf: every tenant enforced.  items_mix: the same rows, the table in
+# shadow mode, a 50% rollout to enforce, and the two measured tenants (the
+# big one and a small one) enforced by the list.  Executor time of the same
+# queries, as bench_app, for an enforced tenant: EXPLAIN (ANALYZE, TIMING
+# OFF) "Execution Time", minimum of MIX_RUNS alternating runs of E (the
+# all-enforce table), M (the mixed table) and E2 (the all-enforce table again:
+# the A/A baseline, which shows the noise).  Target: M/E <= 1.05.
+mixed_bench() {
+    local runs=${MIX_RUNS:-25}
+    psql_su >/dev/null <<SQL
+SET client_min_messages = warning;
+CREATE TABLE items_enf (id bigint NOT NULL, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_enf SELECT * FROM items_plain ORDER BY id;
+ALTER TABLE items_enf ADD PRIMARY KEY (id);
+CREATE INDEX ON items_enf (tenant_id);
+CREATE TABLE items_mix (id bigint NOT NULL, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_mix SELECT * FROM items_plain ORDER BY id;
+ALTER TABLE items_mix ADD PRIMARY KEY (id);
+CREATE INDEX ON items_mix (tenant_id);
+GRANT SELECT ON items_enf, items_mix TO bench_app;
+SELECT tenancy.enable_rls('items_enf') IS NOT NULL;
+SELECT tenancy.enable_rls('items_mix', mode => 'shadow') IS NOT NULL;
+SELECT tenancy.set_rollout_percent('items_mix', 50) IS NOT NULL;
+SELECT tenancy.set_tenant_mode('items_mix', ARRAY['t1', 't7'], 'enforce') IS NOT NULL;
+VACUUM ANALYZE items_enf;
+VACUUM ANALYZE items_mix;
+SELECT sum(pg_prewarm(c)) FROM unnest(ARRAY['items_enf', 'items_mix', 'items_enf_pkey', 'items_mix_pkey',
+                                            'items_enf_tenant_id_idx', 'items_mix_tenant_id_idx']::regclass[]) c;
+SQL
+    echo
+    echo "per-tenant rollout: enforced tenants, mixed table (shadow + 50% + listed) vs all-enforce table"
+    echo "executor time (EXPLAIN ANALYZE, TIMING OFF), min of $runs alternating runs E, M, E2 in one session"
+    echo "machine shared with other jobs: load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+    echo "shape  tenant  mode(M)   E min (ms)  M min (ms)  M/E (min)  A/A E2/E"
+    tn_run psql -X -q -At -d postgres -v ON_ERROR_STOP=1 <<SQL
+SET max_parallel_workers_per_gather = 0;
+BEGIN;
+CREATE TEMP TABLE mres (shape text, arm text, ms float8, mode text);
+GRANT ALL ON mres TO bench_app;
+DO \$\$
+DECLARE j json; m text;
+    shapes text[] := ARRAY['agg', 'like', 'pk'];
+    tkeys text[] := ARRAY['t1', 't7', 't7'];
+    qs text[] := ARRAY['SELECT count(*), sum(amount) FROM %s',
+                       \$q\$SELECT count(*) FROM %s WHERE note LIKE '%%ab%%'\$q\$,
+                       'SELECT amount, note FROM %s WHERE id = 11'];
+    arms text[] := ARRAY['E', 'M', 'E2'];
+    tbls text[] := ARRAY['items_enf', 'items_mix', 'items_enf'];
+BEGIN
+    FOR i IN 1 .. $runs LOOP
+        FOR s IN 1 .. 3 LOOP
+            IF s = 1 THEN
+                SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;
+            ELSE
+                SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on;
+            END IF;
+            SET LOCAL ROLE bench_app;
+            PERFORM tenancy.set_tenant(tkeys[s]);
+            FOR a IN 1 .. 3 LOOP
+                EXECUTE 'EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ' || format(qs[s], tbls[a]) INTO j;
+                m := tenancy.rollout_current_mode(tbls[a]::regclass);
+                INSERT INTO mres VALUES (shapes[s], arms[a], (j->0->>'Execution Time')::float8, m);
+            END LOOP;
+            RESET ROLE;
+        END LOOP;
+    END LOOP;
+END \$\$;
+SELECT format('%-6s %-7s %-9s %10s %11s %10s %9s', shape,
+              CASE shape WHEN 'agg' THEN 't1' ELSE 't7' END,
+              max(mode) FILTER (WHERE arm = 'M'),
+              to_char(min(ms) FILTER (WHERE arm = 'E'), 'FM9990.000'),
+              to_char(min(ms) FILTER (WHERE arm = 'M'), 'FM9990.000'),
+              to_char(min(ms) FILTER (WHERE arm = 'M') / min(ms) FILTER (WHERE arm = 'E'), 'FM0.000'),
+              to_char(min(ms) FILTER (WHERE arm = 'E2') / min(ms) FILTER (WHERE arm = 'E'), 'FM0.000'))
+  FROM mres GROUP BY shape ORDER BY shape;
+COMMIT;
+SQL
+}
+mixed_bench
