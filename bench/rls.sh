@@ -219,7 +219,8 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); total: $(( $(date +%s) - t0 
 # queries, as bench_app, for an enforced tenant: EXPLAIN (ANALYZE, TIMING
 # OFF) "Execution Time", minimum of MIX_RUNS alternating runs of E (the
 # all-enforce table), M (the mixed table) and E2 (the all-enforce table again:
-# the A/A baseline, which shows the noise).  Target: M/E <= 1.05.
+# the A/A baseline, which shows the noise), their order rotating from run to
+# run.  Target: M/E <= 1.05.
 mixed_bench() {
     local runs=${MIX_RUNS:-25}
     psql_su >/dev/null <<SQL
@@ -253,7 +254,7 @@ BEGIN;
 CREATE TEMP TABLE mres (shape text, arm text, ms float8, mode text);
 GRANT ALL ON mres TO bench_app;
 DO \$\$
-DECLARE j json; m text;
+DECLARE j json; m text; a integer;
     shapes text[] := ARRAY['agg', 'like', 'pk'];
     tkeys text[] := ARRAY['t1', 't7', 't7'];
     qs text[] := ARRAY['SELECT count(*), sum(amount) FROM %s',
@@ -271,7 +272,9 @@ BEGIN
             END IF;
             SET LOCAL ROLE bench_app;
             PERFORM tenancy.set_tenant(tkeys[s]);
-            FOR a IN 1 .. 3 LOOP
+            -- the arms' order rotates from run to run: none always goes first
+            FOR r IN 0 .. 2 LOOP
+                a := (i + r) % 3 + 1;
                 EXECUTE 'EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ' || format(qs[s], tbls[a]) INTO j;
                 m := tenancy.rollout_current_mode(tbls[a]::regclass);
                 INSERT INTO mres VALUES (shapes[s], arms[a], (j->0->>'Execution Time')::float8, m);
