@@ -44,6 +44,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
@@ -64,6 +65,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 
 #define ROLLOUT_BUCKETS 10000
@@ -136,23 +138,67 @@ mode_name(char code)
 	}
 }
 
-/* The documented bucket of a canonical key text, 0 .. 9999. */
-static int
-rollout_bucket(const char *key)
+/*
+ * The documented bucket of a canonical key text, 0 .. 9999.  The last
+ * buckets computed are kept: the tenant GUC's assign hook (see
+ * rollout_tenant_changed()) may run where hashing cannot (outside a
+ * transaction: md5 needs a resource owner), and then uses them only.
+ */
+#define BUCKET_CACHE 16
+static struct
+{
+	char		key[TENANT_KEY_MAXLEN + 1];
+	int			bucket;
+}			bucket_cache[BUCKET_CACHE];
+static int	bucket_cache_used = 0;
+static int	bucket_cache_next = 0;
+
+static bool
+rollout_bucket_ex(const char *key, bool may_hash, bool may_raise, int *bucket)
 {
 	char		hex[33];
 	const char *errstr = NULL;
 	uint32		v = 0;
 
+	for (int i = 0; i < bucket_cache_used; i++)
+		if (strcmp(bucket_cache[i].key, key) == 0)
+		{
+			*bucket = bucket_cache[i].bucket;
+			return true;
+		}
+	if (!may_hash)
+		return false;
 	if (!pg_md5_hash(key, strlen(key), hex, &errstr))
-		elog(ERROR, "could not compute an md5 hash: %s", errstr ? errstr : "?");
+	{
+		if (may_raise)
+			elog(ERROR, "could not compute an md5 hash: %s", errstr ? errstr : "?");
+		return false;
+	}
 	for (int i = 0; i < 8; i++)
 	{
 		char		c = hex[i];
 
 		v = (v << 4) | (uint32) (c <= '9' ? c - '0' : c - 'a' + 10);
 	}
-	return (int) (v % ROLLOUT_BUCKETS);
+	*bucket = (int) (v % ROLLOUT_BUCKETS);
+	if (strlen(key) <= TENANT_KEY_MAXLEN)
+	{
+		strlcpy(bucket_cache[bucket_cache_next].key, key, TENANT_KEY_MAXLEN + 1);
+		bucket_cache[bucket_cache_next].bucket = *bucket;
+		bucket_cache_next = (bucket_cache_next + 1) % BUCKET_CACHE;
+		if (bucket_cache_used < BUCKET_CACHE)
+			bucket_cache_used++;
+	}
+	return true;
+}
+
+static int
+rollout_bucket(const char *key)
+{
+	int			bucket = 0;
+
+	(void) rollout_bucket_ex(key, true, true, &bucket);
+	return bucket;
 }
 
 static void
@@ -331,9 +377,12 @@ conf_get(Oid relid)
 	return c;
 }
 
-/* The mode of a tenant (a canonical key, or NULL: none set) on a table. */
-static char
-conf_mode(const RolloutConf *c, const char *key)
+/*
+ * The mode of a tenant (a canonical key, or NULL: none set) on a table;
+ * false when the bucket is needed but may not be computed (may_hash).
+ */
+static bool
+conf_mode_ex(const RolloutConf *c, const char *key, bool may_hash, char *mode)
 {
 	if (key != NULL)
 	{
@@ -342,12 +391,35 @@ conf_mode(const RolloutConf *c, const char *key)
 			RolloutTenant *t = hash_search(c->tenants, key, HASH_FIND, NULL);
 
 			if (t != NULL)
-				return t->mode;
+			{
+				*mode = t->mode;
+				return true;
+			}
 		}
-		if (c->buckets > 0 && c->pmode != 0 && rollout_bucket(key) < c->buckets)
-			return c->pmode;
+		if (c->buckets > 0 && c->pmode != 0)
+		{
+			int			bucket;
+
+			if (!rollout_bucket_ex(key, may_hash, may_hash, &bucket))
+				return false;
+			if (bucket < c->buckets)
+			{
+				*mode = c->pmode;
+				return true;
+			}
+		}
 	}
-	return c->base;
+	*mode = c->base;
+	return true;
+}
+
+static char
+conf_mode(const RolloutConf *c, const char *key)
+{
+	char		mode = 0;
+
+	(void) conf_mode_ex(c, key, true, &mode);
+	return mode;
 }
 
 static const char *
@@ -733,12 +805,16 @@ rollout_tenant_changed(bool recheck)
 	{
 		const char *key = current_key_text();
 
+		/* Hashing needs a transaction (resource owner); never raise here. */
+		bool		may_hash = IsTransactionState() && CurrentResourceOwner != NULL;
+
 		for (int i = 0; i < folded_used && !stale; i++)
 		{
 			RolloutConf *c = hash_search(conf_cache, &folded[i].relid, HASH_FIND, NULL);
+			char		mode;
 
-			/* Not cached (invalidated): the plans were invalidated too. */
-			if (c != NULL && conf_mode(c, key) != folded[i].mode)
+			/* Not cached or not computable: invalidate, to be safe. */
+			if (c == NULL || !conf_mode_ex(c, key, may_hash, &mode) || mode != folded[i].mode)
 				stale = true;
 		}
 	}
