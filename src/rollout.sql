@@ -523,6 +523,12 @@ AS $$
 DECLARE
     s record;
 BEGIN
+    -- No rollout: no row, and no privilege needed (catalog scans, rollout.c);
+    -- a role verify() is delegated to needs SELECT on tenancy.rollout_state
+    -- for a table with one.
+    IF NOT tenancy.rollout_active(rel) THEN
+        RETURN;
+    END IF;
     SELECT * INTO s FROM tenancy.rollout_state rs WHERE rs.relation = rel;
     IF NOT FOUND THEN
         RETURN;
