@@ -42,7 +42,7 @@ SELECT relation, base_mode, percent, percent_mode, enforce_tenants FROM tenancy.
 -- equality policy again); the log keeps every step.
 SELECT tenancy.set_mode(t, 'enforce') IS NOT NULL AS enforced, tenancy.clear_rollout(t) IS NOT NULL AS cleared
   FROM unnest(ARRAY['projects', 'tasks', 'comments']::regclass[]) t;
-SELECT relation, op, new_mode, new_percent, at IS NOT NULL AS logged FROM tenancy.rollout_log ORDER BY id;
+SELECT relation, op, tenants, coalesce(new_mode, new_percent_mode) AS mode, new_percent, by_role FROM tenancy.rollout_log ORDER BY id;
 \c - app
 BEGIN;
 SELECT tenancy.set_tenant(:'other') IS NOT NULL AS tenant_set;
