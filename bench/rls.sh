@@ -279,3 +279,107 @@ echo
 echo "counters by path: a full scan of items_rls ($ROWS rows) in shadow mode, $PATHS_RUNS alternating runs per arm"
 cat "$DIR/paths.txt"
 echo "load after the path section: $(cut -d' ' -f1-3 /proc/loadavg)"
+# ---- Per-tenant rollout (issue 18): enforced tenants on a mixed table ----
+# items_enf: every tenant enforced.  items_mix: the same rows, the table in
+# shadow mode, a 50% rollout to enforce, and the two measured tenants (the
+# big one and a small one) enforced by the list.  The same prepared
+# statements (generic plans: planned once, so the time is the executor's),
+# as bench_app, for an enforced tenant, in batches of K executions; per
+# batch the backend's CPU time (utime + stime of /proc/self/stat, 10 ms
+# ticks: a batch takes a few hundred ms) and its wall time.  Arms: E (the
+# all-enforce table), M (the mixed table), E2 (the all-enforce table again:
+# the A/A baseline, which shows the noise); their order rotates from batch
+# to batch; the minimum over MIX_RUNS batches of each arm is reported.
+# Target: M/E <= 1.05.
+mixed_bench() {
+    local runs=${MIX_RUNS:-15}
+    psql_su >/dev/null <<SQL
+SET client_min_messages = warning;
+CREATE TABLE items_enf (id bigint NOT NULL, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_enf SELECT * FROM items_plain ORDER BY id;
+ALTER TABLE items_enf ADD PRIMARY KEY (id);
+CREATE INDEX ON items_enf (tenant_id);
+CREATE TABLE items_mix (id bigint NOT NULL, tenant_id uuid NOT NULL, amount int NOT NULL, note text NOT NULL);
+INSERT INTO items_mix SELECT * FROM items_plain ORDER BY id;
+ALTER TABLE items_mix ADD PRIMARY KEY (id);
+CREATE INDEX ON items_mix (tenant_id);
+GRANT SELECT ON items_enf, items_mix TO bench_app;
+SELECT tenancy.enable_rls('items_enf') IS NOT NULL;
+SELECT tenancy.enable_rls('items_mix', mode => 'shadow') IS NOT NULL;
+SELECT tenancy.set_rollout_percent('items_mix', 50) IS NOT NULL;
+SELECT tenancy.set_tenant_mode('items_mix', ARRAY['t1', 't7'], 'enforce') IS NOT NULL;
+VACUUM ANALYZE items_enf;
+VACUUM ANALYZE items_mix;
+SELECT sum(pg_prewarm(c)) FROM unnest(ARRAY['items_enf', 'items_mix', 'items_enf_pkey', 'items_mix_pkey',
+                                            'items_enf_tenant_id_idx', 'items_mix_tenant_id_idx']::regclass[]) c;
+SQL
+    echo
+    echo "per-tenant rollout: enforced tenants, mixed table (shadow + 50% + listed) vs all-enforce table"
+    echo "executor CPU time of K executions of a generic plan, min of $runs batches per arm, arms E, M, E2 rotating"
+    echo "machine shared with other jobs: load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+    echo "shape  tenant  mode(M)     K  E cpu (ms)  M cpu (ms)  M/E cpu  A/A E2/E  M/E wall"
+    tn_run psql -X -q -At -d postgres -v ON_ERROR_STOP=1 <<SQL
+SET max_parallel_workers_per_gather = 0;
+SET plan_cache_mode = force_generic_plan;
+BEGIN;
+CREATE TEMP TABLE mres (shape text, arm text, cpu float8, wall float8, mode text);
+CREATE FUNCTION pg_temp.cpu_ms() RETURNS float8 LANGUAGE sql AS \$f\$
+    SELECT (split_part(s, ' ', 12)::float8 + split_part(s, ' ', 13)::float8) * 10
+      FROM regexp_replace(pg_read_file('/proc/self/stat'), '^.*\) ', '') s;
+\$f\$;
+DO \$\$
+DECLARE c0 float8; w0 timestamptz; a integer; m text;
+    shapes text[] := ARRAY['agg', 'like', 'pk'];
+    tkeys text[] := ARRAY['t1', 't7', 't7'];
+    ks integer[] := ARRAY[4, 60, 200];
+    qs text[] := ARRAY['SELECT count(*), sum(amount) FROM %s',
+                       \$q\$SELECT count(*) FROM %s WHERE note LIKE '%%ab%%'\$q\$,
+                       -- 500 primary-key lookups of t7's rows (ids 200 n + 11)
+                       'SELECT sum(x.amount) FROM generate_series(0, 499) g JOIN %s x ON x.id = g * 200 + 11'];
+    arms text[] := ARRAY['E', 'M', 'E2'];
+    tbls text[] := ARRAY['items_enf', 'items_mix', 'items_enf'];
+BEGIN
+    FOR s IN 1 .. 3 LOOP
+        IF s = 1 THEN
+            SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off;
+        ELSE
+            SET LOCAL enable_indexscan = on; SET LOCAL enable_bitmapscan = on;
+        END IF;
+        SET LOCAL ROLE bench_app;
+        PERFORM tenancy.set_tenant(tkeys[s]);
+        FOR a IN 1 .. 3 LOOP
+            EXECUTE format('PREPARE mix_%s_%s AS ', s, a) || format(qs[s], tbls[a]);
+        END LOOP;
+        FOR i IN 1 .. $runs LOOP
+            FOR r IN 0 .. 2 LOOP
+                a := (i + r) % 3 + 1;
+                RESET ROLE; c0 := pg_temp.cpu_ms(); SET LOCAL ROLE bench_app;
+                w0 := clock_timestamp();
+                FOR n IN 1 .. ks[s] LOOP
+                    EXECUTE format('EXECUTE mix_%s_%s', s, a);
+                END LOOP;
+                RESET ROLE;
+                INSERT INTO mres VALUES (shapes[s], arms[a], pg_temp.cpu_ms() - c0,
+                                         extract(epoch FROM clock_timestamp() - w0) * 1000, NULL);
+                SET LOCAL ROLE bench_app;
+            END LOOP;
+        END LOOP;
+        RESET ROLE;
+        m := tenancy.rollout_current_mode('items_mix');
+        UPDATE mres SET mode = m WHERE shape = shapes[s] AND arm = 'M';
+    END LOOP;
+END \$\$;
+SELECT format('%-6s %-7s %-9s %4s %11s %11s %8s %9s %9s', shape,
+              CASE shape WHEN 'agg' THEN 't1' ELSE 't7' END,
+              max(mode) FILTER (WHERE arm = 'M'),
+              CASE shape WHEN 'agg' THEN 4 WHEN 'like' THEN 60 ELSE 200 END,
+              to_char(min(cpu) FILTER (WHERE arm = 'E'), 'FM99990'),
+              to_char(min(cpu) FILTER (WHERE arm = 'M'), 'FM99990'),
+              to_char(min(cpu) FILTER (WHERE arm = 'M') / min(cpu) FILTER (WHERE arm = 'E'), 'FM0.000'),
+              to_char(min(cpu) FILTER (WHERE arm = 'E2') / min(cpu) FILTER (WHERE arm = 'E'), 'FM0.000'),
+              to_char(min(wall) FILTER (WHERE arm = 'M') / min(wall) FILTER (WHERE arm = 'E'), 'FM0.000'))
+  FROM mres GROUP BY shape ORDER BY shape;
+COMMIT;
+SQL
+}
+mixed_bench

@@ -187,6 +187,7 @@ assign_context_source(int newval, void *extra)
 {
 	tenant_generation++;		/* the accessors' caches depend on it */
 	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
+	rollout_tenant_changed(false);
 }
 
 static void
@@ -544,6 +545,7 @@ tenancy_assign_tenant_id(const char *newval, void *extra)
 	current_admitted = extra == NULL || ((const TenantExtra *) extra)->admitted;
 	tenant_generation++;
 	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
+	rollout_tenant_changed(true);	/* plans folded for another mode */
 }
 
 void
@@ -551,6 +553,7 @@ tenancy_assign_tenant_type(int newval, void *extra)
 {
 	tenant_generation++;
 	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
+	rollout_tenant_changed(false);
 	if (InitializingParallelWorker)
 		worker_reparse_key((TenantKeyType) newval);
 }

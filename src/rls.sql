@@ -39,6 +39,7 @@ BEGIN
     IF op = 'forget_dropped' THEN
         DELETE FROM tenancy.rls_tables t
          WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.relation);
+        PERFORM tenancy.rollout_forget(NULL);
         RETURN;
     END IF;
 
@@ -92,6 +93,7 @@ BEGIN
     ELSIF op = 'unregister' THEN
         DELETE FROM tenancy.rls_tables t WHERE t.relation = tbl RETURNING * INTO r;
         IF FOUND AND r.relation = r.root THEN
+            PERFORM tenancy.rollout_forget(tbl);     -- the rollout goes with the policy
             IF r.prior_stage IS NOT NULL THEN
                 UPDATE tenancy.tables t SET stage = r.prior_stage WHERE t.relation = tbl;
             ELSE
@@ -194,6 +196,12 @@ DECLARE
     chk record := tenancy.rls_check(tbl, column_name, mode);
     col text := quote_ident(column_name);
 BEGIN
+    -- a table with a per-tenant rollout: see tenancy.rollout_quals()
+    IF tenancy.rollout_active(tenancy.rollout_root(tbl)) THEN
+        SELECT q.using_expr, q.check_expr INTO using_expr, check_expr
+          FROM tenancy.rollout_quals(tbl, column_name, mode) q;
+        RETURN;
+    END IF;
     IF mode = 'enforce' THEN
         using_expr := format('%s OPERATOR(pg_catalog.=) %s', col, chk.accessor);
         check_expr := using_expr;
@@ -231,18 +239,26 @@ COMMENT ON FUNCTION tenancy.rls_citus_distributed(regclass) IS 'true when Citus 
 
 CREATE FUNCTION tenancy.rls_legacy_stmts(qualified text, column_name name, roles text, mode text)
 RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN mode = 'migrating' THEN ARRAY[
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- Citus cannot copy a SubLink in a policy to the shards: on a Citus
+    -- table the legacy policies call the function directly
+    imp text := CASE WHEN tenancy.rls_citus_distributed(qualified::regclass)
+                     THEN 'tenancy.is_implicit_tenant()'
+                     ELSE '(SELECT tenancy.is_implicit_tenant())' END;
+BEGIN
+    -- a table with a per-tenant rollout: see tenancy.rollout_legacy_stmts()
+    RETURN CASE WHEN tenancy.rollout_active(tenancy.rollout_root(qualified::regclass))
+                THEN tenancy.rollout_legacy_stmts(qualified, column_name, roles, mode)
+                WHEN mode = 'migrating' THEN ARRAY[
         format('CREATE POLICY tenancy_policy_legacy_read ON %s AS PERMISSIVE FOR SELECT TO %s USING (%I IS NULL)',
                qualified, roles, column_name),
         format('CREATE POLICY tenancy_policy_legacy_update ON %s AS PERMISSIVE FOR UPDATE TO %s USING (%I IS NULL AND %s) WITH CHECK (%I IS NULL AND %s)',
                qualified, roles, column_name, imp, column_name, imp),
         format('CREATE POLICY tenancy_policy_legacy_delete ON %s AS PERMISSIVE FOR DELETE TO %s USING (%I IS NULL AND %s)',
                qualified, roles, column_name, imp)]
-    ELSE '{}'::text[] END
-      FROM (SELECT CASE WHEN tenancy.rls_citus_distributed(qualified::regclass)
-                        THEN 'tenancy.is_implicit_tenant()'
-                        ELSE '(SELECT tenancy.is_implicit_tenant())' END AS imp) i;
+    ELSE '{}'::text[] END;
+END
 $$;
 
 -- The table and everything below it, partitions and inheritance children
@@ -495,7 +511,8 @@ BEGIN
      WHERE p.polrelid = tbl AND p.polpermissive AND p.polname <> 'tenancy_policy'
        AND p.polname <> 'tenancy_policy_derived'    -- admits only rows derive_tenant() derived
        AND NOT (p.polname = ANY (tenancy.rls_legacy_policies())
-                AND EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = tbl AND t.mode = 'migrating'))
+                AND EXISTS (SELECT 1 FROM tenancy.rls_tables t WHERE t.relation = tbl
+                               AND tenancy.rollout_legacy_expected(t.root, t.mode)))
      ORDER BY p.polname;
 END
 $$;

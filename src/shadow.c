@@ -352,7 +352,8 @@ shadow_registered(Oid relid)
 	if (!found)
 	{
 		/* Not cached when not registered: a later registration counts. */
-		if (!lookup_shadow_mode(relid) && !shadow_registered_on_citus(relid))
+		if (!lookup_shadow_mode(relid) && !shadow_registered_on_citus(relid) &&
+			!rollout_has_shadow(relid))
 			return false;
 		(void) hash_search(registered, &relid, HASH_ENTER, NULL);
 	}

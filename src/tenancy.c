@@ -87,6 +87,7 @@ _PG_init(void)
 	tenancy_token_init();
 	tenancy_deprecation_init();
 	tenancy_citus_context_init();
+	tenancy_rollout_init();
 
 	MarkGUCPrefixReserved("tenancy");
 

@@ -69,6 +69,10 @@ extern void path_stats_count(Oid relid, bool is_write, bool diverges, const Tena
 /* derive.c: tenants derived from the row or its parent */
 extern void tenancy_derive_init(void);
 extern bool derive_accepts(Oid relid, const char *tenant);
+/* rollout.c: per-tenant modes */
+extern void tenancy_rollout_init(void);
+extern void rollout_tenant_changed(bool recheck);
+extern bool rollout_has_shadow(Oid relid);
 
 /* deprecation.c: the legacy path's deprecation */
 extern void tenancy_deprecation_init(void);

@@ -519,7 +519,7 @@ BEGIN
                (SELECT string_agg(quote_ident(l.name), ', ' ORDER BY l.name)
                   FROM unnest(tenancy.rls_legacy_policies()) l(name)
                  WHERE EXISTS (SELECT 1 FROM pg_policy pol WHERE pol.polrelid = c.oid AND pol.polname = l.name)
-                       IS DISTINCT FROM coalesce(rmode = 'migrating', false)) AS legacy_wrong
+                       IS DISTINCT FROM coalesce(tenancy.rollout_legacy_expected(rel, rmode), false)) AS legacy_wrong
         FROM (SELECT rel::oid AS relid, 0 AS level
               UNION ALL
               SELECT pt.relid, pt.level FROM tenancy.rls_tree(rel) pt WHERE pt.level > 0) tree
@@ -1301,6 +1301,7 @@ BEGIN
         RETURN QUERY SELECT * FROM tenancy.verify_foreign_key_scope(r.rel, r.col);
         RETURN QUERY SELECT * FROM tenancy.verify_row_security(r.rel, r.col, r.stage);
         RETURN QUERY SELECT * FROM tenancy.verify_policy_mode(r.rel, r.col, r.stage);
+        RETURN QUERY SELECT * FROM tenancy.verify_rollout(r.rel);
         RETURN QUERY SELECT * FROM tenancy.verify_shadow_divergence(r.rel);
         RETURN QUERY SELECT * FROM tenancy.verify_tenant_index(r.rel, r.col, r.attnum, r.relkind);
         RETURN QUERY SELECT * FROM tenancy.verify_view_security_invoker(r.rel);

@@ -61,6 +61,8 @@ SELECT bag_eq(
            ('move_verify', 'warning extra', 'OUT variable "source_rows" is maybe unmodified'),
            ('move_verify', 'warning extra', 'OUT variable "target_rows" is maybe unmodified'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
+           ('rollout_stmts', 'security', 'text type variable is not sanitized'),
+           ('rollout_stmts', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),
            ('rollback_table', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('tenant_required', 'performance', 'routine is marked as STABLE, should be IMMUTABLE'),

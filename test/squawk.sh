@@ -57,7 +57,7 @@ gexec() {
         >>"$DIR/$2.sql" || bail "$2: the generator failed"
 }
 
-plan 15
+plan 19
 cleanup
 psql -X -q -d postgres -c 'CREATE DATABASE squawk_demo' -c 'CREATE DATABASE squawk_store' -c 'CREATE ROLE squawk_legacy' >/dev/null
 
@@ -79,6 +79,13 @@ CALL tenancy.backfill('comments', via => 'comments_task_id_fkey');
 SQL
 gexec $D policy_sql "SELECT tenancy.policy_sql(t, mode => 'shadow') FROM unnest('{projects,tasks,comments}'::regclass[]) t"
 q $D -c "SELECT tenancy.enable_rls(t, mode => 'shadow') FROM unnest('{projects,tasks,comments}'::regclass[]) t" >/dev/null
+# per-tenant rollout (issue 18): list, percentage, undo, clear
+gexec $D set_tenant_mode_sql "SELECT tenancy.set_tenant_mode_sql(t, ARRAY['original'], 'enforce') FROM unnest('{projects,tasks,comments}'::regclass[]) t"
+q $D -c "SELECT tenancy.set_tenant_mode(t, ARRAY['original'], 'enforce') FROM unnest('{projects,tasks,comments}'::regclass[]) t" >/dev/null
+gexec $D set_rollout_percent_sql "SELECT tenancy.set_rollout_percent_sql(t, 25) FROM unnest('{projects,tasks,comments}'::regclass[]) t"
+gexec $D undo_rollout_sql "SELECT tenancy.undo_rollout_sql(t) FROM unnest('{projects,tasks,comments}'::regclass[]) t"
+gexec $D clear_rollout_sql "SELECT tenancy.clear_rollout_sql(t) FROM unnest('{projects,tasks,comments}'::regclass[]) t"
+q $D -c "SELECT tenancy.clear_rollout(t) FROM unnest('{projects,tasks,comments}'::regclass[]) t" >/dev/null
 gexec $D set_mode_sql "SELECT tenancy.set_mode_sql(t, 'enforce') FROM unnest('{projects,tasks,comments}'::regclass[]) t"
 gexec $D disable_rls_sql "SELECT tenancy.disable_rls_sql(t) FROM unnest('{projects,tasks,comments}'::regclass[]) t"
 q $D -c "SELECT tenancy.set_mode(t, 'enforce') FROM unnest('{projects,tasks,comments}'::regclass[]) t" >/dev/null
@@ -142,6 +149,10 @@ lint add_tenant_column_sql add_tenant_column_sql
 lint bind_role_sql bind_role_sql
 lint policy_sql policy_sql
 lint set_mode_sql set_mode_sql
+lint set_tenant_mode_sql set_tenant_mode_sql
+lint set_rollout_percent_sql set_rollout_percent_sql
+lint undo_rollout_sql undo_rollout_sql
+lint clear_rollout_sql clear_rollout_sql
 lint disable_rls_sql disable_rls_sql
 lint enforce_not_null_sql enforce_not_null_sql
 lint scope_constraints_sql scope_constraints_sql
