@@ -293,6 +293,368 @@ BEGIN
             detail := format('shadow counters unavailable: %s', SQLERRM);
             fix := NULL;
     END;
+    RETURN NEXT;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- On a Citus cluster, the shards of a distributed table live on the
+-- workers: what a query on the coordinator reads of them went through each
+-- worker's copy of the policy, as the connecting role.  Counts that must
+-- see every row (unmigrated rows, cross-tenant references) therefore run on
+-- each shard through tenancy.table_query() on its worker (as the owner,
+-- without FORCE ROW LEVEL SECURITY, as on one node), and are summed here.
+-- Shadow-mode divergences are counted by the workers (citus_shadow.c) and
+-- gathered here per table.  Citus's functions are called through dynamic
+-- SQL: they do not exist where Citus is not installed.
+------------------------------------------------------------------------------
+
+-- Sums, over the shards of rel, of the bigint columns of the one-row query
+-- tpl run on each shard.  tpl is a format() string: %1$s is rel's shard,
+-- %2$s the colocated shard of other (a literal % is written %%).  Each
+-- shard is counted once, on its first active placement.  Runs as the
+-- caller, and table_query() on the worker as the less privileged of the
+-- caller and the shards' owners: executable by PUBLIC (as are the verify()
+-- helpers below, which only count), like table_query() itself.
+CREATE FUNCTION tenancy.citus_shard_sums(rel regclass, tpl text, other regclass DEFAULT NULL)
+RETURNS bigint[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd text;
+    sums bigint[];
+    v bigint[];
+    shard bigint;
+    ok boolean;
+    res text;
+    host text;
+    port integer;
+BEGIN
+    IF NOT tenancy.rls_citus_distributed(rel) THEN
+        RAISE EXCEPTION 'table % is not a Citus table', rel
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Count it with an ordinary query.';
+    END IF;
+    -- Citus formats cmd with the shard names (%1$L, %2$L); the worker then
+    -- formats tpl with them as regclass.
+    cmd := 'SELECT pg_catalog.array_to_string(tenancy.table_query(%1$L::pg_catalog.regclass, NULL, '
+        || 'pg_catalog.format(' || replace(quote_literal(tpl), '%', '%%') || ', %1$L::pg_catalog.regclass, '
+        || CASE WHEN other IS NULL THEN '%1$L' ELSE '%2$L' END || '::pg_catalog.regclass)), '','')';
+    -- plpgsql_check: dynamic: Citus's functions are absent where Citus is not installed; only names go in, through %I.
+    -- plpgsql_check: VOLATILE: the commands run on the workers.
+    FOR shard, ok, res, host, port IN EXECUTE CASE WHEN other IS NULL THEN
+        format('SELECT DISTINCT ON (p.shardid) p.shardid, p.success, p.result, p.nodename, p.nodeport
+                  FROM pg_catalog.%I($1, $3) p ORDER BY p.shardid, p.nodename, p.nodeport',
+               'run_command_on_placements')
+      ELSE
+        format('SELECT DISTINCT ON (p.shardid1) p.shardid1, p.success, p.result, p.nodename, p.nodeport
+                  FROM pg_catalog.%I($1, $2, $3) p ORDER BY p.shardid1, p.nodename, p.nodeport',
+               'run_command_on_colocated_placements')
+      END USING rel, other, cmd
+    LOOP
+        IF NOT ok THEN
+            RAISE EXCEPTION 'cannot count shard % of % on %:%', shard, rel, host, port
+                USING ERRCODE = 'external_routine_exception',
+                      DETAIL = res;
+        END IF;
+        v := string_to_array(res, ',')::bigint[];
+        sums := CASE WHEN sums IS NULL THEN v
+                     ELSE ARRAY(SELECT a + b FROM unnest(sums, v) u(a, b)) END;
+    END LOOP;
+    RETURN sums;
+END
+$$;
+COMMENT ON FUNCTION tenancy.citus_shard_sums(regclass, text, regclass) IS 'sums over the shards of a Citus table of a one-row counting query run on each shard as its owner (tenancy.table_query() on the worker)';
+
+-- The shadow counters of every node, per table: on the coordinator, the
+-- workers' counts of the shards (under the distributed table each worker's
+-- copy of the policy names) added to its own.
+CREATE FUNCTION tenancy.read_cluster_shadow_stats(
+    OUT relation regclass, OUT rows_checked bigint, OUT rows_hidden bigint,
+    OUT writes_refused bigint, OUT last_divergence timestamptz, OUT nodes integer)
+RETURNS SETOF record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ok boolean;
+    res text;
+    host text;
+    port integer;
+    stats jsonb;
+BEGIN
+    stats := (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                      'rel', format('%I.%I', n.nspname, c.relname), 'checked', s.rows_checked,
+                      'hidden', s.rows_hidden, 'refused', s.writes_refused, 'last', s.last_divergence)), '[]'::jsonb)
+                FROM tenancy.read_shadow_stats() s
+                JOIN pg_class c ON c.oid = s.relation JOIN pg_namespace n ON n.oid = c.relnamespace);
+    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
+        -- plpgsql_check: dynamic: Citus's function is absent where Citus is not installed; a constant command.
+        FOR host, port, ok, res IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.%I($1)',
+                                                  'run_command_on_workers') USING
+                    $q$SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                          'rel', pg_catalog.format('%I.%I', n.nspname, c.relname), 'checked', s.rows_checked,
+                          'hidden', s.rows_hidden, 'refused', s.writes_refused, 'last', s.last_divergence)), '[]')
+                        FROM tenancy.read_shadow_stats() s
+                        JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relation
+                        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace$q$ LOOP
+            IF NOT ok THEN
+                RAISE EXCEPTION 'cannot read the shadow counters of worker %:%', host, port
+                    USING ERRCODE = 'external_routine_exception',
+                          DETAIL = res;
+            END IF;
+            stats := stats || res::jsonb;
+        END LOOP;
+    END IF;
+    RETURN QUERY
+    SELECT to_regclass(e->>'rel'), sum((e->>'checked')::bigint)::bigint, sum((e->>'hidden')::bigint)::bigint,
+           sum((e->>'refused')::bigint)::bigint, max((e->>'last')::timestamptz), count(*)::integer
+      FROM jsonb_array_elements(stats) e
+     WHERE to_regclass(e->>'rel') IS NOT NULL
+     GROUP BY 1;
+END
+$$;
+
+CREATE VIEW tenancy.cluster_shadow_stats AS
+    SELECT relation, rows_checked, rows_hidden, writes_refused, last_divergence, nodes
+      FROM tenancy.read_cluster_shadow_stats();
+COMMENT ON VIEW tenancy.cluster_shadow_stats IS 'tenancy.shadow_stats of every node of a Citus cluster (this node and its workers), summed per table: distributed tables count on the workers that hold their shards';
+
+CREATE FUNCTION tenancy.reset_cluster_shadow_stats(tbl regclass DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ok boolean;
+    res text;
+    host text;
+    port integer;
+BEGIN
+    PERFORM tenancy.reset_shadow_stats(tbl);
+    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
+        -- plpgsql_check: dynamic: Citus's function is absent where Citus is not installed; the name goes through %I/%L.
+        FOR host, port, ok, res IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.%I($1)',
+                                                  'run_command_on_workers') USING
+                    format('SELECT tenancy.reset_shadow_stats(%s)',
+                           CASE WHEN tbl IS NULL THEN 'NULL'
+                                ELSE format('%L::pg_catalog.regclass',
+                                            (SELECT format('%I.%I', n.nspname, c.relname)
+                                               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                              WHERE c.oid = tbl)) END) LOOP
+            IF NOT ok THEN
+                RAISE EXCEPTION 'cannot reset the shadow counters of worker %:%', host, port
+                    USING ERRCODE = 'external_routine_exception',
+                          DETAIL = res;
+            END IF;
+        END LOOP;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.reset_cluster_shadow_stats(regclass) IS 'reset the shadow counters of a table, or of every table, on this node and every Citus worker';
+
+-- verify()'s null_tenant on a Citus table: rows whose tenant is NULL, at
+-- most lim ('ALL' or a number) per shard, at most max_rows in all.
+CREATE FUNCTION tenancy.citus_null_tenants(rel regclass, tenant_col name, lim text, max_rows bigint)
+RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT least((tenancy.citus_shard_sums(rel,
+                     format('SELECT count(*) FROM (SELECT 1 FROM %%1$s WHERE %s IS NULL LIMIT %s) s',
+                            replace(quote_ident(tenant_col), '%', '%%'), lim)))[1], max_rows);
+$$;
+COMMENT ON FUNCTION tenancy.citus_null_tenants(regclass, name, text, bigint) IS 'verify() check null_tenant on a Citus table: rows without a tenant, counted on each shard';
+
+-- verify()'s cross_tenant_reference on a Citus child table: its references
+-- through one foreign key (joincond, with x the child and p the parent)
+-- whose tenants differ (cond), counted shard by shard.  Citus allows a
+-- foreign key of a distributed table only to a colocated distributed table
+-- (then each child shard is joined with the parent shard beside it) or to
+-- a reference table (then with the parent's shard on the same node).
+CREATE FUNCTION tenancy.citus_cross_tenant_references(child regclass, parent regclass, joincond text,
+                                                      cond text, lim text, max_rows bigint)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    colocated boolean;
+    refshard text;
+    body text := replace(format(' p ON %s WHERE %s LIMIT %s) s', joincond, cond, lim), '%', '%%');
+BEGIN
+    IF NOT tenancy.rls_citus_distributed(child) OR NOT tenancy.rls_citus_distributed(parent) THEN
+        RAISE EXCEPTION 'tables % and % are not both Citus tables', child, parent
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Count the references with an ordinary query.';
+    END IF;
+    -- plpgsql_check: dynamic: Citus's catalog and functions are absent where Citus is not installed; only names go in, through %I.
+    EXECUTE format('SELECT pg_catalog.%I($1, $2)', 'distributed_tables_colocated') INTO colocated USING child, parent;
+    IF colocated THEN
+        RETURN least((tenancy.citus_shard_sums(child,
+                        'SELECT count(*) FROM (SELECT 1 FROM %1$s x JOIN %2$s' || body, parent))[1], max_rows);
+    END IF;
+    -- plpgsql_check: as above; the shard name is quoted by Citus's shard_name().
+    EXECUTE format($f$SELECT pg_catalog.shard_name(d.logicalrelid, s.shardid)
+                        FROM pg_catalog.%I d JOIN pg_catalog.%I s USING (logicalrelid)
+                       WHERE d.logicalrelid = $1 AND d.partmethod = 'n' AND d.repmodel = 't'$f$,
+                   'pg_dist_partition', 'pg_dist_shard')
+        INTO refshard USING parent;
+    IF refshard IS NULL THEN
+        RAISE EXCEPTION 'table % references %, which is neither colocated with it nor a reference table', child, parent
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Citus allows such a foreign key only to a colocated distributed table or a reference table.';
+    END IF;
+    RETURN least((tenancy.citus_shard_sums(child,
+                    'SELECT count(*) FROM (SELECT 1 FROM %1$s x JOIN ' || replace(refshard, '%', '%%') || body))[1],
+                 max_rows);
+END
+$$;
+COMMENT ON FUNCTION tenancy.citus_cross_tenant_references(regclass, regclass, text, text, text, bigint) IS 'verify() check cross_tenant_reference on a Citus table: the references of one foreign key between tenants, counted on each shard';
+
+REVOKE ALL ON TABLE tenancy.cluster_shadow_stats FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.read_cluster_shadow_stats() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.reset_cluster_shadow_stats(regclass) FROM PUBLIC;
+GRANT SELECT ON TABLE tenancy.cluster_shadow_stats TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION tenancy.read_cluster_shadow_stats() TO pg_read_all_stats;
+
+-- issue 18: ro-paths (what each path sees, dashboards): src/path_stats.sql and src/report.sql
+-- src/path_stats.sql: what each code path sees (C: path_stats.c).  The
+-- shadow-mode counts split by path (legacy: no tenant, or a tenant from a
+-- default such as a role binding; new: set_tenant(), a token, SET), role and
+-- tenant, and a bounded sample of recent divergences with their query ids.
+
+CREATE FUNCTION tenancy.read_path_stats(
+    OUT relation regclass, OUT path text, OUT role regrole, OUT xacts bigint,
+    OUT reads bigint, OUT rows_read bigint, OUT rows_hidden bigint,
+    OUT rows_written bigint, OUT writes_refused bigint, OUT last_divergence timestamptz)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'tenancy_read_path_stats'
+    LANGUAGE C VOLATILE;
+
+CREATE VIEW tenancy.path_stats AS
+    SELECT relation, path, role, xacts, reads, rows_read, rows_hidden,
+           rows_written, writes_refused, last_divergence
+      FROM tenancy.read_path_stats()
+     WHERE relation IS NOT NULL;
+COMMENT ON VIEW tenancy.path_stats IS 'shadow-mode counts per table, code path (legacy/new) and role of this database (needs shared_preload_libraries)';
+
+CREATE VIEW tenancy.path_activity AS
+    SELECT path, xacts, rows_read, rows_hidden, rows_written, writes_refused, last_divergence
+      FROM tenancy.read_path_stats()
+     WHERE relation IS NULL;
+COMMENT ON VIEW tenancy.path_activity IS 'per code path (legacy/new) of this database: transactions, rows read and written, rows enforce mode would hide, writes it would refuse, over the tables in shadow mode (needs shared_preload_libraries)';
+
+CREATE FUNCTION tenancy.read_tenant_path_stats(
+    OUT path text, OUT tenant text, OUT xacts bigint, OUT rows_read bigint, OUT rows_hidden bigint, OUT rows_written bigint,
+    OUT writes_refused bigint, OUT score bigint, OUT last_divergence timestamptz)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'tenancy_read_tenant_path_stats'
+    LANGUAGE C VOLATILE;
+
+CREATE VIEW tenancy.tenant_path_stats AS
+    SELECT path, tenant, xacts, rows_read, rows_hidden, rows_written,
+           writes_refused, score, last_divergence
+      FROM tenancy.read_tenant_path_stats();
+COMMENT ON VIEW tenancy.tenant_path_stats IS 'shadow-mode counts per code path and current tenant (NULL: none) of this database: the tenancy.path_stats_tenants highest scores (needs shared_preload_libraries)';
+
+CREATE FUNCTION tenancy.read_path_divergences(
+    OUT seq bigint, OUT at timestamptz, OUT relation regclass, OUT operation text,
+    OUT path text, OUT role regrole, OUT tenant text, OUT row_tenant text,
+    OUT query_id bigint)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'tenancy_read_path_divergences'
+    LANGUAGE C VOLATILE;
+
+CREATE VIEW tenancy.path_divergences AS
+    SELECT seq, at, relation, operation, path, role, tenant, row_tenant, query_id
+      FROM tenancy.read_path_divergences();
+COMMENT ON VIEW tenancy.path_divergences IS 'recent shadow-mode divergences of this database (the first of each statement per table, path, role and tenant), oldest first; query_id as in pg_stat_statements (needs shared_preload_libraries)';
+
+CREATE FUNCTION tenancy.path_stats_dropped(
+    OUT rows_dropped bigint, OUT divergences_dropped bigint, OUT tenants_evicted bigint,
+    OUT tenant_rows_evicted bigint, OUT tenant_divergences_evicted bigint,
+    OUT samples_taken bigint, OUT samples_overwritten bigint)
+    AS 'MODULE_PATHNAME', 'tenancy_path_stats_dropped'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.path_stats_dropped() IS 'cluster-wide: what the bounded path counters could not keep (rows and divergences of a full tenancy.path_stats_max hash, tenants evicted with their counts, divergence samples overwritten)';
+
+CREATE FUNCTION tenancy.reset_path_stats() RETURNS void
+    AS 'MODULE_PATHNAME', 'tenancy_reset_path_stats'
+    LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION tenancy.reset_path_stats() IS 'reset the path counters, tenants and divergence samples of this database, and what path_stats_dropped() shows';
+
+-- Tenant keys and role names: not for PUBLIC.  pg_read_all_stats (and so
+-- pg_monitor) reads; resetting is for superusers and whom they grant it.
+REVOKE ALL ON TABLE tenancy.path_stats, tenancy.path_activity,
+    tenancy.tenant_path_stats, tenancy.path_divergences FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.read_path_stats(), tenancy.read_tenant_path_stats(),
+    tenancy.read_path_divergences(), tenancy.path_stats_dropped(),
+    tenancy.reset_path_stats() FROM PUBLIC;
+GRANT SELECT ON TABLE tenancy.path_stats, tenancy.path_activity,
+    tenancy.tenant_path_stats, tenancy.path_divergences TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION tenancy.read_path_stats(), tenancy.read_tenant_path_stats(),
+    tenancy.read_path_divergences(), tenancy.path_stats_dropped() TO pg_read_all_stats;
+
+-- src/report.sql: the migration's state on one screen: a view for the
+-- dashboards (monitoring/postgres_exporter.yml) and tenancy.report() for
+-- psql users.  Divergences come from the path counters (path_stats.sql).
+
+-- Per registered table: stage, row security mode, rollout, what is left to
+-- migrate, the backfill, and the shadow divergences by path.  The rollout
+-- column stays NULL until per-tenant rollout records one.
+CREATE VIEW tenancy.migration_overview AS
+SELECT t.relation,
+       t.stage,
+       r.mode,
+       NULL::text AS rollout,
+       s.unmigrated,
+       s.total_rows,
+       s.percent_migrated,
+       s.rate_per_s AS migrated_per_s,
+       b.state AS backfill_state,
+       b.percent AS backfill_percent,
+       b.rows_done AS backfill_rows_done,
+       b.rows_per_s AS backfill_rows_per_s,
+       coalesce(d.legacy_hidden, 0) AS legacy_rows_hidden,
+       coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
+       coalesce(d.new_hidden, 0) AS new_rows_hidden,
+       coalesce(d.new_refused, 0) AS new_writes_refused,
+       GREATEST(t.registered_at, r.enabled_at, c.last_step) AS last_change
+  FROM tenancy.tables t
+  LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT p.state, p.percent, p.rows_done, p.rows_per_s
+          FROM tenancy.backfill_progress p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation
+         ORDER BY p.id DESC LIMIT 1) b ON true
+  LEFT JOIN LATERAL (
+        SELECT max(GREATEST(l.done_at, l.undone_at)) AS last_step
+          FROM tenancy.contract_log l
+         WHERE l.relation OPERATOR(pg_catalog.=) t.relation) c ON true
+  LEFT JOIN LATERAL (
+        SELECT sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_refused,
+               sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_refused
+          FROM tenancy.read_path_stats() p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation) d ON true;
+COMMENT ON VIEW tenancy.migration_overview IS 'per registered table: stage, mode, rollout, unmigrated rows, backfill, shadow divergences by path, last change (needs shared_preload_libraries)';
+
+CREATE FUNCTION tenancy.report()
+RETURNS TABLE (relation regclass, stage text, mode text, rollout text,
+               unmigrated bigint, backfill text, legacy_divergences bigint,
+               new_divergences bigint, last_change timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT o.relation, o.stage, o.mode, o.rollout, o.unmigrated,
+           CASE WHEN o.backfill_state IS NULL THEN NULL
+                ELSE o.backfill_state || coalesce(' ' || o.backfill_percent || '%', '') END,
+           o.legacy_rows_hidden + o.legacy_writes_refused,
+           o.new_rows_hidden + o.new_writes_refused,
+           o.last_change
+      FROM tenancy.migration_overview o
+     ORDER BY o.relation::text COLLATE "C"
+$$;
+COMMENT ON FUNCTION tenancy.report() IS 'the whole migration on one screen: per table stage, mode, rollout, unmigrated rows, backfill, divergences by path (rows hidden + writes refused), last change';
+
+REVOKE ALL ON TABLE tenancy.migration_overview FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.report() FROM PUBLIC;
+GRANT SELECT ON TABLE tenancy.migration_overview TO pg_read_all_stats;
+GRANT EXECUTE ON FUNCTION tenancy.report() TO pg_read_all_stats;
+
 -- issue 18: deprecation (src/deprecation.sql, all new objects)
 
 ------------------------------------------------------------------------------
@@ -587,362 +949,6 @@ BEGIN
 END
 $$;
 
-------------------------------------------------------------------------------
--- On a Citus cluster, the shards of a distributed table live on the
--- workers: what a query on the coordinator reads of them went through each
--- worker's copy of the policy, as the connecting role.  Counts that must
--- see every row (unmigrated rows, cross-tenant references) therefore run on
--- each shard through tenancy.table_query() on its worker (as the owner,
--- without FORCE ROW LEVEL SECURITY, as on one node), and are summed here.
--- Shadow-mode divergences are counted by the workers (citus_shadow.c) and
--- gathered here per table.  Citus's functions are called through dynamic
--- SQL: they do not exist where Citus is not installed.
-------------------------------------------------------------------------------
-
--- Sums, over the shards of rel, of the bigint columns of the one-row query
--- tpl run on each shard.  tpl is a format() string: %1$s is rel's shard,
--- %2$s the colocated shard of other (a literal % is written %%).  Each
--- shard is counted once, on its first active placement.  Runs as the
--- caller, and table_query() on the worker as the less privileged of the
--- caller and the shards' owners: executable by PUBLIC (as are the verify()
--- helpers below, which only count), like table_query() itself.
-CREATE FUNCTION tenancy.citus_shard_sums(rel regclass, tpl text, other regclass DEFAULT NULL)
-RETURNS bigint[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cmd text;
-    sums bigint[];
-    v bigint[];
-    shard bigint;
-    ok boolean;
-    res text;
-    host text;
-    port integer;
-BEGIN
-    IF NOT tenancy.rls_citus_distributed(rel) THEN
-        RAISE EXCEPTION 'table % is not a Citus table', rel
-            USING ERRCODE = 'wrong_object_type',
-                  HINT = 'Count it with an ordinary query.';
-    END IF;
-    -- Citus formats cmd with the shard names (%1$L, %2$L); the worker then
-    -- formats tpl with them as regclass.
-    cmd := 'SELECT pg_catalog.array_to_string(tenancy.table_query(%1$L::pg_catalog.regclass, NULL, '
-        || 'pg_catalog.format(' || replace(quote_literal(tpl), '%', '%%') || ', %1$L::pg_catalog.regclass, '
-        || CASE WHEN other IS NULL THEN '%1$L' ELSE '%2$L' END || '::pg_catalog.regclass)), '','')';
-    -- plpgsql_check: dynamic: Citus's functions are absent where Citus is not installed; only names go in, through %I.
-    -- plpgsql_check: VOLATILE: the commands run on the workers.
-    FOR shard, ok, res, host, port IN EXECUTE CASE WHEN other IS NULL THEN
-        format('SELECT DISTINCT ON (p.shardid) p.shardid, p.success, p.result, p.nodename, p.nodeport
-                  FROM pg_catalog.%I($1, $3) p ORDER BY p.shardid, p.nodename, p.nodeport',
-               'run_command_on_placements')
-      ELSE
-        format('SELECT DISTINCT ON (p.shardid1) p.shardid1, p.success, p.result, p.nodename, p.nodeport
-                  FROM pg_catalog.%I($1, $2, $3) p ORDER BY p.shardid1, p.nodename, p.nodeport',
-               'run_command_on_colocated_placements')
-      END USING rel, other, cmd
-    LOOP
-        IF NOT ok THEN
-            RAISE EXCEPTION 'cannot count shard % of % on %:%', shard, rel, host, port
-                USING ERRCODE = 'external_routine_exception',
-                      DETAIL = res;
-        END IF;
-        v := string_to_array(res, ',')::bigint[];
-        sums := CASE WHEN sums IS NULL THEN v
-                     ELSE ARRAY(SELECT a + b FROM unnest(sums, v) u(a, b)) END;
-    END LOOP;
-    RETURN sums;
-END
-$$;
-COMMENT ON FUNCTION tenancy.citus_shard_sums(regclass, text, regclass) IS 'sums over the shards of a Citus table of a one-row counting query run on each shard as its owner (tenancy.table_query() on the worker)';
-
--- The shadow counters of every node, per table: on the coordinator, the
--- workers' counts of the shards (under the distributed table each worker's
--- copy of the policy names) added to its own.
-CREATE FUNCTION tenancy.read_cluster_shadow_stats(
-    OUT relation regclass, OUT rows_checked bigint, OUT rows_hidden bigint,
-    OUT writes_refused bigint, OUT last_divergence timestamptz, OUT nodes integer)
-RETURNS SETOF record
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    ok boolean;
-    res text;
-    host text;
-    port integer;
-    stats jsonb;
-BEGIN
-    stats := (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                      'rel', format('%I.%I', n.nspname, c.relname), 'checked', s.rows_checked,
-                      'hidden', s.rows_hidden, 'refused', s.writes_refused, 'last', s.last_divergence)), '[]'::jsonb)
-                FROM tenancy.read_shadow_stats() s
-                JOIN pg_class c ON c.oid = s.relation JOIN pg_namespace n ON n.oid = c.relnamespace);
-    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
-        -- plpgsql_check: dynamic: Citus's function is absent where Citus is not installed; a constant command.
-        FOR host, port, ok, res IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.%I($1)',
-                                                  'run_command_on_workers') USING
-                    $q$SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-                          'rel', pg_catalog.format('%I.%I', n.nspname, c.relname), 'checked', s.rows_checked,
-                          'hidden', s.rows_hidden, 'refused', s.writes_refused, 'last', s.last_divergence)), '[]')
-                        FROM tenancy.read_shadow_stats() s
-                        JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.relation
-                        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace$q$ LOOP
-            IF NOT ok THEN
-                RAISE EXCEPTION 'cannot read the shadow counters of worker %:%', host, port
-                    USING ERRCODE = 'external_routine_exception',
-                          DETAIL = res;
-            END IF;
-            stats := stats || res::jsonb;
-        END LOOP;
-    END IF;
-    RETURN QUERY
-    SELECT to_regclass(e->>'rel'), sum((e->>'checked')::bigint)::bigint, sum((e->>'hidden')::bigint)::bigint,
-           sum((e->>'refused')::bigint)::bigint, max((e->>'last')::timestamptz), count(*)::integer
-      FROM jsonb_array_elements(stats) e
-     WHERE to_regclass(e->>'rel') IS NOT NULL
-     GROUP BY 1;
-END
-$$;
-
-CREATE VIEW tenancy.cluster_shadow_stats AS
-    SELECT relation, rows_checked, rows_hidden, writes_refused, last_divergence, nodes
-      FROM tenancy.read_cluster_shadow_stats();
-COMMENT ON VIEW tenancy.cluster_shadow_stats IS 'tenancy.shadow_stats of every node of a Citus cluster (this node and its workers), summed per table: distributed tables count on the workers that hold their shards';
-
-CREATE FUNCTION tenancy.reset_cluster_shadow_stats(tbl regclass DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    ok boolean;
-    res text;
-    host text;
-    port integer;
-BEGIN
-    PERFORM tenancy.reset_shadow_stats(tbl);
-    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
-        -- plpgsql_check: dynamic: Citus's function is absent where Citus is not installed; the name goes through %I/%L.
-        FOR host, port, ok, res IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.%I($1)',
-                                                  'run_command_on_workers') USING
-                    format('SELECT tenancy.reset_shadow_stats(%s)',
-                           CASE WHEN tbl IS NULL THEN 'NULL'
-                                ELSE format('%L::pg_catalog.regclass',
-                                            (SELECT format('%I.%I', n.nspname, c.relname)
-                                               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                              WHERE c.oid = tbl)) END) LOOP
-            IF NOT ok THEN
-                RAISE EXCEPTION 'cannot reset the shadow counters of worker %:%', host, port
-                    USING ERRCODE = 'external_routine_exception',
-                          DETAIL = res;
-            END IF;
-        END LOOP;
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION tenancy.reset_cluster_shadow_stats(regclass) IS 'reset the shadow counters of a table, or of every table, on this node and every Citus worker';
-
--- verify()'s null_tenant on a Citus table: rows whose tenant is NULL, at
--- most lim ('ALL' or a number) per shard, at most max_rows in all.
-CREATE FUNCTION tenancy.citus_null_tenants(rel regclass, tenant_col name, lim text, max_rows bigint)
-RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT least((tenancy.citus_shard_sums(rel,
-                     format('SELECT count(*) FROM (SELECT 1 FROM %%1$s WHERE %s IS NULL LIMIT %s) s',
-                            replace(quote_ident(tenant_col), '%', '%%'), lim)))[1], max_rows);
-$$;
-COMMENT ON FUNCTION tenancy.citus_null_tenants(regclass, name, text, bigint) IS 'verify() check null_tenant on a Citus table: rows without a tenant, counted on each shard';
-
--- verify()'s cross_tenant_reference on a Citus child table: its references
--- through one foreign key (joincond, with x the child and p the parent)
--- whose tenants differ (cond), counted shard by shard.  Citus allows a
--- foreign key of a distributed table only to a colocated distributed table
--- (then each child shard is joined with the parent shard beside it) or to
--- a reference table (then with the parent's shard on the same node).
-CREATE FUNCTION tenancy.citus_cross_tenant_references(child regclass, parent regclass, joincond text,
-                                                      cond text, lim text, max_rows bigint)
-RETURNS bigint
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    colocated boolean;
-    refshard text;
-    body text := replace(format(' p ON %s WHERE %s LIMIT %s) s', joincond, cond, lim), '%', '%%');
-BEGIN
-    IF NOT tenancy.rls_citus_distributed(child) OR NOT tenancy.rls_citus_distributed(parent) THEN
-        RAISE EXCEPTION 'tables % and % are not both Citus tables', child, parent
-            USING ERRCODE = 'wrong_object_type',
-                  HINT = 'Count the references with an ordinary query.';
-    END IF;
-    -- plpgsql_check: dynamic: Citus's catalog and functions are absent where Citus is not installed; only names go in, through %I.
-    EXECUTE format('SELECT pg_catalog.%I($1, $2)', 'distributed_tables_colocated') INTO colocated USING child, parent;
-    IF colocated THEN
-        RETURN least((tenancy.citus_shard_sums(child,
-                        'SELECT count(*) FROM (SELECT 1 FROM %1$s x JOIN %2$s' || body, parent))[1], max_rows);
-    END IF;
-    -- plpgsql_check: as above; the shard name is quoted by Citus's shard_name().
-    EXECUTE format($f$SELECT pg_catalog.shard_name(d.logicalrelid, s.shardid)
-                        FROM pg_catalog.%I d JOIN pg_catalog.%I s USING (logicalrelid)
-                       WHERE d.logicalrelid = $1 AND d.partmethod = 'n' AND d.repmodel = 't'$f$,
-                   'pg_dist_partition', 'pg_dist_shard')
-        INTO refshard USING parent;
-    IF refshard IS NULL THEN
-        RAISE EXCEPTION 'table % references %, which is neither colocated with it nor a reference table', child, parent
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Citus allows such a foreign key only to a colocated distributed table or a reference table.';
-    END IF;
-    RETURN least((tenancy.citus_shard_sums(child,
-                    'SELECT count(*) FROM (SELECT 1 FROM %1$s x JOIN ' || replace(refshard, '%', '%%') || body))[1],
-                 max_rows);
-END
-$$;
-COMMENT ON FUNCTION tenancy.citus_cross_tenant_references(regclass, regclass, text, text, text, bigint) IS 'verify() check cross_tenant_reference on a Citus table: the references of one foreign key between tenants, counted on each shard';
-
-REVOKE ALL ON TABLE tenancy.cluster_shadow_stats FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.read_cluster_shadow_stats() FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.reset_cluster_shadow_stats(regclass) FROM PUBLIC;
-GRANT SELECT ON TABLE tenancy.cluster_shadow_stats TO pg_read_all_stats;
-GRANT EXECUTE ON FUNCTION tenancy.read_cluster_shadow_stats() TO pg_read_all_stats;
--- issue 18: ro-paths (what each path sees, dashboards): src/path_stats.sql and src/report.sql
--- src/path_stats.sql: what each code path sees (C: path_stats.c).  The
--- shadow-mode counts split by path (legacy: no tenant, or a tenant from a
--- default such as a role binding; new: set_tenant(), a token, SET), role and
--- tenant, and a bounded sample of recent divergences with their query ids.
-
-CREATE FUNCTION tenancy.read_path_stats(
-    OUT relation regclass, OUT path text, OUT role regrole, OUT xacts bigint,
-    OUT reads bigint, OUT rows_read bigint, OUT rows_hidden bigint,
-    OUT rows_written bigint, OUT writes_refused bigint, OUT last_divergence timestamptz)
-RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'tenancy_read_path_stats'
-    LANGUAGE C VOLATILE;
-
-CREATE VIEW tenancy.path_stats AS
-    SELECT relation, path, role, xacts, reads, rows_read, rows_hidden,
-           rows_written, writes_refused, last_divergence
-      FROM tenancy.read_path_stats()
-     WHERE relation IS NOT NULL;
-COMMENT ON VIEW tenancy.path_stats IS 'shadow-mode counts per table, code path (legacy/new) and role of this database (needs shared_preload_libraries)';
-
-CREATE VIEW tenancy.path_activity AS
-    SELECT path, xacts, rows_read, rows_hidden, rows_written, writes_refused, last_divergence
-      FROM tenancy.read_path_stats()
-     WHERE relation IS NULL;
-COMMENT ON VIEW tenancy.path_activity IS 'per code path (legacy/new) of this database: transactions, rows read and written, rows enforce mode would hide, writes it would refuse, over the tables in shadow mode (needs shared_preload_libraries)';
-
-CREATE FUNCTION tenancy.read_tenant_path_stats(
-    OUT path text, OUT tenant text, OUT xacts bigint, OUT rows_read bigint, OUT rows_hidden bigint, OUT rows_written bigint,
-    OUT writes_refused bigint, OUT score bigint, OUT last_divergence timestamptz)
-RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'tenancy_read_tenant_path_stats'
-    LANGUAGE C VOLATILE;
-
-CREATE VIEW tenancy.tenant_path_stats AS
-    SELECT path, tenant, xacts, rows_read, rows_hidden, rows_written,
-           writes_refused, score, last_divergence
-      FROM tenancy.read_tenant_path_stats();
-COMMENT ON VIEW tenancy.tenant_path_stats IS 'shadow-mode counts per code path and current tenant (NULL: none) of this database: the tenancy.path_stats_tenants highest scores (needs shared_preload_libraries)';
-
-CREATE FUNCTION tenancy.read_path_divergences(
-    OUT seq bigint, OUT at timestamptz, OUT relation regclass, OUT operation text,
-    OUT path text, OUT role regrole, OUT tenant text, OUT row_tenant text,
-    OUT query_id bigint)
-RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'tenancy_read_path_divergences'
-    LANGUAGE C VOLATILE;
-
-CREATE VIEW tenancy.path_divergences AS
-    SELECT seq, at, relation, operation, path, role, tenant, row_tenant, query_id
-      FROM tenancy.read_path_divergences();
-COMMENT ON VIEW tenancy.path_divergences IS 'recent shadow-mode divergences of this database (the first of each statement per table, path, role and tenant), oldest first; query_id as in pg_stat_statements (needs shared_preload_libraries)';
-
-CREATE FUNCTION tenancy.path_stats_dropped(
-    OUT rows_dropped bigint, OUT divergences_dropped bigint, OUT tenants_evicted bigint,
-    OUT tenant_rows_evicted bigint, OUT tenant_divergences_evicted bigint,
-    OUT samples_taken bigint, OUT samples_overwritten bigint)
-    AS 'MODULE_PATHNAME', 'tenancy_path_stats_dropped'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.path_stats_dropped() IS 'cluster-wide: what the bounded path counters could not keep (rows and divergences of a full tenancy.path_stats_max hash, tenants evicted with their counts, divergence samples overwritten)';
-
-CREATE FUNCTION tenancy.reset_path_stats() RETURNS void
-    AS 'MODULE_PATHNAME', 'tenancy_reset_path_stats'
-    LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION tenancy.reset_path_stats() IS 'reset the path counters, tenants and divergence samples of this database, and what path_stats_dropped() shows';
-
--- Tenant keys and role names: not for PUBLIC.  pg_read_all_stats (and so
--- pg_monitor) reads; resetting is for superusers and whom they grant it.
-REVOKE ALL ON TABLE tenancy.path_stats, tenancy.path_activity,
-    tenancy.tenant_path_stats, tenancy.path_divergences FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.read_path_stats(), tenancy.read_tenant_path_stats(),
-    tenancy.read_path_divergences(), tenancy.path_stats_dropped(),
-    tenancy.reset_path_stats() FROM PUBLIC;
-GRANT SELECT ON TABLE tenancy.path_stats, tenancy.path_activity,
-    tenancy.tenant_path_stats, tenancy.path_divergences TO pg_read_all_stats;
-GRANT EXECUTE ON FUNCTION tenancy.read_path_stats(), tenancy.read_tenant_path_stats(),
-    tenancy.read_path_divergences(), tenancy.path_stats_dropped() TO pg_read_all_stats;
-
--- src/report.sql: the migration's state on one screen: a view for the
--- dashboards (monitoring/postgres_exporter.yml) and tenancy.report() for
--- psql users.  Divergences come from the path counters (path_stats.sql).
-
--- Per registered table: stage, row security mode, rollout, what is left to
--- migrate, the backfill, and the shadow divergences by path.  The rollout
--- column stays NULL until per-tenant rollout records one.
-CREATE VIEW tenancy.migration_overview AS
-SELECT t.relation,
-       t.stage,
-       r.mode,
-       NULL::text AS rollout,
-       s.unmigrated,
-       s.total_rows,
-       s.percent_migrated,
-       s.rate_per_s AS migrated_per_s,
-       b.state AS backfill_state,
-       b.percent AS backfill_percent,
-       b.rows_done AS backfill_rows_done,
-       b.rows_per_s AS backfill_rows_per_s,
-       coalesce(d.legacy_hidden, 0) AS legacy_rows_hidden,
-       coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
-       coalesce(d.new_hidden, 0) AS new_rows_hidden,
-       coalesce(d.new_refused, 0) AS new_writes_refused,
-       GREATEST(t.registered_at, r.enabled_at, c.last_step) AS last_change
-  FROM tenancy.tables t
-  LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
-  LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
-  LEFT JOIN LATERAL (
-        SELECT p.state, p.percent, p.rows_done, p.rows_per_s
-          FROM tenancy.backfill_progress p
-         WHERE p.relation OPERATOR(pg_catalog.=) t.relation
-         ORDER BY p.id DESC LIMIT 1) b ON true
-  LEFT JOIN LATERAL (
-        SELECT max(GREATEST(l.done_at, l.undone_at)) AS last_step
-          FROM tenancy.contract_log l
-         WHERE l.relation OPERATOR(pg_catalog.=) t.relation) c ON true
-  LEFT JOIN LATERAL (
-        SELECT sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_hidden,
-               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_refused,
-               sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_hidden,
-               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_refused
-          FROM tenancy.read_path_stats() p
-         WHERE p.relation OPERATOR(pg_catalog.=) t.relation) d ON true;
-COMMENT ON VIEW tenancy.migration_overview IS 'per registered table: stage, mode, rollout, unmigrated rows, backfill, shadow divergences by path, last change (needs shared_preload_libraries)';
-
-CREATE FUNCTION tenancy.report()
-RETURNS TABLE (relation regclass, stage text, mode text, rollout text,
-               unmigrated bigint, backfill text, legacy_divergences bigint,
-               new_divergences bigint, last_change timestamptz)
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT o.relation, o.stage, o.mode, o.rollout, o.unmigrated,
-           CASE WHEN o.backfill_state IS NULL THEN NULL
-                ELSE o.backfill_state || coalesce(' ' || o.backfill_percent || '%', '') END,
-           o.legacy_rows_hidden + o.legacy_writes_refused,
-           o.new_rows_hidden + o.new_writes_refused,
-           o.last_change
-      FROM tenancy.migration_overview o
-     ORDER BY o.relation::text COLLATE "C"
-$$;
-COMMENT ON FUNCTION tenancy.report() IS 'the whole migration on one screen: per table stage, mode, rollout, unmigrated rows, backfill, divergences by path (rows hidden + writes refused), last change';
-
-REVOKE ALL ON TABLE tenancy.migration_overview FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.report() FROM PUBLIC;
-GRANT SELECT ON TABLE tenancy.migration_overview TO pg_read_all_stats;
-GRANT EXECUTE ON FUNCTION tenancy.report() TO pg_read_all_stats;
 -- Why the role may not be retired yet (NULL: it may).
 CREATE FUNCTION tenancy.retire_refusal(role regrole, OUT errcode text, OUT message text, OUT detail text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -1496,6 +1502,174 @@ BEGIN
         relation := t.relation;
         row_count := r[1]::bigint;
         checksum := r[2];
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.tenant_checksums(text) IS 'per registered table: the tenant''s row count and an md5 of its rows, to compare two copies';
+
+REVOKE EXECUTE ON FUNCTION
+    tenancy.erase_order(),
+    tenancy.erase_blockers(text),
+    tenancy.erase_batch_sql(regclass, name),
+    tenancy.erase_leaves(regclass),
+    tenancy.erase_remaining(regclass, name, text),
+    tenancy.erase_check(text),
+    tenancy.erase_tenant_sql(text),
+    tenancy.tenant_checksums(text)
+FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE
+    tenancy.erase_tenant(text, integer, integer, integer, interval, interval, interval, integer, integer)
+FROM PUBLIC;
+
+-- issue 17: citus_context
+
+------------------------------------------------------------------------------
+-- Role bindings on every node
+------------------------------------------------------------------------------
+
+-- Citus propagates ALTER ROLE ... IN DATABASE ... SET (the role default that
+-- bind_role() writes), so a bound role's connections to the workers get its
+-- tenant; tenancy.role_bindings is a table of each node, and the workers
+-- need it too, to refuse any other tenant to a bound role that connects to
+-- them directly (and to admit the default under context_source = token).
+-- On the coordinator of a Citus cluster each change of a binding is copied
+-- to the workers as the transaction commits (deferred), by the superuser
+-- who changed it; a worker that cannot be reached fails the commit.
+CREATE FUNCTION tenancy.citus_forward_binding() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    coordinator boolean;
+    stmt text;
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    -- Citus's functions by name: they exist only where Citus is installed.
+    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO coordinator;
+    IF NOT coordinator THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        stmt := format('DELETE FROM tenancy.role_bindings WHERE role = %L::pg_catalog.regrole',
+                       OLD.role::text);
+    ELSE
+        stmt := format('INSERT INTO tenancy.role_bindings (role, tenant) VALUES (%L::pg_catalog.regrole, %L)'
+                       ' ON CONFLICT (role) DO UPDATE SET tenant = excluded.tenant',
+                       NEW.role::text, NEW.tenant);
+        IF TG_OP = 'UPDATE' AND OLD.role <> NEW.role THEN
+            stmt := format('DELETE FROM tenancy.role_bindings WHERE role = %L::pg_catalog.regrole; ',
+                           OLD.role::text) || stmt;
+        END IF;
+    END IF;
+    FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
+             USING stmt LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not copy the role binding to the Citus worker %:%', r.nodename, r.nodeport
+                USING ERRCODE = 'connection_failure', DETAIL = r.result,
+                      HINT = 'Bind the role again once every worker is reachable.';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION tenancy.citus_forward_binding() FROM PUBLIC;
+
+CREATE CONSTRAINT TRIGGER role_bindings_citus
+    AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_bindings
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tenancy.citus_forward_binding();
+
+------------------------------------------------------------------------------
+-- What the forwarding relies on, node by node
+------------------------------------------------------------------------------
+
+-- The tenant forwarded to a worker is parsed and checked there, under the
+-- worker's settings: every node must have the extension at the same
+-- version, preloaded after citus, with the same key type and context
+-- source (a worker in mode "any" behind a coordinator in mode "token" would
+-- take a bare key from a client that reaches it directly), a keys file in
+-- token mode, and the coordinator's role bindings.  One row per problem;
+-- none on a database without Citus.  verify() may report these rows.
+CREATE FUNCTION tenancy.citus_context_problems(OUT check_name text, OUT node text, OUT detail text)
+RETURNS SETOF record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    probe constant text := $q$SELECT pg_catalog.json_build_object(
+        'version', (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'tenancy'),
+        'preload', pg_catalog.current_setting('shared_preload_libraries'),
+        'tenant_type', pg_catalog.current_setting('tenancy.tenant_type', true),
+        'context_source', pg_catalog.current_setting('tenancy.context_source', true),
+        'keys_file', coalesce(pg_catalog.current_setting('tenancy.token_keys_file', true), '') <> '',
+        'bindings', (SELECT pg_catalog.string_agg(b.role::text || '=' || b.tenant, ',' ORDER BY b.role::text)
+                       FROM tenancy.role_bindings b))::text$q$;
+    here json;
+    ok boolean;
+    result text;
+    v json;
+    coordinator boolean;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    -- plpgsql_check: Citus's functions exist only where Citus is installed: named at run time.
+    EXECUTE format('SELECT pg_catalog.%I()', 'citus_is_coordinator') INTO coordinator;
+    IF NOT coordinator THEN
+        RAISE EXCEPTION 'tenancy.citus_context_problems() runs on the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- plpgsql_check: the probe is a constant.
+    EXECUTE probe INTO here;
+    -- plpgsql_check: VOLATILE: run_command_on_workers() opens connections to the workers.
+    -- plpgsql_check: Citus's functions by name, as above; the probe is a constant.
+    FOR node, ok, result IN EXECUTE format('SELECT n.nodename || '':'' || n.nodeport AS node, x.success, x.result
+                               FROM pg_catalog.%I($1) x
+                               JOIN pg_catalog.%I n ON n.nodename = x.nodename AND n.nodeport = x.nodeport
+                              ORDER BY 1', 'run_command_on_workers', 'pg_dist_node') USING probe LOOP
+        IF NOT ok THEN
+            check_name := 'unreachable'; detail := result;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        v := result::json;
+        IF (v->>'version') IS DISTINCT FROM (here->>'version') THEN
+            check_name := 'version';
+            detail := format('tenancy %s on the worker, %s on the coordinator', coalesce(v->>'version', 'absent'), here->>'version');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'preload') !~ '(^|,)\s*citus\s*,(.*,)?\s*tenancy\s*(,|$)' THEN
+            check_name := 'preload';
+            detail := format('shared_preload_libraries is %L: it must name citus, then tenancy', v->>'preload');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'tenant_type') IS DISTINCT FROM (here->>'tenant_type') THEN
+            check_name := 'tenant_type';
+            detail := format('tenancy.tenant_type is %s on the worker, %s on the coordinator', v->>'tenant_type', here->>'tenant_type');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'context_source') IS DISTINCT FROM (here->>'context_source') THEN
+            check_name := 'context_source';
+            detail := format('tenancy.context_source is %s on the worker, %s on the coordinator', v->>'context_source', here->>'context_source');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'context_source') = 'token' AND NOT (v->>'keys_file')::boolean THEN
+            check_name := 'token_keys_file';
+            detail := 'tenancy.context_source is token but no tenancy.token_keys_file is set: the worker refuses every forwarded token';
+            RETURN NEXT;
+        END IF;
+        IF (v->>'bindings') IS DISTINCT FROM (here->>'bindings') THEN
+            check_name := 'role_bindings';
+            detail := format('tenancy.role_bindings holds %s on the worker, %s on the coordinator',
+                             coalesce(v->>'bindings', 'nothing'), coalesce(here->>'bindings', 'nothing'));
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file or role bindings differ from what forwarding the tenant relies on';
+REVOKE EXECUTE ON FUNCTION tenancy.citus_context_problems() FROM PUBLIC;
+
 -- issue 19: move (src/move.sql: tenant moves by logical replication; everything in it is new)
 ------------------------------------------------------------------------------
 -- Bookkeeping
@@ -2025,168 +2199,6 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION tenancy.tenant_checksums(text) IS 'per registered table: the tenant''s row count and an md5 of its rows, to compare two copies';
-
-REVOKE EXECUTE ON FUNCTION
-    tenancy.erase_order(),
-    tenancy.erase_blockers(text),
-    tenancy.erase_batch_sql(regclass, name),
-    tenancy.erase_leaves(regclass),
-    tenancy.erase_remaining(regclass, name, text),
-    tenancy.erase_check(text),
-    tenancy.erase_tenant_sql(text),
-    tenancy.tenant_checksums(text)
-FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE
-    tenancy.erase_tenant(text, integer, integer, integer, interval, interval, interval, integer, integer)
-FROM PUBLIC;
--- issue 17: citus_context
-
-------------------------------------------------------------------------------
--- Role bindings on every node
-------------------------------------------------------------------------------
-
--- Citus propagates ALTER ROLE ... IN DATABASE ... SET (the role default that
--- bind_role() writes), so a bound role's connections to the workers get its
--- tenant; tenancy.role_bindings is a table of each node, and the workers
--- need it too, to refuse any other tenant to a bound role that connects to
--- them directly (and to admit the default under context_source = token).
--- On the coordinator of a Citus cluster each change of a binding is copied
--- to the workers as the transaction commits (deferred), by the superuser
--- who changed it; a worker that cannot be reached fails the commit.
-CREATE FUNCTION tenancy.citus_forward_binding() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    coordinator boolean;
-    stmt text;
-    r record;
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
-        RETURN NULL;
-    END IF;
-    -- Citus's functions by name: they exist only where Citus is installed.
-    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO coordinator;
-    IF NOT coordinator THEN
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-        stmt := format('DELETE FROM tenancy.role_bindings WHERE role = %L::pg_catalog.regrole',
-                       OLD.role::text);
-    ELSE
-        stmt := format('INSERT INTO tenancy.role_bindings (role, tenant) VALUES (%L::pg_catalog.regrole, %L)'
-                       ' ON CONFLICT (role) DO UPDATE SET tenant = excluded.tenant',
-                       NEW.role::text, NEW.tenant);
-        IF TG_OP = 'UPDATE' AND OLD.role <> NEW.role THEN
-            stmt := format('DELETE FROM tenancy.role_bindings WHERE role = %L::pg_catalog.regrole; ',
-                           OLD.role::text) || stmt;
-        END IF;
-    END IF;
-    FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
-             USING stmt LOOP
-        IF NOT r.success THEN
-            RAISE EXCEPTION 'could not copy the role binding to the Citus worker %:%', r.nodename, r.nodeport
-                USING ERRCODE = 'connection_failure', DETAIL = r.result,
-                      HINT = 'Bind the role again once every worker is reachable.';
-        END IF;
-    END LOOP;
-    RETURN NULL;
-END
-$$;
-REVOKE EXECUTE ON FUNCTION tenancy.citus_forward_binding() FROM PUBLIC;
-
-CREATE CONSTRAINT TRIGGER role_bindings_citus
-    AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_bindings
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION tenancy.citus_forward_binding();
-
-------------------------------------------------------------------------------
--- What the forwarding relies on, node by node
-------------------------------------------------------------------------------
-
--- The tenant forwarded to a worker is parsed and checked there, under the
--- worker's settings: every node must have the extension at the same
--- version, preloaded after citus, with the same key type and context
--- source (a worker in mode "any" behind a coordinator in mode "token" would
--- take a bare key from a client that reaches it directly), a keys file in
--- token mode, and the coordinator's role bindings.  One row per problem;
--- none on a database without Citus.  verify() may report these rows.
-CREATE FUNCTION tenancy.citus_context_problems(OUT check_name text, OUT node text, OUT detail text)
-RETURNS SETOF record
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    probe constant text := $q$SELECT pg_catalog.json_build_object(
-        'version', (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'tenancy'),
-        'preload', pg_catalog.current_setting('shared_preload_libraries'),
-        'tenant_type', pg_catalog.current_setting('tenancy.tenant_type', true),
-        'context_source', pg_catalog.current_setting('tenancy.context_source', true),
-        'keys_file', coalesce(pg_catalog.current_setting('tenancy.token_keys_file', true), '') <> '',
-        'bindings', (SELECT pg_catalog.string_agg(b.role::text || '=' || b.tenant, ',' ORDER BY b.role::text)
-                       FROM tenancy.role_bindings b))::text$q$;
-    here json;
-    ok boolean;
-    result text;
-    v json;
-    coordinator boolean;
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
-        RETURN;
-    END IF;
-    -- plpgsql_check: Citus's functions exist only where Citus is installed: named at run time.
-    EXECUTE format('SELECT pg_catalog.%I()', 'citus_is_coordinator') INTO coordinator;
-    IF NOT coordinator THEN
-        RAISE EXCEPTION 'tenancy.citus_context_problems() runs on the Citus coordinator'
-            USING ERRCODE = 'object_not_in_prerequisite_state';
-    END IF;
-    -- plpgsql_check: the probe is a constant.
-    EXECUTE probe INTO here;
-    -- plpgsql_check: VOLATILE: run_command_on_workers() opens connections to the workers.
-    -- plpgsql_check: Citus's functions by name, as above; the probe is a constant.
-    FOR node, ok, result IN EXECUTE format('SELECT n.nodename || '':'' || n.nodeport AS node, x.success, x.result
-                               FROM pg_catalog.%I($1) x
-                               JOIN pg_catalog.%I n ON n.nodename = x.nodename AND n.nodeport = x.nodeport
-                              ORDER BY 1', 'run_command_on_workers', 'pg_dist_node') USING probe LOOP
-        IF NOT ok THEN
-            check_name := 'unreachable'; detail := result;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        v := result::json;
-        IF (v->>'version') IS DISTINCT FROM (here->>'version') THEN
-            check_name := 'version';
-            detail := format('tenancy %s on the worker, %s on the coordinator', coalesce(v->>'version', 'absent'), here->>'version');
-            RETURN NEXT;
-        END IF;
-        IF (v->>'preload') !~ '(^|,)\s*citus\s*,(.*,)?\s*tenancy\s*(,|$)' THEN
-            check_name := 'preload';
-            detail := format('shared_preload_libraries is %L: it must name citus, then tenancy', v->>'preload');
-            RETURN NEXT;
-        END IF;
-        IF (v->>'tenant_type') IS DISTINCT FROM (here->>'tenant_type') THEN
-            check_name := 'tenant_type';
-            detail := format('tenancy.tenant_type is %s on the worker, %s on the coordinator', v->>'tenant_type', here->>'tenant_type');
-            RETURN NEXT;
-        END IF;
-        IF (v->>'context_source') IS DISTINCT FROM (here->>'context_source') THEN
-            check_name := 'context_source';
-            detail := format('tenancy.context_source is %s on the worker, %s on the coordinator', v->>'context_source', here->>'context_source');
-            RETURN NEXT;
-        END IF;
-        IF (v->>'context_source') = 'token' AND NOT (v->>'keys_file')::boolean THEN
-            check_name := 'token_keys_file';
-            detail := 'tenancy.context_source is token but no tenancy.token_keys_file is set: the worker refuses every forwarded token';
-            RETURN NEXT;
-        END IF;
-        IF (v->>'bindings') IS DISTINCT FROM (here->>'bindings') THEN
-            check_name := 'role_bindings';
-            detail := format('tenancy.role_bindings holds %s on the worker, %s on the coordinator',
-                             coalesce(v->>'bindings', 'nothing'), coalesce(here->>'bindings', 'nothing'));
-            RETURN NEXT;
-        END IF;
-    END LOOP;
-END
-$$;
-COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file or role bindings differ from what forwarding the tenant relies on';
-REVOKE EXECUTE ON FUNCTION tenancy.citus_context_problems() FROM PUBLIC;
 COMMENT ON FUNCTION tenancy.move_checksums(text, text[], name[]) IS 'row count and order-free checksum of a tenant''s rows (NULL column: all rows) of each table';
 
 CREATE FUNCTION tenancy.move_job(tenant text, open_only boolean DEFAULT true) RETURNS tenancy.move_jobs
@@ -2459,6 +2471,203 @@ BEGIN
     PERFORM pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots s WHERE s.slot_name = j.slot;
     IF EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = j.publication) THEN
         PERFORM tenancy.move_ddl(format('DROP PUBLICATION %I', j.publication));
+    END IF;
+END
+$$;
+
+-- cut over: suspend the tenant (set_tenant refuses it), fence its writes
+-- (every other route), wait out older transactions, take the fence
+-- position, wait until the subscription has applied it, verify, set the
+-- target's sequences, drop subscription, slot and publication, record the
+-- new home.  Commits after each part; run it again after an interruption.
+CREATE PROCEDURE tenancy.move_cutover(tenant text, timeout interval DEFAULT '60s')
+LANGUAGE plpgsql AS $$
+DECLARE
+    j tenancy.move_jobs;
+    f record;
+    deadline timestamptz;
+    bad text;
+    v jsonb;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF tenancy.in_transaction_block() THEN
+        RAISE EXCEPTION 'CALL tenancy.move_cutover() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'It commits after each part; run it on its own.';
+    END IF;
+    j := tenancy.move_job(tenant);
+    deadline := clock_timestamp() + timeout;
+    IF j.state = 'planned' THEN
+        RAISE EXCEPTION 'the move of tenant "%" has not started', tenant
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'CALL tenancy.move_start() again: it resumes.';
+    END IF;
+    IF j.state = 'started' THEN
+        IF NOT tenancy.move_copied(j) THEN
+            RAISE EXCEPTION 'the initial copy of tenant "%" is not done', tenant
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'SELECT * FROM tenancy.move_wait(...) waits for it.';
+        END IF;
+        IF j.suspended_at IS NULL THEN
+            UPDATE tenancy.move_jobs
+               SET prior_status = (SELECT t.status FROM tenancy.tenants t WHERE t.id::text = j.tenant),
+                   suspended_at = clock_timestamp()
+             WHERE id = j.id;
+            RAISE DEBUG 'move_cutover: suspended at %', clock_timestamp();
+            PERFORM tenancy.suspend_tenant(j.tenant);
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        END IF;
+        FOR f IN SELECT * FROM tenancy.move_fence_sql(j.tenant) x
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = x.relation
+                                     AND g.tgname = tenancy.move_object_name(j.tenant)::text || '_fence_i') LOOP
+            PERFORM tenancy.move_ddl(f.sql);
+        END LOOP;
+        RAISE DEBUG 'move_cutover: fenced at %', clock_timestamp();
+        UPDATE tenancy.move_jobs SET state = 'fenced' WHERE id = j.id;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        UPDATE tenancy.move_jobs SET fenced_at = clock_timestamp() WHERE id = j.id;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        j := tenancy.move_job(tenant);
+    END IF;
+    -- Transactions older than the fence may have written the tenant's rows
+    -- without meeting it: wait until they are gone.
+    WHILE EXISTS (SELECT 1 FROM pg_stat_activity a
+                  WHERE a.backend_xid IS NOT NULL AND a.xact_start < j.fenced_at
+                    AND a.pid <> pg_backend_pid()) LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'transactions older than the fence of tenant "%" are still open after %', tenant, timeout
+                USING ERRCODE = 'object_in_use',
+                      DETAIL = (SELECT string_agg(a.pid::text, ', ') FROM pg_stat_activity a
+                                WHERE a.backend_xid IS NOT NULL AND a.xact_start < j.fenced_at AND a.pid <> pg_backend_pid()),
+                      HINT = 'The tenant stays suspended and fenced: CALL move_cutover() again, or roll back with move_rollback().';
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE DEBUG 'move_cutover: older transactions gone at %', clock_timestamp();
+    IF j.fence_lsn IS NULL THEN
+        UPDATE tenancy.move_jobs SET fence_lsn = pg_current_wal_lsn() WHERE id = j.id RETURNING * INTO j;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END IF;
+    RAISE DEBUG 'move_cutover: fence position taken at %', clock_timestamp();
+    WHILE coalesce((SELECT s.confirmed_flush_lsn < j.fence_lsn FROM pg_replication_slots s
+                    WHERE s.slot_name = j.slot), true) LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = j.slot) THEN
+            EXIT;   -- dropped by an interrupted run: verify decides
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'the subscription of tenant "%" has not applied the fence position % after %', tenant, j.fence_lsn, timeout
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'The tenant stays suspended and fenced: CALL move_cutover() again, or roll back with move_rollback().';
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE DEBUG 'move_cutover: fence position applied at %', clock_timestamp();
+    SELECT jsonb_agg(to_jsonb(x) ORDER BY x.relation), string_agg(x.relation, ', ') FILTER (WHERE NOT coalesce(x.equal, false))
+      INTO v, bad FROM tenancy.move_verify(j.tenant) x;
+    UPDATE tenancy.move_jobs SET last_check = v WHERE id = j.id;
+    IF bad IS NOT NULL THEN
+        COMMIT;
+        RAISE EXCEPTION 'the tenant''s rows differ between source and target in %', bad
+            USING ERRCODE = 'data_exception',
+                  DETAIL = v::text,
+                  HINT = 'Nothing was dropped: the tenant stays suspended and fenced; roll back with move_rollback(), or look at tenancy.move_verify().';
+    END IF;
+    RAISE DEBUG 'move_cutover: verified at %', clock_timestamp();
+    -- Sequences: PostgreSQL 15 does not replicate them.
+    FOR f IN SELECT DISTINCT m.relation, a.attname, ps.last_value
+             FROM tenancy.move_tables() m
+             JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
+                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+             JOIN pg_sequence sq ON sq.seqrelid = d.objid
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             JOIN pg_class sc ON sc.oid = d.objid
+             JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+             JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = sc.relname
+             WHERE ps.last_value IS NOT NULL LOOP
+        PERFORM tenancy.move_remote_query(j.target_conninfo,
+            format('SELECT ARRAY[pg_catalog.setval(pg_catalog.pg_get_serial_sequence(%L, %L), %s, true)::text]',
+                   f.relation::text, f.attname, f.last_value));
+    END LOOP;
+    RAISE DEBUG 'move_cutover: sequences set at %', clock_timestamp();
+    PERFORM tenancy.move_drop_replication(j);
+    INSERT INTO tenancy.tenant_homes (tenant, home, move_id) VALUES (j.tenant, j.home, j.id)
+        ON CONFLICT ON CONSTRAINT tenant_homes_pkey DO UPDATE SET home = excluded.home, move_id = excluded.move_id, moved_at = now();
+    UPDATE tenancy.tenants SET status = 'suspended' WHERE id::text = j.tenant;
+    UPDATE tenancy.move_jobs SET state = 'cut_over', done_at = clock_timestamp() WHERE id = j.id;
+    RAISE DEBUG 'move_cutover: replication dropped, home recorded at %', clock_timestamp();
+    COMMIT;
+END
+$$;
+COMMENT ON PROCEDURE tenancy.move_cutover(text, interval) IS 'cut a tenant move over: suspend, fence, wait, verify, sequences, drop the replication, record the new home; resumable';
+
+-- rollback, before the cut-over is done: drop the subscription, slot and
+-- publication, the fence, and give the tenant its status back.  The rows
+-- copied to the target stay there (drop the target database or its tables).
+CREATE FUNCTION tenancy.move_rollback(tenant text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    j tenancy.move_jobs := tenancy.move_job(tenant);
+    f record;
+BEGIN
+    PERFORM tenancy.move_drop_replication(j);
+    FOR f IN SELECT * FROM tenancy.move_fence_sql(j.tenant) LOOP
+        PERFORM tenancy.move_ddl(f.undo_sql);
+    END LOOP;
+    IF j.suspended_at IS NOT NULL AND j.prior_status = 'active' THEN
+        PERFORM tenancy.activate_tenant(j.tenant);
+    END IF;
+    UPDATE tenancy.move_jobs SET state = 'rolled_back', done_at = clock_timestamp() WHERE id = j.id;
+    RETURN j.state;
+END
+$$;
+COMMENT ON FUNCTION tenancy.move_rollback(text) IS 'undo a move that is not cut over: subscription, slot, publication, fence, suspension; the source is as before; returns the state it was in';
+
+CREATE VIEW tenancy.moves AS
+    SELECT m.id, m.tenant, t.slug, m.home, m.state, m.publication, m.subscription, m.slot,
+           m.fence_lsn,
+           (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)
+            FROM pg_replication_slots s WHERE s.slot_name = m.slot) AS lag_bytes,
+           m.last_check, m.created_by, m.created_at, m.started_at, m.suspended_at, m.fenced_at, m.done_at,
+           m.done_at - m.suspended_at AS refused_for
+    FROM tenancy.move_jobs m LEFT JOIN tenancy.tenants t ON t.id::text = m.tenant;
+COMMENT ON VIEW tenancy.moves IS 'each tenant move: state, replication objects, lag, last verification, timings (no connection string)';
+REVOKE ALL ON TABLE tenancy.moves FROM PUBLIC;
+
+REVOKE EXECUTE ON FUNCTION
+    tenancy.move_object_name(text),
+    tenancy.move_tables(),
+    tenancy.move_identity_covers(regclass, name),
+    tenancy.move_replica_identity(),
+    tenancy.move_target_schema_sql(text),
+    tenancy.move_publication_sql(text),
+    tenancy.move_default_source_conninfo(),
+    tenancy.move_subscription_sql(text, text),
+    tenancy.move_fence(),
+    tenancy.move_fence_sql(text),
+    tenancy.move_plan(text, text, text),
+    tenancy.move_check_home(text),
+    tenancy.move_dblink_schema(),
+    tenancy.move_remote_exec(text, text),
+    tenancy.move_remote_query(text, text),
+    tenancy.move_checksums(text, text[], name[]),
+    tenancy.move_job(text, boolean),
+    tenancy.move_verify(text),
+    tenancy.move_progress(text),
+    tenancy.move_wait(text, interval, bigint),
+    tenancy.move_copied(tenancy.move_jobs),
+    tenancy.move_ddl(text, interval, integer),
+    tenancy.move_drop_replication(tenancy.move_jobs),
+    tenancy.move_rollback(text)
+FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE
+    tenancy.move_start(text, text, text, text),
+    tenancy.move_cutover(text, interval)
+FROM PUBLIC;
+
 -- issue 18: per-tenant rollout
 -- The rollout's objects (src/rollout.sql).
 
@@ -3104,198 +3313,6 @@ BEGIN
 END
 $$;
 
--- cut over: suspend the tenant (set_tenant refuses it), fence its writes
--- (every other route), wait out older transactions, take the fence
--- position, wait until the subscription has applied it, verify, set the
--- target's sequences, drop subscription, slot and publication, record the
--- new home.  Commits after each part; run it again after an interruption.
-CREATE PROCEDURE tenancy.move_cutover(tenant text, timeout interval DEFAULT '60s')
-LANGUAGE plpgsql AS $$
-DECLARE
-    j tenancy.move_jobs;
-    f record;
-    deadline timestamptz;
-    bad text;
-    v jsonb;
-BEGIN
-    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF tenancy.in_transaction_block() THEN
-        RAISE EXCEPTION 'CALL tenancy.move_cutover() cannot run inside a transaction block'
-            USING ERRCODE = 'active_sql_transaction',
-                  HINT = 'It commits after each part; run it on its own.';
-    END IF;
-    j := tenancy.move_job(tenant);
-    deadline := clock_timestamp() + timeout;
-    IF j.state = 'planned' THEN
-        RAISE EXCEPTION 'the move of tenant "%" has not started', tenant
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'CALL tenancy.move_start() again: it resumes.';
-    END IF;
-    IF j.state = 'started' THEN
-        IF NOT tenancy.move_copied(j) THEN
-            RAISE EXCEPTION 'the initial copy of tenant "%" is not done', tenant
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'SELECT * FROM tenancy.move_wait(...) waits for it.';
-        END IF;
-        IF j.suspended_at IS NULL THEN
-            UPDATE tenancy.move_jobs
-               SET prior_status = (SELECT t.status FROM tenancy.tenants t WHERE t.id::text = j.tenant),
-                   suspended_at = clock_timestamp()
-             WHERE id = j.id;
-            RAISE DEBUG 'move_cutover: suspended at %', clock_timestamp();
-            PERFORM tenancy.suspend_tenant(j.tenant);
-            COMMIT;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        END IF;
-        FOR f IN SELECT * FROM tenancy.move_fence_sql(j.tenant) x
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = x.relation
-                                     AND g.tgname = tenancy.move_object_name(j.tenant)::text || '_fence_i') LOOP
-            PERFORM tenancy.move_ddl(f.sql);
-        END LOOP;
-        RAISE DEBUG 'move_cutover: fenced at %', clock_timestamp();
-        UPDATE tenancy.move_jobs SET state = 'fenced' WHERE id = j.id;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        UPDATE tenancy.move_jobs SET fenced_at = clock_timestamp() WHERE id = j.id;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-        j := tenancy.move_job(tenant);
-    END IF;
-    -- Transactions older than the fence may have written the tenant's rows
-    -- without meeting it: wait until they are gone.
-    WHILE EXISTS (SELECT 1 FROM pg_stat_activity a
-                  WHERE a.backend_xid IS NOT NULL AND a.xact_start < j.fenced_at
-                    AND a.pid <> pg_backend_pid()) LOOP
-        IF clock_timestamp() > deadline THEN
-            RAISE EXCEPTION 'transactions older than the fence of tenant "%" are still open after %', tenant, timeout
-                USING ERRCODE = 'object_in_use',
-                      DETAIL = (SELECT string_agg(a.pid::text, ', ') FROM pg_stat_activity a
-                                WHERE a.backend_xid IS NOT NULL AND a.xact_start < j.fenced_at AND a.pid <> pg_backend_pid()),
-                      HINT = 'The tenant stays suspended and fenced: CALL move_cutover() again, or roll back with move_rollback().';
-        END IF;
-        PERFORM pg_sleep(0.01);
-    END LOOP;
-    RAISE DEBUG 'move_cutover: older transactions gone at %', clock_timestamp();
-    IF j.fence_lsn IS NULL THEN
-        UPDATE tenancy.move_jobs SET fence_lsn = pg_current_wal_lsn() WHERE id = j.id RETURNING * INTO j;
-        COMMIT;
-        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    END IF;
-    RAISE DEBUG 'move_cutover: fence position taken at %', clock_timestamp();
-    WHILE coalesce((SELECT s.confirmed_flush_lsn < j.fence_lsn FROM pg_replication_slots s
-                    WHERE s.slot_name = j.slot), true) LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = j.slot) THEN
-            EXIT;   -- dropped by an interrupted run: verify decides
-        END IF;
-        IF clock_timestamp() > deadline THEN
-            RAISE EXCEPTION 'the subscription of tenant "%" has not applied the fence position % after %', tenant, j.fence_lsn, timeout
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'The tenant stays suspended and fenced: CALL move_cutover() again, or roll back with move_rollback().';
-        END IF;
-        PERFORM pg_sleep(0.01);
-    END LOOP;
-    RAISE DEBUG 'move_cutover: fence position applied at %', clock_timestamp();
-    SELECT jsonb_agg(to_jsonb(x) ORDER BY x.relation), string_agg(x.relation, ', ') FILTER (WHERE NOT coalesce(x.equal, false))
-      INTO v, bad FROM tenancy.move_verify(j.tenant) x;
-    UPDATE tenancy.move_jobs SET last_check = v WHERE id = j.id;
-    IF bad IS NOT NULL THEN
-        COMMIT;
-        RAISE EXCEPTION 'the tenant''s rows differ between source and target in %', bad
-            USING ERRCODE = 'data_exception',
-                  DETAIL = v::text,
-                  HINT = 'Nothing was dropped: the tenant stays suspended and fenced; roll back with move_rollback(), or look at tenancy.move_verify().';
-    END IF;
-    RAISE DEBUG 'move_cutover: verified at %', clock_timestamp();
-    -- Sequences: PostgreSQL 15 does not replicate them.
-    FOR f IN SELECT DISTINCT m.relation, a.attname, ps.last_value
-             FROM tenancy.move_tables() m
-             JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
-                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-             JOIN pg_sequence sq ON sq.seqrelid = d.objid
-             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             JOIN pg_class sc ON sc.oid = d.objid
-             JOIN pg_namespace sn ON sn.oid = sc.relnamespace
-             JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = sc.relname
-             WHERE ps.last_value IS NOT NULL LOOP
-        PERFORM tenancy.move_remote_query(j.target_conninfo,
-            format('SELECT ARRAY[pg_catalog.setval(pg_catalog.pg_get_serial_sequence(%L, %L), %s, true)::text]',
-                   f.relation::text, f.attname, f.last_value));
-    END LOOP;
-    RAISE DEBUG 'move_cutover: sequences set at %', clock_timestamp();
-    PERFORM tenancy.move_drop_replication(j);
-    INSERT INTO tenancy.tenant_homes (tenant, home, move_id) VALUES (j.tenant, j.home, j.id)
-        ON CONFLICT ON CONSTRAINT tenant_homes_pkey DO UPDATE SET home = excluded.home, move_id = excluded.move_id, moved_at = now();
-    UPDATE tenancy.tenants SET status = 'suspended' WHERE id::text = j.tenant;
-    UPDATE tenancy.move_jobs SET state = 'cut_over', done_at = clock_timestamp() WHERE id = j.id;
-    RAISE DEBUG 'move_cutover: replication dropped, home recorded at %', clock_timestamp();
-    COMMIT;
-END
-$$;
-COMMENT ON PROCEDURE tenancy.move_cutover(text, interval) IS 'cut a tenant move over: suspend, fence, wait, verify, sequences, drop the replication, record the new home; resumable';
-
--- rollback, before the cut-over is done: drop the subscription, slot and
--- publication, the fence, and give the tenant its status back.  The rows
--- copied to the target stay there (drop the target database or its tables).
-CREATE FUNCTION tenancy.move_rollback(tenant text) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
-DECLARE
-    j tenancy.move_jobs := tenancy.move_job(tenant);
-    f record;
-BEGIN
-    PERFORM tenancy.move_drop_replication(j);
-    FOR f IN SELECT * FROM tenancy.move_fence_sql(j.tenant) LOOP
-        PERFORM tenancy.move_ddl(f.undo_sql);
-    END LOOP;
-    IF j.suspended_at IS NOT NULL AND j.prior_status = 'active' THEN
-        PERFORM tenancy.activate_tenant(j.tenant);
-    END IF;
-    UPDATE tenancy.move_jobs SET state = 'rolled_back', done_at = clock_timestamp() WHERE id = j.id;
-    RETURN j.state;
-END
-$$;
-COMMENT ON FUNCTION tenancy.move_rollback(text) IS 'undo a move that is not cut over: subscription, slot, publication, fence, suspension; the source is as before; returns the state it was in';
-
-CREATE VIEW tenancy.moves AS
-    SELECT m.id, m.tenant, t.slug, m.home, m.state, m.publication, m.subscription, m.slot,
-           m.fence_lsn,
-           (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)
-            FROM pg_replication_slots s WHERE s.slot_name = m.slot) AS lag_bytes,
-           m.last_check, m.created_by, m.created_at, m.started_at, m.suspended_at, m.fenced_at, m.done_at,
-           m.done_at - m.suspended_at AS refused_for
-    FROM tenancy.move_jobs m LEFT JOIN tenancy.tenants t ON t.id::text = m.tenant;
-COMMENT ON VIEW tenancy.moves IS 'each tenant move: state, replication objects, lag, last verification, timings (no connection string)';
-REVOKE ALL ON TABLE tenancy.moves FROM PUBLIC;
-
-REVOKE EXECUTE ON FUNCTION
-    tenancy.move_object_name(text),
-    tenancy.move_tables(),
-    tenancy.move_identity_covers(regclass, name),
-    tenancy.move_replica_identity(),
-    tenancy.move_target_schema_sql(text),
-    tenancy.move_publication_sql(text),
-    tenancy.move_default_source_conninfo(),
-    tenancy.move_subscription_sql(text, text),
-    tenancy.move_fence(),
-    tenancy.move_fence_sql(text),
-    tenancy.move_plan(text, text, text),
-    tenancy.move_check_home(text),
-    tenancy.move_dblink_schema(),
-    tenancy.move_remote_exec(text, text),
-    tenancy.move_remote_query(text, text),
-    tenancy.move_checksums(text, text[], name[]),
-    tenancy.move_job(text, boolean),
-    tenancy.move_verify(text),
-    tenancy.move_progress(text),
-    tenancy.move_wait(text, interval, bigint),
-    tenancy.move_copied(tenancy.move_jobs),
-    tenancy.move_ddl(text, interval, integer),
-    tenancy.move_drop_replication(tenancy.move_jobs),
-    tenancy.move_rollback(text)
-FROM PUBLIC;
-REVOKE EXECUTE ON PROCEDURE
-    tenancy.move_start(text, text, text, text),
-    tenancy.move_cutover(text, interval)
-FROM PUBLIC;
 CREATE OR REPLACE FUNCTION tenancy.rls_quals(tbl regclass, column_name name, mode text,
                                   OUT using_expr text, OUT check_expr text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -3635,3 +3652,29 @@ BEGIN
 END
 $$;
 
+
+-- merge of issue 17 (staged modes on Citus) and issue 18 (per-tenant rollout):
+-- rls_legacy_stmts() carries both changes
+CREATE OR REPLACE FUNCTION tenancy.rls_legacy_stmts(qualified text, column_name name, roles text, mode text)
+RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- Citus cannot copy a SubLink in a policy to the shards: on a Citus
+    -- table the legacy policies call the function directly
+    imp text := CASE WHEN tenancy.rls_citus_distributed(qualified::regclass)
+                     THEN 'tenancy.is_implicit_tenant()'
+                     ELSE '(SELECT tenancy.is_implicit_tenant())' END;
+BEGIN
+    -- a table with a per-tenant rollout: see tenancy.rollout_legacy_stmts()
+    RETURN CASE WHEN tenancy.rollout_active(tenancy.rollout_root(qualified::regclass))
+                THEN tenancy.rollout_legacy_stmts(qualified, column_name, roles, mode)
+                WHEN mode = 'migrating' THEN ARRAY[
+        format('CREATE POLICY tenancy_policy_legacy_read ON %s AS PERMISSIVE FOR SELECT TO %s USING (%I IS NULL)',
+               qualified, roles, column_name),
+        format('CREATE POLICY tenancy_policy_legacy_update ON %s AS PERMISSIVE FOR UPDATE TO %s USING (%I IS NULL AND %s) WITH CHECK (%I IS NULL AND %s)',
+               qualified, roles, column_name, imp, column_name, imp),
+        format('CREATE POLICY tenancy_policy_legacy_delete ON %s AS PERMISSIVE FOR DELETE TO %s USING (%I IS NULL AND %s)',
+               qualified, roles, column_name, imp)]
+    ELSE '{}'::text[] END;
+END
+$$;
