@@ -108,10 +108,10 @@ SELECT c.oid::regclass AS relation, c.relkind, pg_get_userbyid(c.relowner) AS ow
        c.relrowsecurity, pg_get_expr(c.relpartbound, c.oid) AS bound
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('public', 'Sch"ema; $x$') AND c.relkind IN ('r', 'p')
-ORDER BY 1::text;
+ORDER BY c.oid::regclass::text COLLATE "C";
 SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) FROM pg_constraint
 WHERE connamespace IN (SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'Sch"ema; $x$'))
-ORDER BY 1::text, 2;
+ORDER BY conrelid::regclass::text COLLATE "C", conname COLLATE "C";
 SELECT polname, polrelid::regclass, polpermissive, polcmd, pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)
 FROM pg_policy;
 SELECT relname, relacl FROM pg_class WHERE relname LIKE 'ord%';
