@@ -3678,3 +3678,188 @@ BEGIN
     ELSE '{}'::text[] END;
 END
 $$;
+
+-- issue 19: erase_tenant() gets past the DELETE trigger of a moved tenant's fence
+CREATE OR REPLACE PROCEDURE tenancy.erase_tenant(tenant text, batch_size integer DEFAULT 1000,
+                                      min_batch_size integer DEFAULT 10, max_batch_size integer DEFAULT 10000,
+                                      batch_time interval DEFAULT '200ms', pause interval DEFAULT '0',
+                                      lock_timeout interval DEFAULT '100ms', max_retries integer DEFAULT 50,
+                                      max_batches integer DEFAULT NULL)
+-- No SET clause (a procedure with one cannot COMMIT): the search_path is
+-- pinned at the start and again after each COMMIT, which ends it.
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    k text;
+    slug text;
+    t record;
+    n integer;
+    per_row numeric;
+    nx record;
+    leaf regclass;
+    deleted bigint;
+    t0 timestamptz;
+    ms numeric;
+    failures integer;
+    done_batches integer := 0;
+    remaining bigint;
+    other integer;
+    stmt text;
+    fence record;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF tenancy.in_transaction_block() THEN
+        RAISE EXCEPTION 'tenancy.erase_tenant() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  DETAIL = 'It commits after each batch.',
+                  HINT = 'CALL it on its own, outside BEGIN ... COMMIT.';
+    END IF;
+    IF batch_size IS NULL OR min_batch_size IS NULL OR max_batch_size IS NULL
+       OR NOT (1 <= min_batch_size AND min_batch_size <= batch_size AND batch_size <= max_batch_size)
+       OR batch_time IS NULL OR batch_time <= interval '0' OR pause IS NULL OR pause < interval '0'
+       OR lock_timeout IS NULL OR lock_timeout <= interval '0' OR max_retries IS NULL OR max_retries < 0
+       OR max_batches < 1 THEN
+        RAISE EXCEPTION 'invalid erase options'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Need 1 <= min_batch_size <= batch_size <= max_batch_size, positive batch_time and lock_timeout, pause >= 0, max_retries >= 0, max_batches NULL or >= 1.';
+    END IF;
+    k := tenancy.erase_check(tenant);
+    slug := (SELECT r.slug FROM tenancy.tenants r WHERE r.id::text = k);
+    -- One erasure of a tenant at a time: a running one whose backend lives.
+    SELECT e.pid INTO other FROM tenancy.tenant_erasures e
+     WHERE e.tenant = k AND e.state = 'running' AND e.pid <> pg_backend_pid()
+       AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = e.pid)
+       FOR UPDATE;
+    IF FOUND THEN
+        RAISE EXCEPTION 'tenant "%" is being erased by process %', slug, other
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for it (tenancy.erase_progress), or stop it with pg_cancel_backend() and CALL again to resume.';
+    END IF;
+    INSERT INTO tenancy.tenant_erasures AS e (tenant, slug, state, pid)
+    VALUES (k, slug, 'running', pg_backend_pid())
+    ON CONFLICT ON CONSTRAINT tenant_erasures_pkey DO UPDATE
+       SET state = 'running', pid = pg_backend_pid(), resumed_at = now(), finished_at = NULL, finished_by = NULL;
+    INSERT INTO tenancy.tenant_erasure_tables (tenant, relation, ord)
+    SELECT k, o.relation, o.ord FROM tenancy.erase_order() o
+    ON CONFLICT ON CONSTRAINT tenant_erasure_tables_pkey DO UPDATE SET ord = excluded.ord;
+    -- A tenant moved away keeps the move's fence at the source
+    -- (tenancy.move_fence_sql()): its INSERT and UPDATE triggers stay, its
+    -- DELETE trigger would refuse the erasure's own deletes and goes (what
+    -- it refused is what the erasure does).  Triggers on a partitioned table
+    -- go with their clones; under lock_timeout, retried.
+    FOR fence IN SELECT g.tgrelid::regclass AS rel, g.tgname
+                   FROM pg_trigger g
+                  WHERE g.tgname = tenancy.move_object_name(k)::text || '_fence_d'
+                    AND g.tgparentid = 0 LOOP
+        FOR attempt IN 0 .. max_retries LOOP
+            BEGIN
+                PERFORM pg_catalog.set_config('lock_timeout', ceil(extract(epoch FROM lock_timeout) * 1000)::text || 'ms', true);
+                EXECUTE format('DROP TRIGGER %I ON %s', fence.tgname, fence.rel);
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                IF attempt = max_retries THEN RAISE; END IF;
+                PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(attempt + 1, interval '50ms', interval '2s'));
+            END;
+        END LOOP;
+    END LOOP;
+    PERFORM pg_catalog.set_config('lock_timeout', '0', true);
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+    FOR t IN SELECT o.ord, o.relation, o.column_name, et.batch_size
+               FROM tenancy.erase_order() o
+               JOIN tenancy.tenant_erasure_tables et ON et.tenant = k AND et.relation = o.relation
+              ORDER BY o.ord LOOP
+        n := coalesce(t.batch_size, batch_size);
+        SELECT n AS next_batch, NULL::numeric AS next_per_row, NULL::interval AS sleep INTO nx;
+        per_row := NULL;
+        failures := 0;
+        FOR leaf IN SELECT l FROM tenancy.erase_leaves(t.relation) l LOOP
+        stmt := tenancy.erase_batch_sql(leaf, t.column_name);
+        LOOP
+            IF max_batches IS NOT NULL AND done_batches >= max_batches THEN
+                UPDATE tenancy.tenant_erasures e SET pid = NULL WHERE e.tenant = k;
+                COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                RAISE NOTICE 'erase of tenant "%" stopped after % batches at table %', slug, done_batches, leaf
+                    USING HINT = 'CALL tenancy.erase_tenant() again to resume.';
+                RETURN;
+            END IF;
+            t0 := clock_timestamp();
+            deleted := NULL;
+            BEGIN
+                PERFORM set_config('lock_timeout', ceil(extract(epoch FROM lock_timeout) * 1000)::text || 'ms', true);
+                deleted := tenancy.table_exec(leaf, NULL, stmt, k, n);
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+                failures := failures + 1;
+                IF failures > max_retries THEN
+                    RAISE EXCEPTION 'could not lock "%" in % attempts', leaf, failures
+                        USING ERRCODE = 'lock_not_available',
+                              DETAIL = 'The batches before are committed.',
+                              HINT = 'CALL tenancy.erase_tenant() again when the table is less busy: it resumes.';
+                END IF;
+            END;
+            ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
+            IF deleted IS NULL THEN
+                SELECT * INTO nx FROM tenancy.backfill_next_size('retry', n, min_batch_size, max_batch_size,
+                                                                  ms, extract(epoch FROM batch_time) * 1000, per_row,
+                                                                  failures, false);
+                n := nx.next_batch;
+                COMMIT;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+                PERFORM pg_sleep_for(nx.sleep);
+                CONTINUE;
+            END IF;
+            failures := 0;
+            done_batches := done_batches + 1;
+            IF deleted > 0 THEN
+                SELECT * INTO nx FROM tenancy.backfill_next_size('ok', n, min_batch_size, max_batch_size,
+                                                                  ms, extract(epoch FROM batch_time) * 1000, per_row,
+                                                                  0, false);
+                per_row := nx.next_per_row;
+            END IF;
+            UPDATE tenancy.tenant_erasure_tables et
+               SET rows_deleted = et.rows_deleted + deleted, batches = et.batches + 1,
+                   batch_size = CASE WHEN deleted > 0 THEN nx.next_batch ELSE et.batch_size END,
+                   last_batch_ms = round(ms, 1)
+             WHERE et.tenant = k AND et.relation = t.relation;
+            UPDATE tenancy.tenant_erasures e
+               SET rows_deleted = e.rows_deleted + deleted, batches = e.batches + 1
+             WHERE e.tenant = k;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            EXIT WHEN deleted < n;
+            IF deleted > 0 THEN
+                n := nx.next_batch;
+            END IF;
+            IF pause > interval '0' THEN
+                PERFORM pg_sleep_for(pause);
+            END IF;
+        END LOOP;
+        END LOOP;
+        UPDATE tenancy.tenant_erasure_tables et SET done_at = now()
+         WHERE et.tenant = k AND et.relation = t.relation AND et.done_at IS NULL;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END LOOP;
+
+    -- The count check: nothing of the tenant may remain in any table.
+    FOR t IN SELECT * FROM tenancy.erase_order() LOOP
+        remaining := tenancy.erase_remaining(t.relation, t.column_name, k);
+        IF remaining > 0 THEN
+            UPDATE tenancy.tenant_erasures e SET pid = NULL WHERE e.tenant = k;
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            RAISE EXCEPTION '% rows of tenant "%" remain in %', remaining, slug, t.relation
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'They were written while the erasure ran (a bound role or a session-level tenant, which suspension does not stop).',
+                      HINT = 'Stop those writers and CALL tenancy.erase_tenant() again.';
+        END IF;
+    END LOOP;
+    UPDATE tenancy.tenant_erasures e
+       SET state = 'done', pid = NULL, finished_at = now(), finished_by = session_user
+     WHERE e.tenant = k;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+END
+$$;

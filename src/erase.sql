@@ -221,6 +221,7 @@ DECLARE
     remaining bigint;
     other integer;
     stmt text;
+    fence record;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF tenancy.in_transaction_block() THEN
@@ -257,6 +258,27 @@ BEGIN
     INSERT INTO tenancy.tenant_erasure_tables (tenant, relation, ord)
     SELECT k, o.relation, o.ord FROM tenancy.erase_order() o
     ON CONFLICT ON CONSTRAINT tenant_erasure_tables_pkey DO UPDATE SET ord = excluded.ord;
+    -- A tenant moved away keeps the move's fence at the source
+    -- (tenancy.move_fence_sql()): its INSERT and UPDATE triggers stay, its
+    -- DELETE trigger would refuse the erasure's own deletes and goes (what
+    -- it refused is what the erasure does).  Triggers on a partitioned table
+    -- go with their clones; under lock_timeout, retried.
+    FOR fence IN SELECT g.tgrelid::regclass AS rel, g.tgname
+                   FROM pg_trigger g
+                  WHERE g.tgname = tenancy.move_object_name(k)::text || '_fence_d'
+                    AND g.tgparentid = 0 LOOP
+        FOR attempt IN 0 .. max_retries LOOP
+            BEGIN
+                PERFORM pg_catalog.set_config('lock_timeout', ceil(extract(epoch FROM lock_timeout) * 1000)::text || 'ms', true);
+                EXECUTE format('DROP TRIGGER %I ON %s', fence.tgname, fence.rel);
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                IF attempt = max_retries THEN RAISE; END IF;
+                PERFORM pg_catalog.pg_sleep_for(tenancy.backoff_delay(attempt + 1, interval '50ms', interval '2s'));
+            END;
+        END LOOP;
+    END LOOP;
+    PERFORM pg_catalog.set_config('lock_timeout', '0', true);
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 

@@ -17,7 +17,7 @@
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 
-plan 27
+plan 30
 
 tap_tmpdir DIR move
 PS=$(tap_free_port) || bail "no free port"
@@ -104,8 +104,10 @@ is "the interrupted start left its move started only in part" \
 psql_at "$DIR" "$PT" -d postgres -c "CREATE DATABASE dst" >/dev/null || bail "createdb dst"
 out=$(S -c "CALL tenancy.move_start('acme', 'eu-db2', '$TARGET', 'host=$DIR port=$PS dbname=src')" 2>&1)
 ok $? "the start resumes once the target database exists"
+# (the initial copy's table synchronisation slots, pg_<subid>_sync_<relid>_...,
+# come and go meanwhile: not counted)
 is "one publication and one slot: the resumed start reused them" \
-   "$(S -c "SELECT (SELECT count(*) FROM pg_publication) || ' ' || (SELECT count(*) FROM pg_replication_slots) || ' ' || (SELECT state FROM tenancy.moves)")" \
+   "$(S -c "SELECT (SELECT count(*) FROM pg_publication) || ' ' || (SELECT count(*) FROM pg_replication_slots WHERE slot_name !~ '^pg_[0-9]+_sync_') || ' ' || (SELECT state FROM tenancy.moves)")" \
    "1 1 started"
 out=$(S -c "SELECT string_agg(relation || ':' || sync_state, ' ' ORDER BY relation) FROM tenancy.move_wait('acme', '120s')" 2>&1)
 is "the initial copy finishes, every table ready" "$out" "public.countries:r public.events:r public.orders:r"
@@ -184,6 +186,17 @@ like "set_tenant() at the source refuses acme (55000), naming its new home" "$ou
 is "nothing replicates any more: no publication, slot or subscription left" \
    "$(S -c "SELECT count(*) FROM pg_publication")/$(S -c "SELECT count(*) FROM pg_replication_slots")/$(T dst -c "SELECT count(*) FROM pg_subscription")" "0/0/0"
 diag "acme refused from suspension to home recorded: $(S -c "SELECT refused_for FROM tenancy.moves WHERE tenant = '$A'")"
+
+# --- erase at the source, after the move ------------------------------------------
+# The fence stays after the cut-over; tenancy.erase_tenant() must get past
+# its DELETE trigger (and only that one) to erase the moved tenant.
+out=$(S -c "CALL tenancy.erase_tenant('acme')" 2>&1)
+ok $? "erase_tenant() erases the moved tenant at the source, past its fence: $out"
+is "no row of acme is left at the source, globex's are all there, acme's at the target untouched" \
+   "$(S -c "SELECT count(*) FILTER (WHERE tenant_id = '$A') || ' ' || count(*) FILTER (WHERE tenant_id = '$G') FROM orders") $(T dst -c "SELECT count(*) FROM orders WHERE tenant_id = '$A'")" \
+   "0 $((1000 + $(grep -c . "$WL/globex"))) $(echo "$dst_ids" | tr ',' '\n' | grep -c .)"
+out=$(S -c "INSERT INTO orders (tenant_id, country, note) VALUES ('$A', 'fr', 'after the erase')" 2>&1)
+like "the fence still refuses a new row of acme at the source" "$out" "is being moved"
 
 # --- a tenant with no rows, within the source cluster --------------------------
 out=$(S -c "CALL tenancy.move_start('empty', 'same-db', 'host=$DIR port=$PS dbname=dst_same', 'host=$DIR port=$PS dbname=src')" \
