@@ -15,7 +15,8 @@ SHLIB_LINK += -lcrypto
 SQL_SOURCES = $(addprefix src/,tenancy.sql as_owner.sql tenant_key.sql registry.sql \
 	tables.sql context.sql common.sql memberships.sql token.sql contract.sql shared.sql \
 	acknowledge.sql verify.sql rollback.sql tenant_column.sql backfill.sql \
-	status.sql rls.sql shadow.sql derive.sql)
+	status.sql rls.sql shadow.sql derive.sql \
+	distribute.sql)
 
 # Versions.  A released version's install script is a committed file, never
 # edited again (RELEASED); later changes go into the sources and into an

@@ -1290,6 +1290,10 @@ BEGIN
         RETURN QUERY SELECT * FROM tenancy.verify_unregistered_reference(r.rel);
     END LOOP;
 
+    -- on a Citus coordinator: distribution, colocation, policies, reference
+    -- tables (src/distribute.sql; no row without Citus)
+    RETURN QUERY SELECT * FROM tenancy.verify_citus(tbl);
+
     IF tbl IS NOT NULL THEN
         RETURN;
     END IF;
