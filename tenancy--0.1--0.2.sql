@@ -121,19 +121,21 @@ COMMENT ON FUNCTION tenancy.citus_required(text) IS 'raise 55000 when the citus 
 -- of a distributed table; colocation its colocation group.
 CREATE FUNCTION tenancy.citus_table(rel regclass, OUT kind text, OUT dist_column name, OUT colocation integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT tenancy.citus_installed() THEN
-        RETURN;
-    END IF;
-    -- pg_dist_partition exists only with Citus: a constant query run by EXECUTE
-    EXECUTE $q$SELECT CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h' THEN 'distributed'
+DECLARE
+    query text := $q$SELECT CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h' THEN 'distributed'
                            WHEN p.repmodel OPERATOR(pg_catalog.=) 't' THEN 'reference'
                            WHEN p.colocationid OPERATOR(pg_catalog.=) 0 THEN 'local'
                            ELSE 'single_shard' END,
                       CASE WHEN p.partmethod OPERATOR(pg_catalog.=) 'h'
                            THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)::name END,
                       p.colocationid::integer
-                 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1$q$
+                 FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1$q$;
+BEGIN
+    IF NOT tenancy.citus_installed() THEN
+        RETURN;
+    END IF;
+    -- plpgsql_check: pg_dist_partition exists only with Citus: not checked here (a variable)
+    EXECUTE query
         INTO kind, dist_column, colocation USING rel;
 END
 $$;
@@ -163,8 +165,9 @@ DECLARE
     m     record;
     c     record;
     n     bigint;
-    total bigint := 0;
+    total bigint := 0::bigint;
 BEGIN
+    -- plpgsql_check: VOLATILE: it writes the bookkeeping (UPDATE through EXECUTE)
     IF names IS NULL OR jsonb_typeof(names) <> 'object' THEN
         RAISE EXCEPTION 'names must be a JSON object of OIDs to table names' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -214,7 +217,7 @@ CREATE FUNCTION tenancy.citus_undistribute(tbl text) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF (tenancy.citus_table(tbl::regclass)).kind IS NULL THEN
-        RETURN 0;
+        RETURN 0::bigint;
     END IF;
     RETURN tenancy.citus_run(format('SELECT pg_catalog.undistribute_table(%L, cascade_via_foreign_keys => true)', tbl));
 END
@@ -325,12 +328,11 @@ DECLARE
     rtype    oid;
     txt      text;
     newname  text;
-    keyarr   text[];
     undo     text;
     lt       text := format('SET LOCAL lock_timeout = %L; ', '1s');
     trig     text := CASE WHEN allow_triggers THEN 'SET LOCAL citus.enable_unsafe_triggers = on; ' ELSE '' END;
-    nparts   integer;
-    reattach jsonb := '[]';
+    nparts   bigint;
+    reattach jsonb := '[]'::jsonb;
     e        jsonb;
 BEGIN
     PERFORM tenancy.citus_required('tenancy.distribute_plan()');
@@ -788,6 +790,15 @@ DECLARE
     coloc integer;
     r     record;
     n     bigint;
+    q_shard text := $q$SELECT s.shardid, p.nodename || ':' || p.nodeport, d.shardminvalue = d.shardmaxvalue
+                     FROM (SELECT pg_catalog.get_shard_id_for_distribution_column($1, $2) AS shardid) s
+                     JOIN pg_catalog.pg_dist_shard d ON d.shardid = s.shardid
+                     JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid$q$;
+    q_rows  text := $q$SELECT sum(p.result::bigint)::bigint
+                              FROM (SELECT x.relid FROM pg_catalog.pg_partition_tree($1) x WHERE x.isleaf
+                                    UNION SELECT $1 WHERE $3 <> 'p') l,
+                                   LATERAL pg_catalog.run_command_on_placements(l.relid, 'SELECT count(*) FROM %s') p
+                             WHERE p.shardid = pg_catalog.get_shard_id_for_distribution_column(l.relid, $2) AND p.success$q$;
 BEGIN
     PERFORM tenancy.citus_required('tenancy.tenant_shards()');
     IF tbl IS NULL OR tenant IS NULL THEN
@@ -803,18 +814,12 @@ BEGIN
               ORDER BY o.relation::text LOOP
         relation := r.rel;
         tenant_rows := (tenancy.table_query(r.rel, NULL, format('SELECT count(*) FROM %s WHERE %I = $1::%s', r.rel, r.col, r.typ), key))[1]::bigint;
-        -- Citus's catalog and functions: constant queries run by EXECUTE
-        EXECUTE $q$SELECT s.shardid, p.nodename || ':' || p.nodeport, d.shardminvalue = d.shardmaxvalue
-                     FROM (SELECT pg_catalog.get_shard_id_for_distribution_column($1, $2) AS shardid) s
-                     JOIN pg_catalog.pg_dist_shard d ON d.shardid = s.shardid
-                     JOIN pg_catalog.pg_dist_shard_placement p ON p.shardid = s.shardid$q$
+        -- plpgsql_check: Citus's catalog and functions exist only with Citus: not checked here (a variable)
+        EXECUTE q_shard
             INTO shard_id, node, isolated USING r.rel, key;
         rows_in_shard := 0;
-        FOR n IN EXECUTE $q$SELECT sum(p.result::bigint)::bigint
-                              FROM (SELECT x.relid FROM pg_catalog.pg_partition_tree($1) x WHERE x.isleaf
-                                    UNION SELECT $1 WHERE $3 <> 'p') l,
-                                   LATERAL pg_catalog.run_command_on_placements(l.relid, 'SELECT count(*) FROM %s') p
-                             WHERE p.shardid = pg_catalog.get_shard_id_for_distribution_column(l.relid, $2) AND p.success$q$
+        -- plpgsql_check: as above
+        FOR n IN EXECUTE q_rows
                      USING r.rel, key, r.relkind::text LOOP
             rows_in_shard := n;
         END LOOP;
@@ -841,10 +846,11 @@ DECLARE
     stmts  text[] := ARRAY(SELECT tenancy.isolate_tenant_sql(tbl, tenant, NULL, NULL, shard_transfer_mode));
     key    text := tenancy.tenant_key(tenant);
     coloc  integer := (tenancy.citus_table(tbl)).colocation;
-    before jsonb := '{}';
+    before jsonb := '{}'::jsonb;
     r      record;
     s      text;
     q      text := $q$SELECT (pg_catalog.get_shard_id_for_distribution_column($1, $2))::bigint$q$;
+    q_iso  text := $q$SELECT d.shardminvalue = d.shardmaxvalue FROM pg_catalog.pg_dist_shard d WHERE d.shardid = $1$q$;
 BEGIN
     FOR r IN SELECT o.relation AS rel, o.column_name AS col, tenancy.type_sql(a.atttypid) AS typ
                FROM tenancy.distribute_order() o, LATERAL tenancy.citus_table(o.relation) ct, pg_attribute a
@@ -866,9 +872,10 @@ BEGIN
         relation := r.rel;
         rows_before := (before->>(r.rel::oid::text))::bigint;
         rows_after := (tenancy.table_query(r.rel, NULL, format('SELECT count(*) FROM %s WHERE %I = $1::%s', r.rel, r.col, r.typ), key))[1]::bigint;
-        -- Citus's catalog and functions: constant queries run by EXECUTE
+        -- plpgsql_check: Citus's catalog and functions exist only with Citus: not checked here (a variable)
         EXECUTE q INTO shard_id USING r.rel, key;
-        EXECUTE $q$SELECT d.shardminvalue = d.shardmaxvalue FROM pg_catalog.pg_dist_shard d WHERE d.shardid = $1$q$
+        -- plpgsql_check: as above
+        EXECUTE q_iso
             INTO isolated USING shard_id;
         IF rows_after IS DISTINCT FROM rows_before OR isolated IS NOT TRUE THEN
             RAISE EXCEPTION 'isolating tenant % of % changed its rows or did not isolate it: % before, % after, shard % isolated: %',

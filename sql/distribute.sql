@@ -3,6 +3,8 @@
 -- changes nothing; verify() has no Citus rows; citus_installed() is false.
 SET tenancy.tenant_type = 'bigint';
 CREATE EXTENSION tenancy;
+SELECT tenancy.create_tenant('one', 'One', '1');
+SELECT tenancy.set_implicit_tenant('one');
 CREATE TABLE t (id integer PRIMARY KEY);
 SELECT tenancy.add_tenant_column('t') IS NOT NULL AS added;
 SELECT tenancy.citus_installed();
@@ -13,6 +15,7 @@ SELECT * FROM tenancy.distribute_order();
 SELECT * FROM tenancy.distribute_plan();
 \set VERBOSITY default
 SELECT * FROM tenancy.distribute_plan();
+\set VERBOSITY terse
 SELECT * FROM tenancy.distribute_sql();
 CALL tenancy.distribute();
 SELECT * FROM tenancy.undistribute_sql();
@@ -28,12 +31,13 @@ SELECT tenancy.citus_remap('{}');
 -- verify(): no Citus check without Citus
 SELECT count(*) AS citus_rows FROM tenancy.verify() WHERE check_name LIKE 'citus%';
 SELECT * FROM tenancy.verify_citus();
+\set VERBOSITY default
 -- the bookkeeping map names every registered table
 SELECT tenancy.citus_names() = jsonb_build_object('t'::regclass::oid::text, 'public.t') AS names;
 -- citus_remap() points the bookkeeping at a table of the same name rebuilt
 CREATE TABLE t_new (id integer PRIMARY KEY, tenant_id bigint);
 SELECT tenancy.citus_remap(jsonb_build_object('t'::regclass::oid::text, 'public.t_new')) AS rows_changed;
 SELECT relation FROM tenancy.tables;
-DROP EXTENSION tenancy;
+DROP EXTENSION tenancy CASCADE;
 DROP TABLE t, t_new;
 RESET tenancy.tenant_type;

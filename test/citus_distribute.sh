@@ -185,7 +185,7 @@ iso=$(q -c "SELECT relation || ' ' || rows_before || ' ' || rows_after || ' ' ||
 is "isolate_tenant(): each of the 10 colocated tables' rows of store-2, the same before and after, in a shard of its own" \
    "$(printf '%s\n' "$iso" | awk '$2 == $3 && $4 == "true" {n++} END {print n+0 "/" NR}')" "10/10" || diag "$iso"
 like "isolate_tenant(): store-2's stores, customers and rentals counted" "$(printf '%s\n' "$iso" | tr '\n' '|')" \
-     'rental\.customer 20 20 t\|.*rental\.rental 200 200 t\|.*rental\.store 1 1 t\|'
+     'rental\.customer 20 20 true\|.*rental\.rental 200 200 true\|.*rental\.store 1 1 true\|'
 is "tenant_shards() after the commit: every new shard of store-2 holds exactly store-2's rows" \
    "$(q -c "SELECT count(*) FILTER (WHERE isolated AND tenant_rows = rows_in_shard) || '/' || count(*) FROM tenancy.tenant_shards('rental.store', 'store-2')")" "10/10"
 is "the new shard of store holds one hash value only" \

@@ -50,6 +50,8 @@ SELECT bag_eq(
            ('backfill_run_batch', 'warning extra', 'parameter "err_detail" is never read'),
            ('bind_role', 'security', 'text type variable is not sanitized'),
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
+           ('citus_remap', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
+           ('citus_run', 'security', 'text type variable is not sanitized'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('rls_run', 'performance', 'routine is marked as VOLATILE, should be IMMUTABLE'),
            ('rollback_table', 'security', 'text type variable is not sanitized'),
