@@ -649,6 +649,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     sqls    text[];
     rels    regclass[];
+    acts    text[];
+    undos   text[];
     attempt integer;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -658,8 +660,9 @@ BEGIN
     IF max_attempts < 1 THEN
         RAISE EXCEPTION 'max_attempts must be positive' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT coalesce(array_agg(p.sql ORDER BY p.step), '{}'), coalesce(array_agg(p.relation ORDER BY p.step), '{}')
-      INTO sqls, rels FROM tenancy.distribute_plan(allow_triggers) p;
+    SELECT coalesce(array_agg(p.sql ORDER BY p.step), '{}'), coalesce(array_agg(p.relation ORDER BY p.step), '{}'),
+           coalesce(array_agg(p.action ORDER BY p.step), '{}'), coalesce(array_agg(p.undo_sql ORDER BY p.step), '{}')
+      INTO sqls, rels, acts, undos FROM tenancy.distribute_plan(allow_triggers) p;
     IF EXISTS (SELECT FROM unnest(sqls) s WHERE s ~ 'INDEX CONCURRENTLY') THEN
         RAISE EXCEPTION 'tenancy.distribute() cannot build the indexes the plan needs'
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -685,6 +688,11 @@ BEGIN
             BEGIN
                 -- plpgsql_check: the step's text comes from distribute_plan(): every name in it is quoted (%I, %L)
                 EXECUTE sqls[i];
+                -- the contract phase's steps are logged as scope_constraints_sql() logs them
+                IF acts[i] NOT IN ('inherit_partition_foreign_key', 'create_reference_table', 'create_distributed_table',
+                                   'alter_distributed_table', 'detach_shared_foreign_key', 'reattach_shared_foreign_key') THEN
+                    PERFORM tenancy.log_step(rels[i], acts[i], sqls[i], undos[i]);
+                END IF;
                 EXIT;
             EXCEPTION
                 WHEN lock_not_available THEN
