@@ -30,7 +30,7 @@ SELECT tenancy.citus_remap('[]');
 SELECT tenancy.citus_remap('{}');
 -- verify(): no Citus check without Citus
 SELECT count(*) AS citus_rows FROM tenancy.verify() WHERE check_name LIKE 'citus%';
-SELECT * FROM tenancy.verify_citus();
+SELECT * FROM tenancy.citus_verify();
 \set VERBOSITY default
 -- the bookkeeping map names every registered table
 SELECT tenancy.citus_names() = jsonb_build_object('t'::regclass::oid::text, 'public.t') AS names;

@@ -1,7 +1,7 @@
 -- src/distribute.sql: from one node to many (Citus): the distribution
 -- generator, its undo, the isolation of a large tenant, and verify()'s
 -- Citus checks.  Nothing here needs Citus to be installed: the functions
--- that act on a cluster raise 55000 without it, and verify_citus() returns
+-- that act on a cluster raise 55000 without it, and citus_verify() returns
 -- no row, so a single-node report does not change.
 --
 -- Citus's catalog (pg_dist_partition) and functions exist only where the
@@ -818,7 +818,7 @@ COMMENT ON FUNCTION tenancy.isolate_tenant(regclass, text, text) IS 'move one te
 --   citus_policy            a policy Citus cannot run on a distributed table (a subquery)
 --   citus_reference_table   a shared table that is not a reference table
 ------------------------------------------------------------------------------
-CREATE FUNCTION tenancy.verify_citus(tbl regclass DEFAULT NULL)
+CREATE FUNCTION tenancy.citus_verify(tbl regclass DEFAULT NULL)
 RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
                detail text, fix text)
 LANGUAGE plpgsql STABLE
@@ -921,23 +921,22 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION tenancy.verify_citus(regclass) IS 'verify() checks citus_distribution, citus_colocation, citus_policy, citus_reference_table: no row without Citus';
+COMMENT ON FUNCTION tenancy.citus_verify(regclass) IS 'verify() checks citus_distribution, citus_colocation, citus_policy, citus_reference_table: no row without Citus';
 
 REVOKE EXECUTE ON FUNCTION
-    tenancy.citus_table(regclass),
-    tenancy.citus_anchor(),
     tenancy.citus_names(),
     tenancy.citus_remap(jsonb),
     tenancy.citus_run(text),
     tenancy.citus_undistribute(text),
-    tenancy.distribute_order(),
     tenancy.distribute_plan(boolean),
     tenancy.distribute_sql(boolean),
     tenancy.undistribute_sql(boolean),
     tenancy.isolate_tenant_sql(regclass, text, text, integer, text),
     tenancy.isolate_tenant(regclass, text, text),
-    tenancy.tenant_shards(regclass, text),
-    tenancy.verify_citus(regclass)
+    tenancy.tenant_shards(regclass, text)
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE tenancy.distribute(boolean, integer) FROM PUBLIC;
--- citus_installed() and citus_required() read pg_extension only: PUBLIC.
+-- citus_installed(), citus_required(), citus_table(), citus_anchor(),
+-- distribute_order() and citus_verify() read the catalog (Citus's too) and
+-- nothing else, as their caller: PUBLIC, so that whoever may run verify()
+-- runs its Citus checks.

@@ -1292,7 +1292,7 @@ BEGIN
 
     -- on a Citus coordinator: distribution, colocation, policies, reference
     -- tables (src/distribute.sql; no row without Citus)
-    RETURN QUERY SELECT * FROM tenancy.verify_citus(tbl);
+    RETURN QUERY SELECT * FROM tenancy.citus_verify(tbl);
 
     IF tbl IS NOT NULL THEN
         RETURN;
