@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "test/citus_distribute.sh"
 tap_tmpdir DIR citus_distribute
 
-plan 50
+plan 51
 
 citus_cluster_start "$DIR" "tenancy.tenant_type = 'bigint'"
 FIXTURE=${TN_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}/test/fixtures/store_rental.sql
@@ -94,6 +94,10 @@ q -c "CREATE TABLE rental.local_parent (id integer PRIMARY KEY); ALTER TABLE ren
 is "a foreign key to a table neither registered nor shared: refused (55000)" \
    "$(state "SELECT count(*) FROM tenancy.distribute_plan(true)")" 55000
 q -c "ALTER TABLE rental.staff DROP COLUMN lp; DROP TABLE rental.local_parent" >/dev/null
+def=$(q -c "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'payment_p2022_02_staff_id_fkey'")
+q -c "ALTER TABLE rental.payment_p2022_02 DROP CONSTRAINT payment_p2022_02_staff_id_fkey" >/dev/null
+is "a foreign key on some partitions only: refused (0A000)" "$(state "SELECT count(*) FROM tenancy.distribute_plan(true)")" 0A000
+q -c "ALTER TABLE rental.payment_p2022_02 ADD CONSTRAINT payment_p2022_02_staff_id_fkey $def" >/dev/null || bail "could not restore the key"
 is "nothing was distributed by the refusals" "$(q -c "SELECT count(*) FROM pg_dist_partition")" 0
 
 # ---- the plan and its run -----------------------------------------------
