@@ -15,7 +15,7 @@ SHLIB_LINK += -lcrypto
 SQL_SOURCES = $(addprefix src/,tenancy.sql as_owner.sql tenant_key.sql registry.sql \
 	tables.sql context.sql common.sql memberships.sql token.sql contract.sql shared.sql \
 	acknowledge.sql verify.sql rollback.sql tenant_column.sql backfill.sql \
-	status.sql rls.sql shadow.sql path_stats.sql derive.sql rollout.sql citus_context.sql citus_shadow.sql deprecation.sql erase.sql move.sql report.sql)
+	status.sql rls.sql shadow.sql path_stats.sql derive.sql rollout.sql citus_context.sql citus_shadow.sql deprecation.sql erase.sql move.sql distribute.sql report.sql)
 
 # Versions.  A released version's install script is a committed file, never
 # edited again (RELEASED); later changes go into the sources and into an

@@ -110,7 +110,7 @@ SELECT name, kind FROM (VALUES ('unnest', 'function'), ('cardinality', 'function
                        AS v(name, kind)
  WHERE NOT EXISTS (SELECT FROM sp_trap.traps t WHERE t.name = v.name AND t.kind = v.kind AND t.created);
 
--- Every SQL and PL/pgSQL routine is pinned, but the five procedures (a SET
+-- Every SQL and PL/pgSQL routine is pinned, but the six procedures (a SET
 -- clause forbids COMMIT: they pin it themselves after each COMMIT) and
 -- queue_backfill() (it records the caller's search_path; fully qualified).
 SELECT p.proname AS not_pinned, p.prokind

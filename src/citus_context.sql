@@ -145,3 +145,53 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file or role bindings differ from what forwarding the tenant relies on';
 REVOKE EXECUTE ON FUNCTION tenancy.citus_context_problems() FROM PUBLIC;
+
+-- verify()'s check citus_context: on a Citus coordinator, every worker
+-- checks the forwarded tenant as this node does (citus_context_problems()).
+-- Without Citus, and on a worker, no row.  The probe connects to the
+-- workers and reads their role bindings: a caller without EXECUTE on
+-- citus_context_problems() gets a warning, not the workers' settings.
+CREATE FUNCTION tenancy.verify_citus_context()
+RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
+               detail text, fix text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+    n bigint := 0;
+    coordinator boolean;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    -- plpgsql_check: Citus's functions exist only where Citus is installed: named at run time.
+    EXECUTE format('SELECT pg_catalog.%I()', 'citus_is_coordinator') INTO coordinator;
+    IF NOT coordinator THEN
+        RETURN;
+    END IF;
+    check_name := 'citus_context';
+    relation := NULL;
+    fix := NULL;
+    IF NOT has_function_privilege('tenancy.citus_context_problems()', 'EXECUTE') THEN
+        status := 'warning';
+        rows_affected := NULL;
+        detail := 'not checked: the workers'' settings are read by tenancy.citus_context_problems(), which this role may not run';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    FOR p IN SELECT * FROM tenancy.citus_context_problems() LOOP
+        n := n + 1;
+        status := 'failure';
+        rows_affected := NULL;
+        detail := format('worker %s, %s: %s', p.node, p.check_name, p.detail);
+        RETURN NEXT;
+    END LOOP;
+    IF n = 0 THEN
+        status := 'ok';
+        rows_affected := 0;
+        detail := 'every worker runs this version of tenancy after citus, with the same tenant type, context source and role bindings, and a keys file in token mode';
+        RETURN NEXT;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.verify_citus_context() IS 'verify() check citus_context: on a Citus coordinator, the workers that would check a forwarded tenant differently (citus_context_problems()); no row without Citus';
+REVOKE EXECUTE ON FUNCTION tenancy.verify_citus_context() FROM PUBLIC;

@@ -1311,11 +1311,18 @@ BEGIN
         RETURN QUERY SELECT * FROM tenancy.verify_unregistered_reference(r.rel);
     END LOOP;
 
+    -- on a Citus coordinator: distribution, colocation, policies, reference
+    -- tables (src/distribute.sql; no row without Citus)
+    RETURN QUERY SELECT * FROM tenancy.citus_verify(tbl);
+
     IF tbl IS NOT NULL THEN
         RETURN;
     END IF;
 
     RETURN QUERY SELECT * FROM tenancy.verify_shared_table();
+    -- on a Citus coordinator: the workers check a forwarded tenant as here
+    -- (src/citus_context.sql; no row without Citus)
+    RETURN QUERY SELECT * FROM tenancy.verify_citus_context();
     RETURN QUERY SELECT * FROM tenancy.verify_user_without_tenant(max_rows);
     RETURN QUERY SELECT * FROM tenancy.verify_tenant_without_owner();
 END

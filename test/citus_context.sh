@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "test/citus_context.sh"
 
-plan 49
+plan 52
 tap_tmpdir DIR citus_context
 
 # Tokens, minted by a real JWT library: "shared" is in every node's keys
@@ -93,6 +93,8 @@ is "the policy is on every shard, on the workers" \
 is "the tenants' rows are spread over several shards" \
    "$(cq 0 -c "SELECT count(DISTINCT get_shard_id_for_distribution_column('orders', tenant_id)) > 1 FROM orders")" "t"
 is "citus_context_problems(): none after CREATE EXTENSION" "$(cq 0 -c "SELECT count(*) FROM tenancy.citus_context_problems()")" "0"
+is "verify(): citus_context ok after CREATE EXTENSION" \
+   "$(cq 0 -c "SELECT status FROM tenancy.verify() WHERE check_name = 'citus_context'")" "ok"
 errs=$(grep -h "ERROR" "${CITUS_DATA[@]/%/.log}" 2>/dev/null | head -3)
 is "no node logged an error while Citus created the shards and policies" "$errs" ""
 
@@ -155,6 +157,11 @@ wait_for 10 bash -c "psql -X -At -h 127.0.0.1 -p ${CITUS_PORT[0]} -U app -d $CIT
 is "citus_context_problems(): token mode on the coordinator only is reported for each worker" \
    "$(cq 0 -c "SELECT string_agg(check_name || ' ' || node, ',' ORDER BY node) FROM tenancy.citus_context_problems()")" \
    "$(printf 'context_source 127.0.0.1:%s\n' "${CITUS_PORT[1]}" "${CITUS_PORT[2]}" | LC_ALL=C sort | paste -sd,)"
+is "verify(): citus_context fails for each worker still in the other mode" \
+   "$(cq 0 -c "SELECT string_agg(status || ' ' || split_part(detail, ',', 2), ';' ORDER BY detail) FROM tenancy.verify() WHERE check_name = 'citus_context'")" \
+   "failure  context_source: tenancy.context_source is any on the worker;failure  context_source: tenancy.context_source is any on the worker"
+is "verify() on a worker has no citus_context row" \
+   "$(cq 1 -c "SELECT count(*) FROM tenancy.verify() WHERE check_name = 'citus_context'")" "0"
 is "citus_context_problems() on a worker: 55000" "$(as 1 "$TAP_USER" -c "SELECT * FROM tenancy.citus_context_problems()")" "ERROR 55000"
 citus_all "ALTER SYSTEM SET tenancy.context_source = 'token'" || bail "ALTER SYSTEM failed"
 citus_all "SELECT pg_reload_conf()" >/dev/null

@@ -53,6 +53,8 @@ SELECT bag_eq(
            ('bind_role', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
            ('deprecation_run', 'security', 'text type variable is not sanitized'),
            ('citus_context_problems', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
+           ('citus_remap', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
+           ('citus_run', 'security', 'text type variable is not sanitized'),
            ('derive_tenant_stmts', 'security', 'text type variable is not sanitized'),
            ('move_ddl', 'security', 'text type variable is not sanitized'),
            ('move_remote_query', 'performance', 'routine is marked as VOLATILE, should be STABLE'),
