@@ -4905,7 +4905,7 @@ RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bi
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     p record;
-    n bigint := 0;
+    n integer := 0;
     coordinator boolean;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
