@@ -5024,3 +5024,138 @@ BEGIN
     RETURN QUERY SELECT * FROM tenancy.verify_tenant_without_owner();
 END
 $$;
+
+-- issue 18: last change (a table's mode changes, tenancy.rls_tables.mode_changed_at,
+-- and its rollout changes, tenancy.rollout_log, count in migration_overview.last_change)
+ALTER TABLE tenancy.rls_tables ADD COLUMN mode_changed_at timestamptz;     -- the last set_mode() that changed mode; NULL: none since enable_rls()
+
+CREATE OR REPLACE FUNCTION tenancy.rls_record_internal(op text, tbl regclass, root regclass,
+                                            column_name name, mode text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur_stage text;
+    reg_column name;
+    found_reg boolean;
+    r record;
+BEGIN
+    IF op = 'forget_dropped' THEN
+        DELETE FROM tenancy.rls_tables t
+         WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.relation);
+        PERFORM tenancy.rollout_forget(NULL);
+        RETURN;
+    END IF;
+
+    -- Rows left behind by dropped tables must not claim a reused OID.
+    DELETE FROM tenancy.rls_tables t
+     WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = t.relation);
+
+    IF op = 'register' THEN
+        IF mode IS NULL OR mode <> ALL (ARRAY['migrating', 'shadow', 'enforce']) THEN
+            RAISE EXCEPTION 'unknown row level security mode "%"', mode
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The modes are shadow, migrating and enforce.';
+        END IF;
+        -- Only what enable_rls() records (rls_record() is executable by
+        -- every role, and the worker and verify() trust this table): a table
+        -- with a tenant column of the key type, under its own root or the
+        -- partitioned table it belongs to.
+        PERFORM tenancy.rls_check(tbl, column_name, mode);
+        IF tbl <> root THEN
+            PERFORM tenancy.rls_check(root, column_name, mode);
+            IF tbl NOT IN (SELECT tenancy.rls_members(root)) THEN
+                RAISE EXCEPTION 'table % is not a partition of %', tbl, root
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Register a partition with the partitioned table above it, as tenancy.enable_rls() does.';
+            END IF;
+        END IF;
+        SELECT t.stage, t.column_name INTO cur_stage, reg_column
+          FROM tenancy.tables t WHERE t.relation = tbl;
+        found_reg := FOUND;
+        IF tbl = root AND found_reg AND reg_column <> column_name THEN
+            RAISE EXCEPTION 'table % is registered with tenant column "%", not "%"', tbl, reg_column, column_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Pass column_name => %L.', reg_column);
+        END IF;
+        INSERT INTO tenancy.rls_tables AS t (relation, root, column_name, mode, prior_rls, prior_force, prior_stage)
+        SELECT tbl, root, column_name, mode, c.relrowsecurity, c.relforcerowsecurity,
+               CASE WHEN tbl = root THEN cur_stage END
+          FROM pg_class c WHERE c.oid = tbl
+        ON CONFLICT (relation) DO UPDATE
+               SET mode = EXCLUDED.mode,
+                   mode_changed_at = CASE WHEN t.mode IS DISTINCT FROM EXCLUDED.mode THEN pg_catalog.now()
+                                          ELSE t.mode_changed_at END
+         WHERE t.root = EXCLUDED.root AND t.column_name = EXCLUDED.column_name;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'table % already carries the tenancy policy of another table or column', tbl
+                USING ERRCODE = 'duplicate_object',
+                      HINT = 'Call tenancy.disable_rls() on it first.';
+        END IF;
+        IF tbl = root THEN
+            INSERT INTO tenancy.tables (relation, column_name, stage)
+            VALUES (tbl, column_name, mode)
+            ON CONFLICT (relation) DO UPDATE SET stage = EXCLUDED.stage;
+        END IF;
+    ELSIF op = 'unregister' THEN
+        DELETE FROM tenancy.rls_tables t WHERE t.relation = tbl RETURNING * INTO r;
+        IF FOUND AND r.relation = r.root THEN
+            PERFORM tenancy.rollout_forget(tbl);     -- the rollout goes with the policy
+            IF r.prior_stage IS NOT NULL THEN
+                UPDATE tenancy.tables t SET stage = r.prior_stage WHERE t.relation = tbl;
+            ELSE
+                -- enable_rls() registered the table: forget it, unless another
+                -- feature has recorded something about it since (a source, or
+                -- rows referencing it).
+                BEGIN
+                    DELETE FROM tenancy.tables t WHERE t.relation = tbl AND t.source IS NULL;
+                EXCEPTION WHEN foreign_key_violation THEN
+                    NULL;
+                END;
+                UPDATE tenancy.tables t SET stage = 'expand' WHERE t.relation = tbl;
+            END IF;
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'unknown operation "%"', op USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION tenancy.rls_record_internal(text, regclass, regclass, name, text) FROM PUBLIC;
+
+CREATE OR REPLACE VIEW tenancy.migration_overview AS
+SELECT t.relation,
+       t.stage,
+       r.mode,
+       NULL::text AS rollout,
+       s.unmigrated,
+       s.total_rows,
+       s.percent_migrated,
+       s.rate_per_s AS migrated_per_s,
+       b.state AS backfill_state,
+       b.percent AS backfill_percent,
+       b.rows_done AS backfill_rows_done,
+       b.rows_per_s AS backfill_rows_per_s,
+       coalesce(d.legacy_hidden, 0) AS legacy_rows_hidden,
+       coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
+       coalesce(d.new_hidden, 0) AS new_rows_hidden,
+       coalesce(d.new_refused, 0) AS new_writes_refused,
+       GREATEST(t.registered_at, r.enabled_at, r.mode_changed_at, c.last_step,
+                (SELECT max(rl.at) FROM tenancy.rollout_log rl WHERE rl.relation OPERATOR(pg_catalog.=) t.relation)) AS last_change
+  FROM tenancy.tables t
+  LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT p.state, p.percent, p.rows_done, p.rows_per_s
+          FROM tenancy.backfill_progress p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation
+         ORDER BY p.id DESC LIMIT 1) b ON true
+  LEFT JOIN LATERAL (
+        SELECT max(GREATEST(l.done_at, l.undone_at)) AS last_step
+          FROM tenancy.contract_log l
+         WHERE l.relation OPERATOR(pg_catalog.=) t.relation) c ON true
+  LEFT JOIN LATERAL (
+        SELECT sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_refused,
+               sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_refused
+          FROM tenancy.read_path_stats() p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation) d ON true;

@@ -22,7 +22,8 @@ SELECT t.relation,
        coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
        coalesce(d.new_hidden, 0) AS new_rows_hidden,
        coalesce(d.new_refused, 0) AS new_writes_refused,
-       GREATEST(t.registered_at, r.enabled_at, c.last_step) AS last_change
+       GREATEST(t.registered_at, r.enabled_at, r.mode_changed_at, c.last_step,
+                (SELECT max(rl.at) FROM tenancy.rollout_log rl WHERE rl.relation OPERATOR(pg_catalog.=) t.relation)) AS last_change
   FROM tenancy.tables t
   LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
   LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation

@@ -17,7 +17,8 @@ CREATE TABLE tenancy.rls_tables (
     prior_rls   boolean NOT NULL,
     prior_force boolean NOT NULL,
     prior_stage text,
-    enabled_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+    enabled_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    mode_changed_at timestamptz     -- the last set_mode() that changed mode; NULL: none since enable_rls()
 );
 COMMENT ON TABLE tenancy.rls_tables IS 'tables that carry tenancy_policy: the table enable_rls() was called on (root), its mode, and the row security state and stage to restore';
 SELECT pg_catalog.pg_extension_config_dump('tenancy.rls_tables', '');
@@ -78,7 +79,10 @@ BEGIN
         SELECT tbl, root, column_name, mode, c.relrowsecurity, c.relforcerowsecurity,
                CASE WHEN tbl = root THEN cur_stage END
           FROM pg_class c WHERE c.oid = tbl
-        ON CONFLICT (relation) DO UPDATE SET mode = EXCLUDED.mode
+        ON CONFLICT (relation) DO UPDATE
+               SET mode = EXCLUDED.mode,
+                   mode_changed_at = CASE WHEN t.mode IS DISTINCT FROM EXCLUDED.mode THEN pg_catalog.now()
+                                          ELSE t.mode_changed_at END
          WHERE t.root = EXCLUDED.root AND t.column_name = EXCLUDED.column_name;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'table % already carries the tenancy policy of another table or column', tbl
