@@ -3678,3 +3678,57 @@ BEGIN
     ELSE '{}'::text[] END;
 END
 $$;
+
+-- issue 18: report's rollout column (src/report.sql): tenancy.migration_overview.rollout
+-- from the per-tenant rollout (src/rollout.sql) instead of NULL; same columns.
+CREATE OR REPLACE VIEW tenancy.migration_overview AS
+SELECT t.relation,
+       t.stage,
+       r.mode,
+       ro.rollout,
+       s.unmigrated,
+       s.total_rows,
+       s.percent_migrated,
+       s.rate_per_s AS migrated_per_s,
+       b.state AS backfill_state,
+       b.percent AS backfill_percent,
+       b.rows_done AS backfill_rows_done,
+       b.rows_per_s AS backfill_rows_per_s,
+       coalesce(d.legacy_hidden, 0) AS legacy_rows_hidden,
+       coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
+       coalesce(d.new_hidden, 0) AS new_rows_hidden,
+       coalesce(d.new_refused, 0) AS new_writes_refused,
+       GREATEST(t.registered_at, r.enabled_at, c.last_step) AS last_change
+  FROM tenancy.tables t
+  LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT string_agg(m.mode OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) concat_ws(' + ',
+                   CASE WHEN n.listed OPERATOR(pg_catalog.>) 0
+                        THEN n.listed OPERATOR(pg_catalog.||) CASE WHEN n.listed OPERATOR(pg_catalog.=) 1 THEN ' tenant' ELSE ' tenants' END END,
+                   CASE WHEN p.relation IS NOT NULL
+                        THEN trim_scale(p.buckets OPERATOR(pg_catalog./) 100.0) OPERATOR(pg_catalog.||) '%' END),
+                          '; ' ORDER BY m.ord) AS rollout
+          FROM unnest(ARRAY['enforce', 'migrating', 'shadow']) WITH ORDINALITY AS m(mode, ord)
+          LEFT JOIN tenancy.rollouts p ON p.relation OPERATOR(pg_catalog.=) r.root
+                AND p.buckets OPERATOR(pg_catalog.>) 0 AND p.percent_mode OPERATOR(pg_catalog.=) m.mode
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS listed FROM tenancy.rollout_tenants x
+                 WHERE x.relation OPERATOR(pg_catalog.=) r.root AND x.mode OPERATOR(pg_catalog.=) m.mode) n
+         WHERE n.listed OPERATOR(pg_catalog.>) 0 OR p.relation IS NOT NULL) ro ON true
+  LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT p.state, p.percent, p.rows_done, p.rows_per_s
+          FROM tenancy.backfill_progress p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation
+         ORDER BY p.id DESC LIMIT 1) b ON true
+  LEFT JOIN LATERAL (
+        SELECT max(GREATEST(l.done_at, l.undone_at)) AS last_step
+          FROM tenancy.contract_log l
+         WHERE l.relation OPERATOR(pg_catalog.=) t.relation) c ON true
+  LEFT JOIN LATERAL (
+        SELECT sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_refused,
+               sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_refused
+          FROM tenancy.read_path_stats() p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation) d ON true;
