@@ -180,6 +180,9 @@ SELECT tenancy.set_rollout_percent('pth_notes', 100, 'enforce') IS NOT NULL AS p
 SELECT relation, rollout FROM tenancy.report();
 SELECT tenancy.clear_rollout('pth_notes') IS NOT NULL AS cleared;
 SELECT relation, mode, rollout IS NULL AS no_rollout FROM tenancy.report();
+-- The rollout's changes are the table's last change (set_mode() keeps none).
+SELECT relation, last_change = (SELECT max(at) FROM tenancy.rollout_log l WHERE l.relation = r.relation) AS rollout_last
+  FROM tenancy.report() r;
 
 SELECT tenancy.unbind_role('pth_legacy') IS NOT NULL AS unbound;
 DROP TABLE pth_notes, pth_plain;
