@@ -130,7 +130,27 @@ EXECUTE o3;
 RESET plan_cache_mode;
 RESET ROLE;
 
+-- 7. The same on a partition queried directly: its plan names the
+-- partition, the rollout is the root's.
+CREATE TABLE parts (id int, tenant_id uuid, body text) PARTITION BY RANGE (id);
+CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100);
+INSERT INTO parts VALUES (1, '00000000-0000-0000-0000-0000000000a1', 'acme part'),
+                         (3, '00000000-0000-0000-0000-0000000000b2', 'bolt part');
+GRANT SELECT ON parts, parts_1 TO red_app;
+SELECT tenancy.enable_rls('parts', mode => 'shadow') IS NOT NULL AS enabled;
+SET ROLE red_app;
+SET plan_cache_mode = force_generic_plan;
+SELECT tenancy.set_tenant('bolt', false) IS NOT NULL AS set;
+PREPARE p1 AS SELECT string_agg(body, ',' ORDER BY id) FROM parts_1;
+EXECUTE p1;
+RESET ROLE;
+SELECT tenancy.set_tenant_mode('parts', ARRAY['bolt'], 'enforce') IS NOT NULL AS changed;
+SET ROLE red_app;
+EXECUTE p1;
+RESET plan_cache_mode;
+RESET ROLE;
+
 DROP FUNCTION orders_as(text), touch_as(text), items_as(text), plpgsql_orders();
-DROP TABLE orders, items;
+DROP TABLE orders, items, parts;
 DROP ROLE red_app;
 DROP EXTENSION tenancy;
