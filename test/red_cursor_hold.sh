@@ -5,9 +5,10 @@
 # cursor is run to completion at COMMIT into a tuplestore, and a later
 # FETCH runs no executor, so the guard never sees it: behind a pooler in
 # transaction mode the next client, under another tenant, reads the rows
-# of the tenant that opened it.  Known, not fixed: RED_KNOWN=1 asserts the
-# secure behaviour; by default the finding is reported as a skip with what
-# the server returned.  A plain cursor (the guard's case) is asserted.
+# of the tenant that opened it.  Asserted: after a tenant change a
+# persisted cursor WITH HOLD of another tenant cannot be read (55000), by
+# FETCH, after RESET, or from PL/pgSQL; it can be closed; the tenant that
+# opened it reads it.  A plain cursor (the guard's case) too.
 #
 # Shell TAP, run by `prove -e bash` from scripts/test.sh, on the harness
 # cluster (PGHOST/PGPORT, PGUSER a superuser).
@@ -37,17 +38,25 @@ app() {
         | sed -E 's/^(psql:[^ ]* )?ERROR: +/ERROR /' | tr '\n' ' ' | sed 's/ $//'
 }
 
-plan 2
+plan 6
 is "a plain cursor opened under acme, fetched under bolt: refused (55000)" \
    "$(app -c "BEGIN" -c "SELECT tenancy.set_tenant('acme') IS NOT NULL" -c "DECLARE c CURSOR FOR SELECT body FROM o" \
           -c "SELECT tenancy.set_tenant('bolt') IS NOT NULL" -c "FETCH ALL FROM c" -c "ROLLBACK")" "t t ERROR 55000"
-got=$(app -c "BEGIN" -c "SELECT tenancy.set_tenant('acme') IS NOT NULL" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" -c "COMMIT" \
-          -c "SELECT tenancy.set_tenant('bolt', false) IS NOT NULL" -c "FETCH ALL FROM c")
-if [ "${RED_KNOWN:-0}" = 1 ]; then
-    unlike=$(printf '%s' "$got" | grep -c 'acme 1')
-    is "a cursor WITH HOLD opened under acme shows bolt none of acme's rows" "$unlike" "0"
-else
-    skip "known finding, not fixed: a cursor WITH HOLD opened under acme, fetched under bolt, returns acme's rows (got '$got'; RED_KNOWN=1 asserts)"
-fi
+is "a cursor WITH HOLD opened under acme, fetched under bolt: refused (55000)" \
+   "$(app -c "BEGIN" -c "SELECT tenancy.set_tenant('acme') IS NOT NULL" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" -c "COMMIT" \
+          -c "SELECT tenancy.set_tenant('bolt', false) IS NOT NULL" -c "FETCH ALL FROM c")" "t t ERROR 55000"
+is "  ... and after RESET (no tenant): refused" \
+   "$(app -c "SELECT tenancy.set_tenant('acme', false) IS NOT NULL" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" \
+          -c "RESET tenancy.tenant_id" -c "FETCH ALL FROM c")" "t ERROR 55000"
+is "  ... and read through a PL/pgSQL FETCH: refused" \
+   "$(app -c "SELECT tenancy.set_tenant('acme', false) IS NOT NULL" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" \
+          -c "SELECT tenancy.set_tenant('bolt', false) IS NOT NULL" \
+          -c "DO \$\$ DECLARE r refcursor := 'c'; b text; BEGIN FETCH r INTO b; RAISE NOTICE '%', b; END \$\$")" "t t ERROR 55000"
+is "the tenant that opened it reads it, and may close it after a switch" \
+   "$(app -c "SELECT tenancy.set_tenant('acme', false) IS NOT NULL" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" \
+          -c "FETCH ALL FROM c" -c "SELECT tenancy.set_tenant('bolt', false) IS NOT NULL" -c "CLOSE c" -c "SELECT 'closed'")" "t acme 1 t closed"
+is "a cursor WITH HOLD opened and read under the same session tenant works" \
+   "$(app -c "SELECT tenancy.set_tenant('bolt', false) IS NOT NULL" -c "BEGIN" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" -c "COMMIT" \
+          -c "FETCH ALL FROM c")" "t bolt 3"
 
 tap_end
