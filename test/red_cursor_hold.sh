@@ -38,7 +38,7 @@ app() {
         | sed -E 's/^(psql:[^ ]* )?ERROR: +/ERROR /' | tr '\n' ' ' | sed 's/ $//'
 }
 
-plan 6
+plan 7
 is "a plain cursor opened under acme, fetched under bolt: refused (55000)" \
    "$(app -c "BEGIN" -c "SELECT tenancy.set_tenant('acme') IS NOT NULL" -c "DECLARE c CURSOR FOR SELECT body FROM o" \
           -c "SELECT tenancy.set_tenant('bolt') IS NOT NULL" -c "FETCH ALL FROM c" -c "ROLLBACK")" "t t ERROR 55000"
@@ -58,5 +58,8 @@ is "the tenant that opened it reads it, and may close it after a switch" \
 is "a cursor WITH HOLD opened and read under the same session tenant works" \
    "$(app -c "SELECT tenancy.set_tenant('bolt', false) IS NOT NULL" -c "BEGIN" -c "DECLARE c CURSOR WITH HOLD FOR SELECT body FROM o" -c "COMMIT" \
           -c "FETCH ALL FROM c")" "t bolt 3"
+decls=(); for i in $(seq 1 17); do decls+=(-c "DECLARE c$i CURSOR WITH HOLD FOR SELECT body FROM o"); done
+is "at most 16 cursors WITH HOLD over row-secured tables: the 17th is refused (54000)" \
+   "$(app -c "SELECT tenancy.set_tenant('acme', false) IS NOT NULL" "${decls[@]}")" "t ERROR 54000"
 
 tap_end
