@@ -5025,8 +5025,96 @@ BEGIN
 END
 $$;
 
--- issue 18: last change (a table's mode changes, tenancy.rls_tables.mode_changed_at,
--- and its rollout changes, tenancy.rollout_log, count in migration_overview.last_change)
+-- issue 18: report's rollout column (src/report.sql): tenancy.migration_overview.rollout
+-- from the per-tenant rollout (src/rollout.sql) instead of NULL, and its
+-- changes in last_change; same columns.
+CREATE OR REPLACE VIEW tenancy.migration_overview AS
+SELECT t.relation,
+       t.stage,
+       r.mode,
+       ro.rollout,
+       s.unmigrated,
+       s.total_rows,
+       s.percent_migrated,
+       s.rate_per_s AS migrated_per_s,
+       b.state AS backfill_state,
+       b.percent AS backfill_percent,
+       b.rows_done AS backfill_rows_done,
+       b.rows_per_s AS backfill_rows_per_s,
+       coalesce(d.legacy_hidden, 0) AS legacy_rows_hidden,
+       coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
+       coalesce(d.new_hidden, 0) AS new_rows_hidden,
+       coalesce(d.new_refused, 0) AS new_writes_refused,
+       GREATEST(t.registered_at, r.enabled_at, ro.rollout_changed, c.last_step) AS last_change
+  FROM tenancy.tables t
+  LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT string_agg(m.mode OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) concat_ws(' + ',
+                   CASE WHEN n.listed OPERATOR(pg_catalog.>) 0
+                        THEN n.listed OPERATOR(pg_catalog.||) CASE WHEN n.listed OPERATOR(pg_catalog.=) 1 THEN ' tenant' ELSE ' tenants' END END,
+                   CASE WHEN p.relation IS NOT NULL
+                        THEN trim_scale(p.buckets OPERATOR(pg_catalog./) 100.0) OPERATOR(pg_catalog.||) '%' END),
+                          '; ' ORDER BY m.ord) AS rollout,
+               (SELECT max(l.at) FROM tenancy.rollout_log l
+                 WHERE l.relation OPERATOR(pg_catalog.=) r.root) AS rollout_changed
+          FROM unnest(ARRAY['enforce', 'migrating', 'shadow']) WITH ORDINALITY AS m(mode, ord)
+          LEFT JOIN tenancy.rollouts p ON p.relation OPERATOR(pg_catalog.=) r.root
+                AND p.buckets OPERATOR(pg_catalog.>) 0 AND p.percent_mode OPERATOR(pg_catalog.=) m.mode
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS listed FROM tenancy.rollout_tenants x
+                 WHERE x.relation OPERATOR(pg_catalog.=) r.root AND x.mode OPERATOR(pg_catalog.=) m.mode) n
+         WHERE n.listed OPERATOR(pg_catalog.>) 0 OR p.relation IS NOT NULL) ro ON true
+  LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT p.state, p.percent, p.rows_done, p.rows_per_s
+          FROM tenancy.backfill_progress p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation
+         ORDER BY p.id DESC LIMIT 1) b ON true
+  LEFT JOIN LATERAL (
+        SELECT max(GREATEST(l.done_at, l.undone_at)) AS last_step
+          FROM tenancy.contract_log l
+         WHERE l.relation OPERATOR(pg_catalog.=) t.relation) c ON true
+  LEFT JOIN LATERAL (
+        SELECT sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'legacy')::bigint AS legacy_refused,
+               sum(p.rows_hidden) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_hidden,
+               sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_refused
+          FROM tenancy.read_path_stats() p
+         WHERE p.relation OPERATOR(pg_catalog.=) t.relation) d ON true;
+
+-- issue 18: rollout_run() retries a lock for about 20 s (autovacuum does not yield to a 100 ms waiter)
+CREATE OR REPLACE FUNCTION tenancy.rollout_run(stmts text[]) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prior text := current_setting('lock_timeout');
+    attempt integer := 0;
+    s text;
+BEGIN
+    LOOP
+        attempt := attempt + 1;
+        BEGIN
+            PERFORM set_config('lock_timeout', '100ms', true);
+            FOREACH s IN ARRAY stmts LOOP
+                -- plpgsql_check: built by rollout_stmts(), every name through %I/%L.
+                EXECUTE s;
+            END LOOP;
+            PERFORM set_config('lock_timeout', prior, true);
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM set_config('lock_timeout', prior, true);
+            IF attempt >= 30 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep_for(tenancy.backoff_delay(attempt, interval '50ms', interval '1s'));
+        END;
+    END LOOP;
+    RETURN tenancy.rls_script(stmts);
+END
+$$;
+
+-- issue 18: last change counts mode changes (tenancy.rls_tables.mode_changed_at,
+-- set by rls_record_internal() when set_mode() changes the mode) in
+-- migration_overview.last_change, with the rollout's changes; same columns.
 ALTER TABLE tenancy.rls_tables ADD COLUMN mode_changed_at timestamptz;     -- the last set_mode() that changed mode; NULL: none since enable_rls()
 
 CREATE OR REPLACE FUNCTION tenancy.rls_record_internal(op text, tbl regclass, root regclass,
@@ -5125,7 +5213,7 @@ CREATE OR REPLACE VIEW tenancy.migration_overview AS
 SELECT t.relation,
        t.stage,
        r.mode,
-       NULL::text AS rollout,
+       ro.rollout,
        s.unmigrated,
        s.total_rows,
        s.percent_migrated,
@@ -5138,10 +5226,25 @@ SELECT t.relation,
        coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
        coalesce(d.new_hidden, 0) AS new_rows_hidden,
        coalesce(d.new_refused, 0) AS new_writes_refused,
-       GREATEST(t.registered_at, r.enabled_at, r.mode_changed_at, c.last_step,
-                (SELECT max(rl.at) FROM tenancy.rollout_log rl WHERE rl.relation OPERATOR(pg_catalog.=) t.relation)) AS last_change
+       GREATEST(t.registered_at, r.enabled_at, r.mode_changed_at, ro.rollout_changed, c.last_step) AS last_change
   FROM tenancy.tables t
   LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT string_agg(m.mode OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) concat_ws(' + ',
+                   CASE WHEN n.listed OPERATOR(pg_catalog.>) 0
+                        THEN n.listed OPERATOR(pg_catalog.||) CASE WHEN n.listed OPERATOR(pg_catalog.=) 1 THEN ' tenant' ELSE ' tenants' END END,
+                   CASE WHEN p.relation IS NOT NULL
+                        THEN trim_scale(p.buckets OPERATOR(pg_catalog./) 100.0) OPERATOR(pg_catalog.||) '%' END),
+                          '; ' ORDER BY m.ord) AS rollout,
+               (SELECT max(l.at) FROM tenancy.rollout_log l
+                 WHERE l.relation OPERATOR(pg_catalog.=) r.root) AS rollout_changed
+          FROM unnest(ARRAY['enforce', 'migrating', 'shadow']) WITH ORDINALITY AS m(mode, ord)
+          LEFT JOIN tenancy.rollouts p ON p.relation OPERATOR(pg_catalog.=) r.root
+                AND p.buckets OPERATOR(pg_catalog.>) 0 AND p.percent_mode OPERATOR(pg_catalog.=) m.mode
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS listed FROM tenancy.rollout_tenants x
+                 WHERE x.relation OPERATOR(pg_catalog.=) r.root AND x.mode OPERATOR(pg_catalog.=) m.mode) n
+         WHERE n.listed OPERATOR(pg_catalog.>) 0 OR p.relation IS NOT NULL) ro ON true
   LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
   LEFT JOIN LATERAL (
         SELECT p.state, p.percent, p.rows_done, p.rows_per_s

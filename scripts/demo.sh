@@ -30,7 +30,7 @@ psql_demo() { tn_run env PGHOST="$PGHOST" PGPORT="$PGPORT" PGDATABASE=demo PGUSE
 
 if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B='' N=''; fi
 # What is left, as the background worker reports it: wait (at most 15 s)
-# for a cycle that started after the step, then print its numbers.
+# for a cycle that started after the step, then print the report.
 left() {
     local since=$1
     [ "$(psql_demo -At -c "SELECT to_regclass('tenancy.migration_status') IS NOT NULL")" = t ] || return 0
@@ -41,6 +41,19 @@ left() {
               AND clock_timestamp() < t0 + interval '15 s' LOOP
             PERFORM pg_sleep(0.2);
         END LOOP; END \$\$"
+    if [ "$(psql_demo -At -c "SELECT to_regprocedure('tenancy.report()') IS NOT NULL")" = t ]; then
+        # The one-screen report (src/report.sql), with the worker's method
+        # and the time of its count beside the rows left to migrate.
+        echo "-- the migration, from tenancy.report() (unmigrated: the background worker's count;"
+        echo "-- divergences: rows hidden + writes refused, counted while a table ran in shadow for a tenant):"
+        psql_demo -c "SELECT r.relation, r.stage, r.mode, r.rollout, r.unmigrated, s.method, r.backfill,
+                             r.legacy_divergences AS legacy_div, r.new_divergences AS new_div,
+                             to_char(r.last_change, 'HH24:MI:SS') AS changed,
+                             to_char(s.checked_at, 'HH24:MI:SS') AS checked
+                        FROM tenancy.report() r LEFT JOIN tenancy.migration_status s USING (relation)
+                       ORDER BY r.relation::text"
+        return 0
+    fi
     echo "-- left to migrate, from the background worker:"
     psql_demo -c "SELECT relation, unmigrated, total_rows, percent_migrated AS pct, method,
                          to_char(checked_at, 'HH24:MI:SS') AS checked

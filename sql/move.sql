@@ -108,15 +108,15 @@ SELECT c.oid::regclass AS relation, c.relkind, pg_get_userbyid(c.relowner) AS ow
        c.relrowsecurity, pg_get_expr(c.relpartbound, c.oid) AS bound
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('public', 'Sch"ema; $x$') AND c.relkind IN ('r', 'p')
-ORDER BY c.oid::regclass::text COLLATE "C";
+ORDER BY c.oid::regclass::text;
 SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) FROM pg_constraint
 WHERE connamespace IN (SELECT oid FROM pg_namespace WHERE nspname IN ('public', 'Sch"ema; $x$'))
-ORDER BY conrelid::regclass::text COLLATE "C", conname COLLATE "C";
+ORDER BY conrelid::regclass::text, 2, 3;
 SELECT polname, polrelid::regclass, polpermissive, polcmd, pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)
-FROM pg_policy;
+FROM pg_policy ORDER BY polrelid::regclass::text, polname;
 SELECT relname, relacl FROM pg_class WHERE relname LIKE 'ord%';
 SELECT id, slug, name, status FROM tenancy.tenants;
-SELECT relation, column_name FROM tenancy.tables ORDER BY 1::text;
+SELECT relation, column_name FROM tenancy.tables ORDER BY relation::text;
 SELECT relation FROM tenancy.shared_tables;
 -- Checksums are the same function on both sides: empty here.
 SELECT * FROM tenancy.move_checksums('11111111-1111-4111-8111-111111111111',

@@ -157,6 +157,33 @@ RESET tenancy.path_stats;
 SELECT count(*) AS path_entries FROM tenancy.path_stats;
 SELECT rows_checked FROM tenancy.shadow_stats WHERE relation = 'pth_notes'::regclass;
 
+-- The report's rollout column (src/rollout.sql): per mode, the tenants
+-- listed and the percentage that run the table in it; NULL for a table
+-- without a rollout (pth_plain), and again once it is cleared.  pg_monitor
+-- reads it too: counts, no tenant key.
+SELECT tenancy.create_tenant('cora', 'Cora') IS NOT NULL AS created;
+SELECT tenancy.set_tenant_mode('pth_notes', ARRAY['bolt'], 'enforce') IS NOT NULL AS listed;
+SELECT relation, mode, rollout, rollout IS NULL AS no_rollout FROM tenancy.report();
+SELECT tenancy.set_rollout_percent('pth_notes', 25) IS NOT NULL AS percent;
+SELECT relation, mode, rollout FROM tenancy.report();
+SELECT tenancy.set_tenant_mode('pth_notes', ARRAY['acme', 'cora'], 'migrating') IS NOT NULL AS listed;
+SELECT tenancy.set_rollout_percent('pth_notes', 12.5, 'shadow') IS NOT NULL AS percent;
+\c - pth_monitor
+SELECT relation, mode, rollout FROM tenancy.migration_overview ORDER BY relation::text;
+SELECT relation, mode, rollout FROM tenancy.report();
+\c - :su
+-- The list alone, then the percentage alone.
+SELECT tenancy.set_rollout_percent('pth_notes', 0) IS NOT NULL AS percent;
+SELECT relation, rollout FROM tenancy.report();
+SELECT tenancy.set_tenant_mode('pth_notes', ARRAY['acme', 'bolt', 'cora'], NULL) IS NOT NULL AS unlisted;
+SELECT tenancy.set_rollout_percent('pth_notes', 100, 'enforce') IS NOT NULL AS percent;
+SELECT relation, rollout FROM tenancy.report();
+SELECT tenancy.clear_rollout('pth_notes') IS NOT NULL AS cleared;
+SELECT relation, mode, rollout IS NULL AS no_rollout FROM tenancy.report();
+-- The rollout's changes are the table's last change (set_mode() keeps none).
+SELECT relation, last_change = (SELECT max(at) FROM tenancy.rollout_log l WHERE l.relation = r.relation) AS rollout_last
+  FROM tenancy.report() r;
+
 SELECT tenancy.unbind_role('pth_legacy') IS NOT NULL AS unbound;
 DROP TABLE pth_notes, pth_plain;
 DROP EXTENSION tenancy;

@@ -19,7 +19,9 @@
  * coordinator first forwards SET LOCAL tenancy.tenant_token = '<token>',
  * whose check hook verifies the token with the worker's own keys file
  * (token_verify_tenant_key()), and the worker's tenant_id check admits only
- * the key that token names (citus_context_token_admits()), and only on a
+ * the key that token names (citus_context_token_admits(), which verifies
+ * the token again, so a session-level token outlives neither its exp nor
+ * its key), and only on a
  * Citus worker (pg_dist_local_group): on the coordinator or a single node,
  * where the registry is, set_tenant_token() with its registry and
  * membership checks stays the one route.  A client that reaches a worker
@@ -180,9 +182,32 @@ citus_node_is_worker(void)
 bool
 citus_context_token_admits(const char *value)
 {
+	char		key[TENANT_KEY_MAXLEN + 1];
+	MemoryContext mcxt = CurrentMemoryContext;
+	volatile bool valid = true;
+
 	if (likely(token_key == NULL))
 		return false;
-	return value[0] != '\0' && strcmp(token_key, value) == 0 && citus_node_is_worker();
+	if (value[0] == '\0' || strcmp(token_key, value) != 0 || !citus_node_is_worker())
+		return false;
+
+	/*
+	 * The token was verified when it was set, maybe for the session and long
+	 * ago: verify it again now, so that neither its exp nor the removal of
+	 * its key from the keys file can be outlived.
+	 */
+	PG_TRY();
+	{
+		token_verify_tenant_key(tenancy_tenant_token, key);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(mcxt);
+		FlushErrorState();
+		valid = false;
+	}
+	PG_END_TRY();
+	return valid && strcmp(key, value) == 0;
 }
 
 /* Run one SET LOCAL name = 'value' through SPI, so Citus's hook sees it. */

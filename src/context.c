@@ -188,6 +188,7 @@ assign_context_source(int newval, void *extra)
 	tenant_generation++;		/* the accessors' caches depend on it */
 	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
 	rollout_tenant_changed(false);
+	held_cursors_tenant_changed();	/* cursors WITH HOLD: rls_guard.c */
 }
 
 static void
@@ -546,6 +547,7 @@ tenancy_assign_tenant_id(const char *newval, void *extra)
 	tenant_generation++;
 	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
 	rollout_tenant_changed(true);	/* plans folded for another mode */
+	held_cursors_tenant_changed();	/* cursors WITH HOLD: rls_guard.c */
 }
 
 void
@@ -554,6 +556,7 @@ tenancy_assign_tenant_type(int newval, void *extra)
 	tenant_generation++;
 	tenant_plans_invalidate();	/* plans made for a tenant: prune.c */
 	rollout_tenant_changed(false);
+	held_cursors_tenant_changed();	/* cursors WITH HOLD: rls_guard.c */
 	if (InitializingParallelWorker)
 		worker_reparse_key((TenantKeyType) newval);
 }

@@ -4,12 +4,16 @@
 
 -- Per registered table: stage, row security mode, rollout, what is left to
 -- migrate, the backfill, and the shadow divergences by path.  The rollout
--- column stays NULL until per-tenant rollout records one.
+-- column (src/rollout.sql) is NULL for a table without a per-tenant
+-- rollout, else per mode the tenants listed and the percentage that run the
+-- table in it: 'enforce: 1 tenant + 25%; shadow: 2 tenants'.  Counts only:
+-- the view's readers (pg_read_all_stats) learn no tenant key.  last_change
+-- counts the rollout's changes (tenancy.rollout_log) too.
 CREATE VIEW tenancy.migration_overview AS
 SELECT t.relation,
        t.stage,
        r.mode,
-       NULL::text AS rollout,
+       ro.rollout,
        s.unmigrated,
        s.total_rows,
        s.percent_migrated,
@@ -22,10 +26,25 @@ SELECT t.relation,
        coalesce(d.legacy_refused, 0) AS legacy_writes_refused,
        coalesce(d.new_hidden, 0) AS new_rows_hidden,
        coalesce(d.new_refused, 0) AS new_writes_refused,
-       GREATEST(t.registered_at, r.enabled_at, r.mode_changed_at, c.last_step,
-                (SELECT max(rl.at) FROM tenancy.rollout_log rl WHERE rl.relation OPERATOR(pg_catalog.=) t.relation)) AS last_change
+       GREATEST(t.registered_at, r.enabled_at, r.mode_changed_at, ro.rollout_changed, c.last_step) AS last_change
   FROM tenancy.tables t
   LEFT JOIN tenancy.rls_tables r ON r.relation OPERATOR(pg_catalog.=) t.relation
+  LEFT JOIN LATERAL (
+        SELECT string_agg(m.mode OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) concat_ws(' + ',
+                   CASE WHEN n.listed OPERATOR(pg_catalog.>) 0
+                        THEN n.listed OPERATOR(pg_catalog.||) CASE WHEN n.listed OPERATOR(pg_catalog.=) 1 THEN ' tenant' ELSE ' tenants' END END,
+                   CASE WHEN p.relation IS NOT NULL
+                        THEN trim_scale(p.buckets OPERATOR(pg_catalog./) 100.0) OPERATOR(pg_catalog.||) '%' END),
+                          '; ' ORDER BY m.ord) AS rollout,
+               (SELECT max(l.at) FROM tenancy.rollout_log l
+                 WHERE l.relation OPERATOR(pg_catalog.=) r.root) AS rollout_changed
+          FROM unnest(ARRAY['enforce', 'migrating', 'shadow']) WITH ORDINALITY AS m(mode, ord)
+          LEFT JOIN tenancy.rollouts p ON p.relation OPERATOR(pg_catalog.=) r.root
+                AND p.buckets OPERATOR(pg_catalog.>) 0 AND p.percent_mode OPERATOR(pg_catalog.=) m.mode
+          CROSS JOIN LATERAL (
+                SELECT count(*) AS listed FROM tenancy.rollout_tenants x
+                 WHERE x.relation OPERATOR(pg_catalog.=) r.root AND x.mode OPERATOR(pg_catalog.=) m.mode) n
+         WHERE n.listed OPERATOR(pg_catalog.>) 0 OR p.relation IS NOT NULL) ro ON true
   LEFT JOIN tenancy.migration_status s ON s.relation OPERATOR(pg_catalog.=) t.relation
   LEFT JOIN LATERAL (
         SELECT p.state, p.percent, p.rows_done, p.rows_per_s

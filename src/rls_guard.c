@@ -51,6 +51,8 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "tcop/pquery.h"
+#include "utils/portal.h"
 #include "utils/syscache.h"
 
 /* Queries open at once that we track; beyond this no tenant change is allowed. */
@@ -74,6 +76,30 @@ static int	guard_running = 0;
 static int	guard_untracked = 0;
 
 static bool tenancy_fold_tenant = true;
+
+/*
+ * Cursors WITH HOLD over row-secured tables, and the tenant each was opened
+ * with.  COMMIT runs such a cursor to completion into a tuplestore, and a
+ * later FETCH (or a protocol Execute of the portal) reads that store
+ * without the executor: the guard above never sees it.  When the tenant
+ * changes (held_cursors_tenant_changed(), from the tenant GUC's assign
+ * hooks), a persisted cursor of another tenant is marked failed, so that
+ * reading it raises 55000 ("portal ... cannot be run"); it can only be
+ * closed.
+ */
+#define HELD_SLOTS 16
+
+typedef struct HeldCursor
+{
+	char		name[NAMEDATALEN];
+	TimestampTz created;
+	bool		has_key;
+	TenantKeyType type;
+	char		key[TENANT_KEY_MAXLEN + 1];
+} HeldCursor;
+
+static HeldCursor held[HELD_SLOTS];
+static int	held_used = 0;
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
 static ExecutorRun_hook_type prev_executor_run = NULL;
@@ -429,6 +455,74 @@ run_folded(QueryDesc *queryDesc, int eflags, List *undo)
 	unfold(undo);
 }
 
+/* Forget the held cursors whose portal is gone (or is another by now). */
+static void
+held_cursors_compact(void)
+{
+	for (int i = held_used - 1; i >= 0; i--)
+	{
+		Portal		p = GetPortalByName(held[i].name);
+
+		if (!PortalIsValid(p) || p->creation_time != held[i].created)
+			held[i] = held[--held_used];
+	}
+}
+
+/* A guarded query starts: remember it if it is a cursor WITH HOLD. */
+static void
+held_cursor_note(const TenantKey *key)
+{
+	Portal		p = ActivePortal;
+	HeldCursor *h;
+
+	if (!PortalIsValid(p) || !(p->cursorOptions & CURSOR_OPT_HOLD) || p->name == NULL)
+		return;
+	held_cursors_compact();
+	if (held_used == HELD_SLOTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("at most %d cursors WITH HOLD over row-secured tables may be open", HELD_SLOTS),
+				 errhint("Close a cursor WITH HOLD first.")));
+	h = &held[held_used++];
+	strlcpy(h->name, p->name, sizeof(h->name));
+	h->created = p->creation_time;
+	h->has_key = (key != NULL);
+	h->type = key ? key->type : TENANT_KEY_UUID;
+	strlcpy(h->key, key ? key->text : "", sizeof(h->key));
+}
+
+/*
+ * The tenant changed (context.c's assign hooks): a persisted cursor WITH
+ * HOLD of another tenant can no longer be read.  Never raises.
+ */
+void
+held_cursors_tenant_changed(void)
+{
+	const TenantKey *key;
+
+	if (likely(held_used == 0))
+		return;
+	key = tenant_context_peek();
+	for (int i = held_used - 1; i >= 0; i--)
+	{
+		Portal		p = GetPortalByName(held[i].name);
+
+		if (!PortalIsValid(p) || p->creation_time != held[i].created)
+		{
+			held[i] = held[--held_used];
+			continue;
+		}
+		if ((key != NULL) == held[i].has_key &&
+			(key == NULL || (key->type == held[i].type && strcmp(key->text, held[i].key) == 0)))
+			continue;
+		/* Not persisted yet: still in the executor, where the guard checks. */
+		if (p->holdStore == NULL || p->status != PORTAL_READY)
+			continue;
+		MarkPortalFailed(p);
+		held[i] = held[--held_used];
+	}
+}
+
 static void
 guard_executor_start(QueryDesc *queryDesc, int eflags)
 {
@@ -488,6 +582,7 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 		e->type = key ? key->type : TENANT_KEY_UUID;
 		strlcpy(e->key, key ? key->text : "", sizeof(e->key));
 	}
+	held_cursor_note(key);
 }
 
 /* Raise if the current tenant is not the one the query started with. */

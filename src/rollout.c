@@ -22,7 +22,11 @@
  * changes (context.c calls rollout_tenant_changed()), and the new tenant's
  * mode differs for a table a live plan was folded for, those plans are
  * invalidated locally, as a change of the function would: the next
- * execution of a prepared statement or of a PL/pgSQL statement replans.  A
+ * execution of a prepared statement or of a PL/pgSQL statement replans.
+ * A plan no cache holds (a SQL function plans all its statements before
+ * the first runs, so a switch in its body reaches none) carries the modes
+ * it was folded for, and executor start refuses it (55000) when the current
+ * tenant's mode of one of its tables differs.  A
  * query already started keeps its tenant (the executor guard of
  * rls_guard.c refuses a tenant switch under it).  A change of the rollout
  * invalidates the table's relcache entry, and so every plan over it.
@@ -50,6 +54,7 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/md5.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -722,7 +727,20 @@ note_folded(Oid relid, char mode)
 typedef struct FoldContext
 {
 	bool		changed;
+	List	   *folded;			/* FoldedTable *: the tables of this plan */
 } FoldContext;
+
+/*
+ * PlanInvalItem hash heading the folds of a plan: the item after it holds
+ * their number n, then n pairs (table OID, mode code).  Spurious matches of
+ * these values by a pg_proc change only make the plan replan.
+ */
+#define FOLD_SENTINEL_HASH 0x524f4c4cu
+
+/* Some plan was folded in this backend: executor start checks its modes. */
+static bool folded_ever = false;
+
+static ExecutorStart_hook_type prev_executor_start = NULL;
 
 static bool fold_walker(Node *node, FoldContext *ctx);
 
@@ -747,6 +765,22 @@ fold_walker(Node *node, FoldContext *ctx)
 			char		have = conf_mode(conf_get(relid), current_key_text());
 
 			note_folded(relid, have);
+			{
+				bool		known = false;
+				ListCell   *lc;
+
+				foreach(lc, ctx->folded)
+					if (((FoldedTable *) lfirst(lc))->relid == relid)
+						known = true;
+				if (!known)
+				{
+					FoldedTable *t = palloc(sizeof(FoldedTable));
+
+					t->relid = relid;
+					t->mode = have;
+					ctx->folded = lappend(ctx->folded, t);
+				}
+			}
 			f->funcid = (want != 0 && have == want) ? true_oid : false_oid;
 			f->args = NIL;
 			ctx->changed = true;
@@ -756,18 +790,28 @@ fold_walker(Node *node, FoldContext *ctx)
 	return expression_tree_walker(node, fold_walker, (void *) ctx);
 }
 
+static PlanInvalItem *
+fold_item(uint32 value)
+{
+	PlanInvalItem *item = makeNode(PlanInvalItem);
+
+	item->cacheId = PROCOID;
+	item->hashValue = value;
+	return item;
+}
+
 static PlannedStmt *
 rollout_planner(Query *parse, const char *query_string, int cursorOptions,
 				ParamListInfo boundParams)
 {
 	bool		changed = false;
 	PlannedStmt *result;
+	FoldContext ctx;
 
+	ctx.changed = false;
+	ctx.folded = NIL;
 	if (parse->hasRowSecurity && markers_known())
 	{
-		FoldContext ctx;
-
-		ctx.changed = false;
 		(void) query_tree_walker(parse, fold_walker, (void *) &ctx, 0);
 		changed = ctx.changed;
 	}
@@ -779,12 +823,85 @@ rollout_planner(Query *parse, const char *query_string, int cursorOptions,
 	{
 		/* The plan depends on the marker, which it no longer contains. */
 		PlanInvalItem *item = makeNode(PlanInvalItem);
+		ListCell   *lc;
 
 		item->cacheId = PROCOID;
 		item->hashValue = marker_hash;
 		result->invalItems = lappend(result->invalItems, item);
+
+		/*
+		 * And the modes it was folded for, which executor start compares
+		 * with the current tenant's: a plan no cache holds (the statements
+		 * of a SQL function, planned together before the first runs) may
+		 * run after a tenant switch no invalidation reaches.
+		 */
+		result->invalItems = lappend(result->invalItems, fold_item(FOLD_SENTINEL_HASH));
+		result->invalItems = lappend(result->invalItems, fold_item((uint32) list_length(ctx.folded)));
+		foreach(lc, ctx.folded)
+		{
+			FoldedTable *t = (FoldedTable *) lfirst(lc);
+
+			result->invalItems = lappend(result->invalItems, fold_item((uint32) t->relid));
+			result->invalItems = lappend(result->invalItems, fold_item((uint32) (unsigned char) t->mode));
+		}
+		folded_ever = true;
 	}
 	return result;
+}
+
+/*
+ * Refuse a folded plan when the current tenant's mode of a table differs
+ * from the mode it was folded for.
+ */
+static void
+rollout_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	if (folded_ever && queryDesc->plannedstmt != NULL)
+	{
+		List	   *items = queryDesc->plannedstmt->invalItems;
+		ListCell   *lc;
+
+		foreach(lc, items)
+		{
+			PlanInvalItem *item = (PlanInvalItem *) lfirst(lc);
+			int			n;
+			ListCell   *next;
+
+			if (item->cacheId != PROCOID || item->hashValue != FOLD_SENTINEL_HASH ||
+				(next = lnext(items, lc)) == NULL)
+				continue;
+			n = (int) ((PlanInvalItem *) lfirst(next))->hashValue;
+			for (int i = 0; i < n; i++)
+			{
+				ListCell   *rc = lnext(items, next);
+				ListCell   *mc = rc ? lnext(items, rc) : NULL;
+				Oid			relid;
+				char		want;
+				char		have;
+
+				if (mc == NULL)
+					elog(ERROR, "malformed rollout fold items in plan");
+				relid = (Oid) ((PlanInvalItem *) lfirst(rc))->hashValue;
+				want = (char) ((PlanInvalItem *) lfirst(mc))->hashValue;
+				have = conf_mode(conf_get(relid), current_key_text());
+				if (have != want)
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("this plan was made for another rollout mode of table %s",
+									get_rel_name(relid) ? get_rel_name(relid) : "?"),
+							 errdetail("The plan was made for mode %s; the current tenant's mode is %s.",
+									   mode_name(want) ? mode_name(want) : "none",
+									   mode_name(have) ? mode_name(have) : "none"),
+							 errhint("Set the tenant before the statement is planned (a SQL function plans all its statements when it starts).")));
+				next = mc;
+			}
+			break;
+		}
+	}
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
 }
 
 /*
@@ -832,4 +949,6 @@ tenancy_rollout_init(void)
 	CacheRegisterSyscacheCallback(PROCOID, proc_invalidate, (Datum) 0);
 	prev_planner = planner_hook;
 	planner_hook = rollout_planner;
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = rollout_executor_start;
 }

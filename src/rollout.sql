@@ -338,7 +338,11 @@ END
 $$;
 
 -- Run the statements under a short lock_timeout (ALTER POLICY locks the
--- table), retrying a few times when the lock is not granted in time.
+-- table), retrying with the jittered backoff of tenancy.backoff_delay()
+-- (50 ms doubling up to 1 s, 30 attempts: about 20 s) when the lock is not
+-- granted in time.  A waiter of 100 ms never makes autovacuum yield (it
+-- yields after deadlock_timeout), so a vacuum of the table outlasts a few
+-- quick retries.
 CREATE FUNCTION tenancy.rollout_run(stmts text[]) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -358,10 +362,10 @@ BEGIN
             EXIT;
         EXCEPTION WHEN lock_not_available THEN
             PERFORM set_config('lock_timeout', prior, true);
-            IF attempt >= 5 THEN
+            IF attempt >= 30 THEN
                 RAISE;
             END IF;
-            PERFORM pg_sleep(0.05 * attempt);
+            PERFORM pg_sleep_for(tenancy.backoff_delay(attempt, interval '50ms', interval '1s'));
         END;
     END LOOP;
     RETURN tenancy.rls_script(stmts);

@@ -60,6 +60,7 @@ extern Node *rls_accessor_const(FuncExpr *f, const TenantKey *key);
 /* prune.c: plans specialised to the current tenant (one tenant, one shard) */
 extern void tenancy_prune_init(void);
 extern void tenant_plans_invalidate(void);
+extern void held_cursors_tenant_changed(void);
 /* path_stats.c: shadow counts by path, role and tenant */
 extern void tenancy_path_stats_init(void);
 extern void path_stats_shmem_request(void);

@@ -137,7 +137,7 @@ is "the audit triggers fire on the shards" \
 is "a rerun of the plan has nothing left" "$(q -c "SELECT count(*) FROM tenancy.distribute_plan(true)")" 0
 is "verify(): every Citus check ok" \
    "$(q -c "SELECT string_agg(DISTINCT check_name || ':' || status, ' ') FROM tenancy.verify() WHERE check_name LIKE 'citus%'")" \
-   "citus_colocation:ok citus_distribution:ok citus_policy:ok citus_reference_table:ok"
+   "citus_colocation:ok citus_context:ok citus_distribution:ok citus_policy:ok citus_reference_table:ok"
 
 # ---- a deliberately broken layout ---------------------------------------
 q -v ON_ERROR_STOP=1 -o /dev/null -f - <<'SQL' || bail "the broken layout could not be made"

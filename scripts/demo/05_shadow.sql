@@ -1,7 +1,7 @@
--- 5. Protect, stage 1: shadow mode while the legacy application runs
+-- 5. Protect, stage 1: shadow mode for every tenant while the legacy application runs
 -- Nothing is hidden or refused; every row enforcement would hide and every
--- write it would refuse is counted, per table.  Shadow comes first: it is
--- the mode that hides the least (README, "Modes").
+-- write it would refuse is counted, per table and per code path.  Shadow
+-- comes first: it is the mode that hides the least (README, "Modes").
 SELECT tenancy.policy_sql('projects', mode => 'shadow');
 SELECT tenancy.enable_rls('projects', mode => 'shadow') IS NOT NULL AS projects;
 SELECT tenancy.enable_rls('tasks', mode => 'shadow') IS NOT NULL AS tasks;
@@ -23,5 +23,6 @@ SELECT current_user AS connected_as;
 -- What enforcement would have hidden from it, and refused:
 SELECT relation, rows_checked, rows_hidden, writes_refused FROM tenancy.shadow_stats ORDER BY relation::text;
 -- These are personal projects of users, which the customer's application
--- must no longer see: enforcement is what we want.  Drain the counters.
+-- must no longer see: enforcement is what we want.  The per-table counters
+-- are drained; the report below still shows the divergences by path.
 SELECT tenancy.reset_shadow_stats();

@@ -1,4 +1,4 @@
--- 17. Rollout: the legacy role deprecated
+-- 12. Retire the legacy path, 1: the legacy role deprecated
 -- Every transaction of legacy_app is now counted, and writes a WARNING to
 -- the server log (at most one a minute: tenancy.deprecation_warning_interval)
 -- naming the role and its application_name; the legacy client sees none.

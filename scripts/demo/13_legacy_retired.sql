@@ -1,4 +1,4 @@
--- 18. Rollout: the legacy role retired
+-- 13. Retire the legacy path, 2: the legacy role retired
 -- Refused while it has run within tenancy.retire_after (a week by default);
 -- the demo stands for a week of quiet with tenancy.retire_after = 0.
 \set ON_ERROR_STOP 0

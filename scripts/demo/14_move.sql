@@ -1,4 +1,6 @@
--- 10. Move one tenant to a database of its own (same cluster), online
+-- 14. Last: move one tenant to a database of its own (same cluster), online
+-- The single database is multi-tenant now and the legacy path is gone; a
+-- tenant that needs isolation (residency, a noisy neighbour) moves out.
 -- Replica identity first: the tenant column must be in it on every table
 -- and partition (the contract phase's (tenant, ...) unique indexes serve).
 CREATE EXTENSION IF NOT EXISTS dblink;
