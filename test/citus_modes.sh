@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "no citus.so for PostgreSQL $(pg_config --version)"
 
-plan 53
+plan 55
 tap_tmpdir DIR citus_modes
 citus_cluster_start "$DIR" "tenancy.worker_databases = 'citus'" "tenancy.worker_interval = 1" \
     "tenancy.worker_run_backfills = off"
@@ -253,6 +253,13 @@ is "implicit: and deletes one" \
 cq 0 -c "INSERT INTO $LEG VALUES (4, NULL)" >/dev/null
 out=$(cq 1 -c "SET ROLE cz_app" -c "INSERT INTO tenancy.citus_implicit_tenant VALUES ('$B')" 2>&1)
 like "implicit: a client on a worker cannot make itself the implicit tenant" "$out" "permission denied"
+cq 1 -c "DELETE FROM tenancy.citus_implicit_tenant" >/dev/null
+is "implicit: citus_context_problems() reports a worker whose copy differs" \
+   "$(cq 0 -c "SELECT check_name, detail LIKE 'the implicit tenant is none on the worker, $A on the coordinator%' FROM tenancy.citus_context_problems()")" \
+   "implicit_tenant|t"
+cq 0 -c "UPDATE tenancy.tenants SET is_implicit = true WHERE is_implicit" >/dev/null
+is "implicit: an UPDATE of the flag on the coordinator copies it again" \
+   "$(cq 0 -c "SELECT count(*) FROM tenancy.citus_context_problems()"):$(cq 1 -c "SELECT tenant FROM tenancy.citus_implicit_tenant")" "0:$A"
 cq 0 -c "SET ROLE cz_owner" -c "SELECT tenancy.set_mode('notes', 'enforce')" >/dev/null
 is "enforce again: the legacy policies are gone from the shards" "$(shard_quals notes)" "8 tenancy_policy:tenant"
 is "enforce again: acme sees its 6 rows" "$(echo "SELECT count(*) FROM notes;" | as_app $A)" "6"
