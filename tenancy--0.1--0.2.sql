@@ -5262,3 +5262,242 @@ SELECT t.relation,
                sum(p.writes_refused) FILTER (WHERE p.path OPERATOR(pg_catalog.=) 'new')::bigint AS new_refused
           FROM tenancy.read_path_stats() p
          WHERE p.relation OPERATOR(pg_catalog.=) t.relation) d ON true;
+
+-- issue 17: Citus gaps: the workers' dropped shadow counts (cluster_shadow_stats_dropped(),
+-- verify()'s shadow_divergence), the implicit tenant copied to the workers
+-- (citus_implicit_tenant, is_implicit_tenant(); citus_context_problems() compares it)
+CREATE FUNCTION tenancy.cluster_shadow_stats_dropped(OUT rows_dropped bigint, OUT divergences_dropped bigint,
+                                                     OUT nodes integer)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ok boolean;
+    res text;
+    host text;
+    port integer;
+    r bigint;
+BEGIN
+    SELECT d.rows_dropped, d.divergences_dropped INTO rows_dropped, divergences_dropped
+      FROM tenancy.shadow_stats_dropped() d;
+    nodes := CASE WHEN rows_dropped > 0 THEN 1 ELSE 0 END;
+    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
+        -- plpgsql_check: dynamic: Citus's function is absent where Citus is not installed; a constant command.
+        FOR host, port, ok, res IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.%I($1)',
+                                                  'run_command_on_workers') USING
+                    $q$SELECT d.rows_dropped::pg_catalog.text OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||)
+                              d.divergences_dropped::pg_catalog.text FROM tenancy.shadow_stats_dropped() d$q$ LOOP
+            IF NOT ok THEN
+                RAISE EXCEPTION 'cannot read the dropped shadow counts of worker %:%', host, port
+                    USING ERRCODE = 'external_routine_exception',
+                          DETAIL = res;
+            END IF;
+            r := split_part(res, ',', 1)::bigint;
+            rows_dropped := rows_dropped + r;
+            divergences_dropped := divergences_dropped + split_part(res, ',', 2)::bigint;
+            IF r > 0 THEN
+                nodes := nodes + 1;
+            END IF;
+        END LOOP;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.cluster_shadow_stats_dropped() IS 'shadow_stats_dropped() of every node of a Citus cluster (this node and its workers), summed, with the number of nodes whose counters were full';
+REVOKE ALL ON FUNCTION tenancy.cluster_shadow_stats_dropped() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.cluster_shadow_stats_dropped() TO pg_read_all_stats;
+
+CREATE OR REPLACE FUNCTION tenancy.verify_shadow_divergence(rel regclass)
+RETURNS TABLE (check_name text, relation regclass, status text, rows_affected bigint,
+               detail text, fix text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET row_security = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    n bigint;
+    m bigint;
+BEGIN
+    relation := rel;
+    check_name := 'shadow_divergence'; rows_affected := NULL; fix := NULL;
+    BEGIN
+        SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
+          INTO n, m FROM tenancy.shadow_stats s WHERE s.relation = rel;
+        IF tenancy.rls_citus_distributed(rel) THEN
+            -- on Citus the workers count the shards (citus_shadow.sql)
+            SELECT coalesce(sum(s.rows_hidden), 0)::bigint, coalesce(sum(s.writes_refused), 0)::bigint
+              INTO n, m FROM tenancy.cluster_shadow_stats s WHERE s.relation = rel;
+        END IF;
+        rows_affected := n + m;
+        IF n + m > 0 THEN
+            status := 'failure';
+            detail := format('shadow mode counted %s rows the policy would hide and %s writes it would refuse: find the code path that runs without the right tenant, fix it, then reset the counters',
+                             n, m);
+            fix := format('SELECT tenancy.%s(%L);',
+                          CASE WHEN tenancy.rls_citus_distributed(rel) THEN 'reset_cluster_shadow_stats'
+                               ELSE 'reset_shadow_stats' END, rel::text);
+        ELSIF tenancy.rls_citus_distributed(rel)
+              AND (SELECT d.rows_dropped FROM tenancy.cluster_shadow_stats_dropped() d) > 0 THEN
+            -- a node's counters were full (citus_shadow.sql): the workers
+            -- count the shards, so this table's divergences may be missing
+            status := 'failure'; rows_affected := NULL;
+            SELECT d.rows_dropped, d.nodes::bigint INTO n, m FROM tenancy.cluster_shadow_stats_dropped() d;
+            detail := format('shadow counters incomplete: %s rows of tables past tenancy.shadow_max_tables on %s were not counted, so divergences may be missing: raise tenancy.shadow_max_tables on every node (restart), reset the counters of the cluster and run the workload again',
+                             n, CASE WHEN m = 1 THEN '1 node' ELSE m || ' nodes' END);
+            fix := 'SELECT tenancy.reset_cluster_shadow_stats();';
+        ELSIF (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d) > 0 THEN
+            -- the counters were full: this table's divergences may be missing
+            status := 'failure'; rows_affected := NULL;
+            detail := format('shadow counters incomplete: %s rows of tables past tenancy.shadow_max_tables were not counted, so divergences may be missing: raise tenancy.shadow_max_tables (restart), reset the counters and run the workload again',
+                             (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d));
+            fix := 'SELECT tenancy.reset_shadow_stats();';
+        ELSE
+            status := 'ok'; detail := 'no shadow divergence counted';
+        END IF;
+    EXCEPTION
+        WHEN object_not_in_prerequisite_state      -- not preloaded: no counters
+          OR external_routine_exception THEN          -- a Citus worker did not answer
+            status := 'warning'; rows_affected := NULL;
+            detail := format('shadow counters unavailable: %s', SQLERRM);
+            fix := NULL;
+    END;
+    RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION tenancy.verify_shadow_divergence(regclass) IS 'verify() check shadow_divergence: its report rows';
+
+CREATE TABLE tenancy.citus_implicit_tenant (
+    tenant text NOT NULL,
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE tenancy.citus_implicit_tenant IS 'Citus worker: the key of the coordinator''s implicit tenant (copied from the coordinator), read by is_implicit_tenant()';
+REVOKE ALL ON TABLE tenancy.citus_implicit_tenant FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_implicit_tenant', '');
+CREATE TRIGGER citus_implicit_tenant_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.citus_implicit_tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.registry_changed();
+
+CREATE FUNCTION tenancy.citus_forward_implicit() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    coordinator boolean;
+    k text;
+    stmt text;
+    r record;
+BEGIN
+    IF NOT ((TG_OP <> 'INSERT' AND OLD.is_implicit) OR (TG_OP <> 'DELETE' AND NEW.is_implicit))
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    -- Citus's functions by name: they exist only where Citus is installed.
+    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO coordinator;
+    IF NOT coordinator THEN
+        RETURN NULL;
+    END IF;
+    -- the implicit tenant as the transaction commits
+    k := (SELECT t.id::text FROM tenancy.tenants t WHERE t.is_implicit);
+    stmt := 'DELETE FROM tenancy.citus_implicit_tenant'
+        || CASE WHEN k IS NULL THEN ''
+                ELSE format('; INSERT INTO tenancy.citus_implicit_tenant (tenant) VALUES (%L)', k) END;
+    FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
+             USING stmt LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not copy the implicit tenant to the Citus worker %:%', r.nodename, r.nodeport
+                USING ERRCODE = 'connection_failure', DETAIL = r.result,
+                      HINT = 'Set the implicit tenant again once every worker is reachable.';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION tenancy.citus_forward_implicit() FROM PUBLIC;
+
+CREATE CONSTRAINT TRIGGER tenants_citus_implicit
+    AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenants
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tenancy.citus_forward_implicit();
+
+CREATE OR REPLACE FUNCTION tenancy.citus_context_problems(OUT check_name text, OUT node text, OUT detail text)
+RETURNS SETOF record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    probe constant text := $q$SELECT pg_catalog.json_build_object(
+        'version', (SELECT e.extversion FROM pg_catalog.pg_extension e WHERE e.extname = 'tenancy'),
+        'preload', pg_catalog.current_setting('shared_preload_libraries'),
+        'tenant_type', pg_catalog.current_setting('tenancy.tenant_type', true),
+        'context_source', pg_catalog.current_setting('tenancy.context_source', true),
+        'keys_file', coalesce(pg_catalog.current_setting('tenancy.token_keys_file', true), '') <> '',
+        'bindings', (SELECT pg_catalog.string_agg(b.role::text || '=' || b.tenant, ',' ORDER BY b.role::text)
+                       FROM tenancy.role_bindings b),
+        'implicit', coalesce((SELECT t.id::pg_catalog.text FROM tenancy.tenants t WHERE t.is_implicit),
+                             (SELECT c.tenant FROM tenancy.citus_implicit_tenant c)))::text$q$;
+    here json;
+    ok boolean;
+    result text;
+    v json;
+    coordinator boolean;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    -- plpgsql_check: Citus's functions exist only where Citus is installed: named at run time.
+    EXECUTE format('SELECT pg_catalog.%I()', 'citus_is_coordinator') INTO coordinator;
+    IF NOT coordinator THEN
+        RAISE EXCEPTION 'tenancy.citus_context_problems() runs on the Citus coordinator'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    -- plpgsql_check: the probe is a constant.
+    EXECUTE probe INTO here;
+    -- plpgsql_check: VOLATILE: run_command_on_workers() opens connections to the workers.
+    -- plpgsql_check: Citus's functions by name, as above; the probe is a constant.
+    FOR node, ok, result IN EXECUTE format('SELECT n.nodename || '':'' || n.nodeport AS node, x.success, x.result
+                               FROM pg_catalog.%I($1) x
+                               JOIN pg_catalog.%I n ON n.nodename = x.nodename AND n.nodeport = x.nodeport
+                              ORDER BY 1', 'run_command_on_workers', 'pg_dist_node') USING probe LOOP
+        IF NOT ok THEN
+            check_name := 'unreachable'; detail := result;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        v := result::json;
+        IF (v->>'version') IS DISTINCT FROM (here->>'version') THEN
+            check_name := 'version';
+            detail := format('tenancy %s on the worker, %s on the coordinator', coalesce(v->>'version', 'absent'), here->>'version');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'preload') !~ '(^|,)\s*citus\s*,(.*,)?\s*tenancy\s*(,|$)' THEN
+            check_name := 'preload';
+            detail := format('shared_preload_libraries is %L: it must name citus, then tenancy', v->>'preload');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'tenant_type') IS DISTINCT FROM (here->>'tenant_type') THEN
+            check_name := 'tenant_type';
+            detail := format('tenancy.tenant_type is %s on the worker, %s on the coordinator', v->>'tenant_type', here->>'tenant_type');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'context_source') IS DISTINCT FROM (here->>'context_source') THEN
+            check_name := 'context_source';
+            detail := format('tenancy.context_source is %s on the worker, %s on the coordinator', v->>'context_source', here->>'context_source');
+            RETURN NEXT;
+        END IF;
+        IF (v->>'context_source') = 'token' AND NOT (v->>'keys_file')::boolean THEN
+            check_name := 'token_keys_file';
+            detail := 'tenancy.context_source is token but no tenancy.token_keys_file is set: the worker refuses every forwarded token';
+            RETURN NEXT;
+        END IF;
+        IF (v->>'bindings') IS DISTINCT FROM (here->>'bindings') THEN
+            check_name := 'role_bindings';
+            detail := format('tenancy.role_bindings holds %s on the worker, %s on the coordinator',
+                             coalesce(v->>'bindings', 'nothing'), coalesce(here->>'bindings', 'nothing'));
+            RETURN NEXT;
+        END IF;
+        IF (v->>'implicit') IS DISTINCT FROM (here->>'implicit') THEN
+            check_name := 'implicit_tenant';
+            detail := format('the implicit tenant is %s on the worker, %s on the coordinator (copy it again: UPDATE tenancy.tenants SET is_implicit = true WHERE is_implicit)',
+                             coalesce(v->>'implicit', 'none'), coalesce(here->>'implicit', 'none'));
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file, role bindings or implicit tenant differ from what forwarding the tenant relies on';
+REVOKE EXECUTE ON FUNCTION tenancy.citus_context_problems() FROM PUBLIC;

@@ -59,6 +59,50 @@ SELECT tenancy.reset_cluster_shadow_stats('"cs %1$s ""notes"""');
 SELECT count(*) AS tables_counted FROM tenancy.cluster_shadow_stats;
 SELECT tenancy.reset_cluster_shadow_stats();
 
+-- Without Citus the dropped counts are this node's shadow_stats_dropped(),
+-- with the one node when it dropped any; pg_read_all_stats only.
+SELECT rows_dropped, divergences_dropped, nodes FROM tenancy.cluster_shadow_stats_dropped();
+SELECT (SELECT ROW(d.rows_dropped, d.divergences_dropped) FROM tenancy.shadow_stats_dropped() d)::text
+     = (SELECT ROW(c.rows_dropped, c.divergences_dropped) FROM tenancy.cluster_shadow_stats_dropped() c)::text
+       AS same_as_shadow_stats_dropped;
+SET ROLE citus_shadow_reader;
+SELECT nodes FROM tenancy.cluster_shadow_stats_dropped();
+RESET ROLE;
+SET ROLE citus_shadow_app;
+SELECT nodes FROM tenancy.cluster_shadow_stats_dropped();
+RESET ROLE;
+
+-- The implicit tenant's copy (a Citus worker's; empty elsewhere): nobody
+-- but its owner writes it, is_implicit_tenant() reads it when the registry
+-- names no implicit tenant, and forgets it when it changes.
+SET ROLE citus_shadow_app;
+INSERT INTO tenancy.citus_implicit_tenant (tenant) VALUES ('00000000-0000-0000-0000-0000000000a1');
+SELECT * FROM tenancy.citus_implicit_tenant;
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
+SELECT tenancy.is_implicit_tenant() AS implicit_without_copy;
+COMMIT;
+RESET ROLE;
+INSERT INTO tenancy.citus_implicit_tenant (tenant) VALUES ('00000000-0000-0000-0000-0000000000a1');
+INSERT INTO tenancy.citus_implicit_tenant (tenant) VALUES ('00000000-0000-0000-0000-0000000000b2');
+SET ROLE citus_shadow_app;
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
+SELECT tenancy.is_implicit_tenant() AS implicit_by_copy;
+COMMIT;
+RESET ROLE;
+UPDATE tenancy.citus_implicit_tenant SET tenant = '00000000-0000-0000-0000-0000000000b2';
+SET ROLE citus_shadow_app;
+BEGIN;
+SELECT tenancy.set_tenant('acme') IS NOT NULL AS set;
+SELECT tenancy.is_implicit_tenant() AS implicit_after_change;
+COMMIT;
+RESET ROLE;
+DELETE FROM tenancy.citus_implicit_tenant;
+-- without Citus, set_implicit_tenant() copies nothing
+SELECT tenancy.set_implicit_tenant('acme') IS NOT NULL AS implicit_set;
+SELECT count(*) AS copies FROM tenancy.citus_implicit_tenant;
+
 SELECT tenancy.disable_rls('"cs %1$s ""notes"""') IS NOT NULL AS disabled;
 DROP TABLE "cs %1$s ""notes""";
 DROP ROLE citus_shadow_app;

@@ -58,6 +58,72 @@ CREATE CONSTRAINT TRIGGER role_bindings_citus
     FOR EACH ROW EXECUTE FUNCTION tenancy.citus_forward_binding();
 
 ------------------------------------------------------------------------------
+-- The implicit tenant on every node
+------------------------------------------------------------------------------
+
+-- Migrating mode's legacy update and delete policies let the implicit
+-- tenant change rows whose tenant is NULL; on a Citus table they run on the
+-- workers' shards, whose registry is empty.  So the coordinator copies the
+-- implicit tenant's key to tenancy.citus_implicit_tenant on every worker as
+-- the transaction that changed it commits (deferred, as role_bindings_citus,
+-- by the role that changed it), and tenancy.is_implicit_tenant() reads the
+-- copy where the registry names no implicit tenant.  Only the table's owner
+-- (the extension's) and the superuser write it: a client that reaches a
+-- worker cannot name itself the implicit tenant, and the copy makes nobody
+-- a tenant (the tenant is admitted as before: forwarded by the coordinator,
+-- a role binding, or a token).  Empty on the coordinator and on one node.
+CREATE TABLE tenancy.citus_implicit_tenant (
+    tenant text NOT NULL,
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row)
+);
+COMMENT ON TABLE tenancy.citus_implicit_tenant IS 'Citus worker: the key of the coordinator''s implicit tenant (copied from the coordinator), read by is_implicit_tenant()';
+REVOKE ALL ON TABLE tenancy.citus_implicit_tenant FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_implicit_tenant', '');
+CREATE TRIGGER citus_implicit_tenant_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.citus_implicit_tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.registry_changed();
+
+CREATE FUNCTION tenancy.citus_forward_implicit() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    coordinator boolean;
+    k text;
+    stmt text;
+    r record;
+BEGIN
+    IF NOT ((TG_OP <> 'INSERT' AND OLD.is_implicit) OR (TG_OP <> 'DELETE' AND NEW.is_implicit))
+       OR NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RETURN NULL;
+    END IF;
+    -- Citus's functions by name: they exist only where Citus is installed.
+    EXECUTE 'SELECT pg_catalog.citus_is_coordinator()' INTO coordinator;
+    IF NOT coordinator THEN
+        RETURN NULL;
+    END IF;
+    -- the implicit tenant as the transaction commits
+    k := (SELECT t.id::text FROM tenancy.tenants t WHERE t.is_implicit);
+    stmt := 'DELETE FROM tenancy.citus_implicit_tenant'
+        || CASE WHEN k IS NULL THEN ''
+                ELSE format('; INSERT INTO tenancy.citus_implicit_tenant (tenant) VALUES (%L)', k) END;
+    FOR r IN EXECUTE 'SELECT nodename, nodeport, success, result FROM pg_catalog.run_command_on_workers($1)'
+             USING stmt LOOP
+        IF NOT r.success THEN
+            RAISE EXCEPTION 'could not copy the implicit tenant to the Citus worker %:%', r.nodename, r.nodeport
+                USING ERRCODE = 'connection_failure', DETAIL = r.result,
+                      HINT = 'Set the implicit tenant again once every worker is reachable.';
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION tenancy.citus_forward_implicit() FROM PUBLIC;
+
+CREATE CONSTRAINT TRIGGER tenants_citus_implicit
+    AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenants
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION tenancy.citus_forward_implicit();
+
+------------------------------------------------------------------------------
 -- What the forwarding relies on, node by node
 ------------------------------------------------------------------------------
 
@@ -66,7 +132,7 @@ CREATE CONSTRAINT TRIGGER role_bindings_citus
 -- version, preloaded after citus, with the same key type and context
 -- source (a worker in mode "any" behind a coordinator in mode "token" would
 -- take a bare key from a client that reaches it directly), a keys file in
--- token mode, and the coordinator's role bindings.  One row per problem;
+-- token mode, and the coordinator's role bindings and implicit tenant.  One row per problem;
 -- none on a database without Citus.  verify() may report these rows.
 CREATE FUNCTION tenancy.citus_context_problems(OUT check_name text, OUT node text, OUT detail text)
 RETURNS SETOF record
@@ -79,7 +145,9 @@ DECLARE
         'context_source', pg_catalog.current_setting('tenancy.context_source', true),
         'keys_file', coalesce(pg_catalog.current_setting('tenancy.token_keys_file', true), '') <> '',
         'bindings', (SELECT pg_catalog.string_agg(b.role::text || '=' || b.tenant, ',' ORDER BY b.role::text)
-                       FROM tenancy.role_bindings b))::text$q$;
+                       FROM tenancy.role_bindings b),
+        'implicit', coalesce((SELECT t.id::pg_catalog.text FROM tenancy.tenants t WHERE t.is_implicit),
+                             (SELECT c.tenant FROM tenancy.citus_implicit_tenant c)))::text$q$;
     here json;
     ok boolean;
     result text;
@@ -140,10 +208,16 @@ BEGIN
                              coalesce(v->>'bindings', 'nothing'), coalesce(here->>'bindings', 'nothing'));
             RETURN NEXT;
         END IF;
+        IF (v->>'implicit') IS DISTINCT FROM (here->>'implicit') THEN
+            check_name := 'implicit_tenant';
+            detail := format('the implicit tenant is %s on the worker, %s on the coordinator (copy it again: UPDATE tenancy.tenants SET is_implicit = true WHERE is_implicit)',
+                             coalesce(v->>'implicit', 'none'), coalesce(here->>'implicit', 'none'));
+            RETURN NEXT;
+        END IF;
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file or role bindings differ from what forwarding the tenant relies on';
+COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file, role bindings or implicit tenant differ from what forwarding the tenant relies on';
 REVOKE EXECUTE ON FUNCTION tenancy.citus_context_problems() FROM PUBLIC;
 
 -- verify()'s check citus_context: on a Citus coordinator, every worker

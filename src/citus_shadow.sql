@@ -150,6 +150,48 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.reset_cluster_shadow_stats(regclass) IS 'reset the shadow counters of a table, or of every table, on this node and every Citus worker';
 
+-- What the shadow counters of every node could not count
+-- (shadow_stats_dropped(): their tables past tenancy.shadow_max_tables), on
+-- the coordinator: its own and each worker's, summed, and how many nodes
+-- dropped any.  verify()'s shadow_divergence reports a Citus table's
+-- counters incomplete when a node dropped counts.
+CREATE FUNCTION tenancy.cluster_shadow_stats_dropped(OUT rows_dropped bigint, OUT divergences_dropped bigint,
+                                                     OUT nodes integer)
+RETURNS record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ok boolean;
+    res text;
+    host text;
+    port integer;
+    r bigint;
+BEGIN
+    SELECT d.rows_dropped, d.divergences_dropped INTO rows_dropped, divergences_dropped
+      FROM tenancy.shadow_stats_dropped() d;
+    nodes := CASE WHEN rows_dropped > 0 THEN 1 ELSE 0 END;
+    IF to_regclass('pg_catalog.pg_dist_node') IS NOT NULL THEN
+        -- plpgsql_check: dynamic: Citus's function is absent where Citus is not installed; a constant command.
+        FOR host, port, ok, res IN EXECUTE format('SELECT nodename, nodeport, success, result FROM pg_catalog.%I($1)',
+                                                  'run_command_on_workers') USING
+                    $q$SELECT d.rows_dropped::pg_catalog.text OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||)
+                              d.divergences_dropped::pg_catalog.text FROM tenancy.shadow_stats_dropped() d$q$ LOOP
+            IF NOT ok THEN
+                RAISE EXCEPTION 'cannot read the dropped shadow counts of worker %:%', host, port
+                    USING ERRCODE = 'external_routine_exception',
+                          DETAIL = res;
+            END IF;
+            r := split_part(res, ',', 1)::bigint;
+            rows_dropped := rows_dropped + r;
+            divergences_dropped := divergences_dropped + split_part(res, ',', 2)::bigint;
+            IF r > 0 THEN
+                nodes := nodes + 1;
+            END IF;
+        END LOOP;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tenancy.cluster_shadow_stats_dropped() IS 'shadow_stats_dropped() of every node of a Citus cluster (this node and its workers), summed, with the number of nodes whose counters were full';
+
 -- verify()'s null_tenant on a Citus table: rows whose tenant is NULL, at
 -- most lim ('ALL' or a number) per shard, at most max_rows in all.
 CREATE FUNCTION tenancy.citus_null_tenants(rel regclass, tenant_col name, lim text, max_rows bigint)
@@ -210,3 +252,5 @@ REVOKE ALL ON FUNCTION tenancy.read_cluster_shadow_stats() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.reset_cluster_shadow_stats(regclass) FROM PUBLIC;
 GRANT SELECT ON TABLE tenancy.cluster_shadow_stats TO pg_read_all_stats;
 GRANT EXECUTE ON FUNCTION tenancy.read_cluster_shadow_stats() TO pg_read_all_stats;
+REVOKE ALL ON FUNCTION tenancy.cluster_shadow_stats_dropped() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.cluster_shadow_stats_dropped() TO pg_read_all_stats;

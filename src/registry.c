@@ -57,9 +57,25 @@ static SPIPlanPtr plan_by_key = NULL;
 static SPIPlanPtr plan_by_slug = NULL;
 static SPIPlanPtr plan_implicit = NULL;
 
+/*
+ * A Citus worker's copy of the coordinator's implicit tenant
+ * (tenancy.citus_implicit_tenant, citus_context.sql), cached until that
+ * table's relcache entry is invalidated (its statement trigger does that).
+ */
+static Oid	implicit_copy_relid = InvalidOid;
+static bool implicit_copy_valid = false;
+static bool implicit_copy_found = false;
+static char implicit_copy_key[TENANT_KEY_MAXLEN + 1];
+static uint64 implicit_copy_invalidations = 0;
+
 static void
 registry_relcache_callback(Datum arg, Oid relid)
 {
+	if (relid == InvalidOid || relid == implicit_copy_relid)
+	{
+		implicit_copy_valid = false;
+		implicit_copy_invalidations++;
+	}
 	if (relid == InvalidOid || relid == registry_relid ||
 		(OidIsValid(registry_homes_relid) && relid == registry_homes_relid))
 	{
@@ -292,6 +308,70 @@ registry_lookup_kind(const char *tenant, char kind,
 }
 
 /*
+ * The copy of the coordinator's implicit tenant on a Citus worker into
+ * key_out; false when there is none (always, on the coordinator and on one
+ * node, where the table is empty).  Read as the table's owner, with
+ * search_path pinned, as the registry is.
+ */
+static bool
+implicit_copy_lookup(char *key_out)
+{
+	if (!implicit_copy_valid)
+	{
+		Oid			nsp = get_namespace_oid("tenancy", true);
+		Oid			relid = OidIsValid(nsp) ? get_relname_relid("citus_implicit_tenant", nsp) : InvalidOid;
+		Oid			owner;
+		Oid			save_userid;
+		int			save_sec;
+		int			save_nestlevel;
+		HeapTuple	tup;
+		bool		found = false;
+		uint64		invalidations = implicit_copy_invalidations;
+
+		if (!OidIsValid(relid))
+			return false;		/* a version without it: nothing cached */
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for relation %u", relid);
+		owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+		ReleaseSysCache(tup);
+
+		implicit_copy_relid = relid;
+		GetUserIdAndSecContext(&save_userid, &save_sec);
+		SetUserIdAndSecContext(owner,
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		save_nestlevel = NewGUCNestLevel();
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute("SELECT c.tenant FROM tenancy.citus_implicit_tenant c", true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "reading tenancy.citus_implicit_tenant failed");
+		if (SPI_processed > 0)
+		{
+			char	   *k = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			if (k != NULL)
+			{
+				strlcpy(implicit_copy_key, k, sizeof(implicit_copy_key));
+				found = true;
+			}
+		}
+		SPI_finish();
+		AtEOXact_GUC(true, save_nestlevel);
+		SetUserIdAndSecContext(save_userid, save_sec);
+		implicit_copy_found = found;
+		/* kept unless the table changed while it was read */
+		implicit_copy_valid = (invalidations == implicit_copy_invalidations);
+	}
+	if (!implicit_copy_found)
+		return false;
+	strlcpy(key_out, implicit_copy_key, TENANT_KEY_MAXLEN + 1);
+	return true;
+}
+
+/*
  * Is the current tenant the implicit tenant?  The migrating-mode policies
  * ask, once per statement, before an UPDATE or DELETE may reach a row whose
  * tenant is still NULL.  Answered from the cache (as the registry's owner
@@ -308,7 +388,9 @@ tenancy_is_implicit_tenant(PG_FUNCTION_ARGS)
 
 	if (key == NULL)
 		PG_RETURN_BOOL(false);
-	if (!registry_lookup_kind("", 'i', implicit, slug, &status, NULL))
+	/* On a Citus worker, the coordinator's copy (citus_context.sql). */
+	if (!registry_lookup_kind("", 'i', implicit, slug, &status, NULL) &&
+		!implicit_copy_lookup(implicit))
 		PG_RETURN_BOOL(false);
 	PG_RETURN_BOOL(strcmp(implicit, key->text) == 0);
 }

@@ -642,6 +642,15 @@ BEGIN
             fix := format('SELECT tenancy.%s(%L);',
                           CASE WHEN tenancy.rls_citus_distributed(rel) THEN 'reset_cluster_shadow_stats'
                                ELSE 'reset_shadow_stats' END, rel::text);
+        ELSIF tenancy.rls_citus_distributed(rel)
+              AND (SELECT d.rows_dropped FROM tenancy.cluster_shadow_stats_dropped() d) > 0 THEN
+            -- a node's counters were full (citus_shadow.sql): the workers
+            -- count the shards, so this table's divergences may be missing
+            status := 'failure'; rows_affected := NULL;
+            SELECT d.rows_dropped, d.nodes::bigint INTO n, m FROM tenancy.cluster_shadow_stats_dropped() d;
+            detail := format('shadow counters incomplete: %s rows of tables past tenancy.shadow_max_tables on %s were not counted, so divergences may be missing: raise tenancy.shadow_max_tables on every node (restart), reset the counters of the cluster and run the workload again',
+                             n, CASE WHEN m = 1 THEN '1 node' ELSE m || ' nodes' END);
+            fix := 'SELECT tenancy.reset_cluster_shadow_stats();';
         ELSIF (SELECT d.rows_dropped FROM tenancy.shadow_stats_dropped() d) > 0 THEN
             -- the counters were full: this table's divergences may be missing
             status := 'failure'; rows_affected := NULL;

@@ -3,17 +3,29 @@
 # tables, shadow divergences counted on the workers and summed on the
 # coordinator (tenancy.cluster_shadow_stats), and the unmigrated-row count
 # (background worker, refresh_status) and verify()'s null_tenant and
-# cross_tenant_reference on distributed tables, counted shard by shard.
+# cross_tenant_reference on distributed tables, counted shard by shard
+# (partitioned distributed tables too: each partition's shards); the
+# workers' dropped shadow counts (a worker with tenancy.shadow_max_tables at
+# 16) reported on the coordinator; migrating mode's legacy writes on the
+# workers by the implicit tenant, whose key the coordinator copies there.
 # A coordinator and two workers (test/lib/citus.bash), 8 shards a table.
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/lib/tap.bash"
 source "$(dirname "${BASH_SOURCE[0]}")/lib/citus.bash"
 citus_installed || citus_skip_all "no citus.so for PostgreSQL $(pg_config --version)"
 
-plan 38
+plan 55
 tap_tmpdir DIR citus_modes
 citus_cluster_start "$DIR" "tenancy.worker_databases = 'citus'" "tenancy.worker_interval = 1" \
     "tenancy.worker_run_backfills = off"
+# worker 2 counts at most 16 tables in shadow mode (the minimum); its
+# stop ends its background workers (exit code 1), so its log starts afresh
+cq 2 -c "ALTER SYSTEM SET tenancy.shadow_max_tables = 16" >/dev/null \
+    && tap_run "$BINDIR/pg_ctl" -D "${CITUS_DATA[2]}" -w stop >/dev/null \
+    && mv "${CITUS_DATA[2]}.log" "${CITUS_DATA[2]}.log.before-restart" \
+    && tap_run "$BINDIR/pg_ctl" -D "${CITUS_DATA[2]}" -l "${CITUS_DATA[2]}.log" -w start >/dev/null \
+    || bail "restarting worker 2 failed"
+is "worker 2 runs with tenancy.shadow_max_tables = 16" "$(cq 2 -c "SHOW tenancy.shadow_max_tables")" "16"
 
 A=00000000-0000-0000-0000-0000000000a1
 B=00000000-0000-0000-0000-0000000000b2
@@ -45,6 +57,19 @@ CREATE TABLE children (id int, parent_id int REFERENCES parents (id), tenant_id 
 -- distributed by its own key referencing it
 CREATE TABLE kinds (id int PRIMARY KEY, tenant_id uuid);
 CREATE TABLE items (id int PRIMARY KEY, kind_id int, tenant_id uuid);
+-- partitioned tables distributed by another key (Citus distributes each
+-- partition too): rows without a tenant in both partitions, and a
+-- partitioned child of parents, colocated
+CREATE TABLE pleg (id int, region int, tenant_id uuid, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE pleg_1 PARTITION OF pleg FOR VALUES IN (1);
+CREATE TABLE pleg_2 PARTITION OF pleg FOR VALUES IN (2);
+CREATE TABLE pchildren (id int, parent_id int REFERENCES parents (id), region int, tenant_id uuid,
+                        PRIMARY KEY (parent_id, id, region)) PARTITION BY LIST (region);
+CREATE TABLE pchildren_1 PARTITION OF pchildren FOR VALUES IN (1);
+CREATE TABLE pchildren_2 PARTITION OF pchildren FOR VALUES IN (2);
+-- only acme's rows, distributed by id (on both workers)
+CREATE TABLE solo (id int PRIMARY KEY, tenant_id uuid);
+GRANT SELECT ON solo TO cz_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON notes, $LEG TO cz_app;
 RESET ROLE;
 SELECT create_distributed_table('notes', 'tenant_id');
@@ -54,6 +79,9 @@ SELECT create_distributed_table('children', 'parent_id', colocate_with => 'paren
 SELECT create_reference_table('kinds');
 SELECT create_distributed_table('items', 'id');
 ALTER TABLE items ADD FOREIGN KEY (kind_id) REFERENCES kinds (id);
+SELECT create_distributed_table('pleg', 'id');
+SELECT create_distributed_table('pchildren', 'parent_id', colocate_with => 'parents');
+SELECT create_distributed_table('solo', 'id');
 -- kinds 1..4 (one without a tenant); items 1..12, 3 of them of the other tenant
 INSERT INTO kinds VALUES (1, '$A'), (2, '$B'), (3, '$A'), (4, NULL);
 INSERT INTO items SELECT g, 1 + g % 3,
@@ -68,11 +96,23 @@ INSERT INTO parents SELECT g, CASE WHEN g % 2 = 0 THEN '$A'::uuid ELSE '$B'::uui
 INSERT INTO children SELECT g, (g + 1) / 2,
        CASE WHEN ((g + 1) / 2 % 2 = 0) <> (g IN (3, 10)) THEN '$A'::uuid ELSE '$B'::uuid END
   FROM generate_series(1, 16) g;
+-- pleg 1..10: rows 1 and 3 (partition 2) and 4 (partition 1) without a tenant
+INSERT INTO pleg SELECT g, 1 + g % 2, CASE WHEN g IN (1, 3, 4) THEN NULL WHEN g % 2 = 0 THEN '$A'::uuid ELSE '$B'::uuid END
+  FROM generate_series(1, 10) g;
+-- pchildren 1..8, one per parent, in both partitions; 2 and 7 carry the other tenant
+INSERT INTO pchildren SELECT g, g, 1 + g % 2,
+       CASE WHEN (g % 2 = 0) <> (g IN (2, 7)) THEN '$A'::uuid ELSE '$B'::uuid END
+  FROM generate_series(1, 8) g;
+INSERT INTO solo SELECT g, '$A' FROM generate_series(1, 8) g;
 INSERT INTO tenancy.tables (relation, column_name)
 VALUES ('notes', 'tenant_id'), ('$(printf '%s' "$LEG" | sed "s/'/''/g")', '$(printf '%s' "$COL" | sed 's/^"//; s/"$//; s/""/"/g')'),
-       ('parents', 'tenant_id'), ('children', 'tenant_id'), ('kinds', 'tenant_id'), ('items', 'tenant_id');
+       ('parents', 'tenant_id'), ('children', 'tenant_id'), ('kinds', 'tenant_id'), ('items', 'tenant_id'),
+       ('pleg', 'tenant_id'), ('pchildren', 'tenant_id'), ('solo', 'tenant_id');
 SET ROLE cz_owner;
 SELECT tenancy.enable_rls('notes', mode => 'enforce') IS NOT NULL;
+SELECT tenancy.enable_rls('pleg', mode => 'enforce') IS NOT NULL;
+SELECT tenancy.enable_rls('pchildren', mode => 'enforce') IS NOT NULL;
+SELECT tenancy.enable_rls('solo', mode => 'enforce') IS NOT NULL;
 SELECT tenancy.enable_rls('parents', mode => 'enforce') IS NOT NULL;
 SELECT tenancy.enable_rls('children', mode => 'enforce') IS NOT NULL;
 RESET ROLE;
@@ -154,6 +194,29 @@ cq 1 -c "SET ROLE cz_app" \
 is "shadow: called by hand with a shard, or a table in enforce mode, counts nothing" \
    "$(cq 0 -c "SELECT count(*) FROM tenancy.cluster_shadow_stats WHERE rows_checked > 0")" "0"
 
+# ---- shadow: a worker's counters full -------------------------------------------
+# 16 distributed tables of one shard in shadow mode fill worker 2's counters
+# (read there by hand); solo, in shadow mode too, is then counted on worker
+# 1 only: worker 2 drops its rows.
+for i in $(seq 1 16); do
+    echo "CREATE TABLE f$i (tenant_id uuid); SELECT create_distributed_table('f$i', 'tenant_id', shard_count => 1);
+          ALTER TABLE f$i ENABLE ROW LEVEL SECURITY;
+          CREATE POLICY tenancy_policy ON f$i USING (tenancy.shadow_read('f$i'::regclass, tenant_id));"
+done | cq 0 >/dev/null || bail "creating the filler tables failed"
+cq 0 -c "SET ROLE cz_owner" -c "SELECT tenancy.set_mode('solo', 'shadow')" >/dev/null
+cq 0 -c "SELECT tenancy.reset_cluster_shadow_stats()" >/dev/null
+cq 2 -c "SELECT count(tenancy.shadow_read(('f' || g)::regclass, NULL::uuid)) FROM generate_series(1, 16) g" >/dev/null
+echo "SELECT count(*) FROM solo;" | as_app $A >/dev/null
+w2=$(cq 2 -c "SELECT rows_dropped FROM tenancy.shadow_stats_dropped()")
+is "dropped: the cluster form sums the workers' dropped rows (worker 2's, one node)" \
+   "$(cq 0 -c "SELECT rows_dropped, nodes FROM tenancy.cluster_shadow_stats_dropped()")" "$w2|1"
+ok "$([ "${w2:-0}" -gt 0 ] && echo 0 || echo 1)" "dropped: worker 2 did drop solo's rows ($w2)"
+is "dropped: verify() on a table with no divergence counted says the cluster's counters are incomplete" \
+   "$(cq 0 -c "SELECT status, rows_affected IS NULL, detail LIKE 'shadow counters incomplete: % rows of tables past tenancy.shadow_max_tables on 1 node%', fix FROM tenancy.verify('solo') WHERE check_name = 'shadow_divergence'")" \
+   "failure|t|t|SELECT tenancy.reset_cluster_shadow_stats();"
+cq 0 -c "SET ROLE cz_owner" -c "SELECT tenancy.set_mode('solo', 'enforce')" >/dev/null
+cq 0 -c "SELECT tenancy.reset_cluster_shadow_stats()" >/dev/null
+
 # ---- migrating ---------------------------------------------------------------
 cq 0 -c "SET ROLE cz_owner" -c "SELECT tenancy.set_mode('notes', 'migrating')" >/dev/null
 ok $? "set_mode(migrating) on a distributed table (its legacy policies propagate)"
@@ -169,6 +232,34 @@ is "migrating: acme reads its 3 rows and the 3 legacy rows" "$(echo "SELECT coun
 is "migrating: bolt reads its 6 rows and the 3 legacy rows" "$(echo "SELECT count(*) FROM $LEG;" | as_app $B)" "9"
 is "migrating: no implicit tenant, so nobody updates a legacy row" \
    "$(echo "UPDATE $LEG SET id = id WHERE $COL IS NULL RETURNING id;" | as_app $A | grep -c .)" "0"
+# acme becomes the implicit tenant; cz_legacy is bound to it (no set_tenant())
+cq 0 >/dev/null <<SQL || bail "binding cz_legacy failed"
+SELECT tenancy.set_implicit_tenant('acme');
+CREATE ROLE cz_legacy LOGIN;
+GRANT SELECT, INSERT, UPDATE, DELETE ON $LEG TO cz_legacy;
+SELECT tenancy.bind_role('cz_legacy', 'acme');
+SQL
+as_legacy() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${CITUS_PORT[0]}" -U cz_legacy -d "$CITUS_DB" 2>&1; }
+is "implicit: the workers hold the coordinator's implicit tenant" \
+   "$(for n in 1 2; do cq "$n" -c "SELECT tenant FROM tenancy.citus_implicit_tenant"; done | paste -sd' ')" "$A $A"
+is "implicit: bolt updates no legacy row" \
+   "$(echo "UPDATE $LEG SET $COL = NULL WHERE $COL IS NULL RETURNING id;" | as_app $B | grep -c .)" "0"
+is "implicit: bolt deletes no legacy row" \
+   "$(echo "DELETE FROM $LEG WHERE $COL IS NULL RETURNING id;" | as_app $B | grep -c .)" "0"
+is "implicit: the bound legacy role updates the 3 legacy rows on the workers' shards" \
+   "$(echo "UPDATE $LEG SET $COL = NULL WHERE $COL IS NULL RETURNING id;" | as_legacy | sort -n | paste -sd,)" "4,8,12"
+is "implicit: and deletes one" \
+   "$(echo "DELETE FROM $LEG WHERE id = 4 AND $COL IS NULL RETURNING id;" | as_legacy)" "4"
+cq 0 -c "INSERT INTO $LEG VALUES (4, NULL)" >/dev/null
+out=$(cq 1 -c "SET ROLE cz_app" -c "INSERT INTO tenancy.citus_implicit_tenant VALUES ('$B')" 2>&1)
+like "implicit: a client on a worker cannot make itself the implicit tenant" "$out" "permission denied"
+cq 1 -c "DELETE FROM tenancy.citus_implicit_tenant" >/dev/null
+is "implicit: citus_context_problems() reports a worker whose copy differs" \
+   "$(cq 0 -c "SELECT check_name, detail LIKE 'the implicit tenant is none on the worker, $A on the coordinator%' FROM tenancy.citus_context_problems()")" \
+   "implicit_tenant|t"
+cq 0 -c "UPDATE tenancy.tenants SET is_implicit = true WHERE is_implicit" >/dev/null
+is "implicit: an UPDATE of the flag on the coordinator copies it again" \
+   "$(cq 0 -c "SELECT count(*) FROM tenancy.citus_context_problems()"):$(cq 1 -c "SELECT tenant FROM tenancy.citus_implicit_tenant")" "0:$A"
 cq 0 -c "SET ROLE cz_owner" -c "SELECT tenancy.set_mode('notes', 'enforce')" >/dev/null
 is "enforce again: the legacy policies are gone from the shards" "$(shard_quals notes)" "8 tenancy_policy:tenant"
 is "enforce again: acme sees its 6 rows" "$(echo "SELECT count(*) FROM notes;" | as_app $A)" "6"
@@ -179,6 +270,18 @@ wait_for 30 counted
 ok $? "the coordinator's background worker counts the 3 unmigrated of 12 rows, through the shards"
 is "refresh_status: the same, exact" \
    "$(cq 0 -c "SELECT unmigrated, total_rows, method FROM tenancy.refresh_status('$LEGQ')")" "3|12|exact"
+pcounted() { [ "$(cq 0 -c "SELECT unmigrated || '/' || total_rows || '/' || method FROM tenancy.migration_status WHERE relation = 'pleg'::regclass")" = "3/10/exact" ]; }
+wait_for 30 pcounted
+ok $? "partitioned: the background worker counts the 3 unmigrated of 10 rows, through the partitions' shards"
+# refresh_status() gives up (lock timeout) while the background worker
+# counts the same table, shard by shard: a few attempts
+refresh() { local i out; for i in 1 2 3 4 5 6 7 8 9 10; do
+    out=$(cq 0 -c "SELECT unmigrated, total_rows, method FROM tenancy.refresh_status('$1')" 2>/dev/null) \
+        && { echo "$out"; return 0; }; sleep 0.5; done; return 1; }
+is "partitioned: refresh_status, exact" "$(refresh pleg)" "3|10|exact"
+is "partitioned: each partition counted through its own shards, exact" \
+   "$(cq 0 -c "SELECT string_agg(relation::text || '=' || unmigrated || '/' || total_rows || '/' || method, ',' ORDER BY relation::text) FROM tenancy.migration_status_partitions WHERE parent = 'pleg'::regclass")" \
+   "pleg_1=1/5/exact,pleg_2=2/5/exact"
 is "refresh_status: a table distributed by its tenant column has none (catalog proof)" \
    "$(cq 0 -c "SELECT unmigrated, method FROM tenancy.refresh_status('notes')")" "0|proof"
 sleep 2   # two more cycles of the workers' background workers
@@ -199,6 +302,11 @@ is "the coordinator's background worker logged its count of the table" \
 # ---- verify() -------------------------------------------------------------------
 is "verify: null_tenant counts the 3 rows without a tenant under FORCE ROW LEVEL SECURITY" \
    "$(cq 0 -c "SELECT status, rows_affected FROM tenancy.verify('$LEGQ') WHERE check_name = 'null_tenant'")" "failure|3"
+is "partitioned: verify's null_tenant counts the 3 rows of both partitions" \
+   "$(cq 0 -c "SELECT status, rows_affected FROM tenancy.verify('pleg') WHERE check_name = 'null_tenant'")" "failure|3"
+is "partitioned: verify's cross_tenant_reference finds the 2 children of another tenant's parent" \
+   "$(cq 0 -c "SELECT relation, status, rows_affected FROM tenancy.verify('pchildren') WHERE check_name = 'cross_tenant_reference'")" \
+   "pchildren|failure|2"
 is "verify: max_rows bounds the count (at least 2)" \
    "$(cq 0 -c "SELECT rows_affected, detail LIKE 'at least 2 %' FROM tenancy.verify('$LEGQ', max_rows => 2) WHERE check_name = 'null_tenant'")" "2|t"
 is "verify: cross_tenant_reference finds the 2 children of another tenant's parent, shard by shard" \
