@@ -5501,3 +5501,281 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.citus_context_problems() IS 'Citus coordinator: the workers whose tenancy version, preload, key type, context source, keys file, role bindings or implicit tenant differ from what forwarding the tenant relies on';
 REVOKE EXECUTE ON FUNCTION tenancy.citus_context_problems() FROM PUBLIC;
+
+-- issue 19: move cut-over window (typed tenant filter in the checksums; tenant_checksums() by move_checksums(); drop, then sequences in one statement)
+CREATE OR REPLACE FUNCTION tenancy.move_checksums(tenant_key text, rels text[], cols name[])
+RETURNS TABLE (relation text, row_count bigint, checksum numeric)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    res text[];
+    filter text;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(rels, 1), 0) LOOP
+        filter := '';
+        IF cols[i] IS NOT NULL THEN
+            SELECT format(' WHERE t.%I OPERATOR(pg_catalog.=) CAST($1 AS %s)', a.attname, format_type(a.atttypid, a.atttypmod))
+              INTO filter
+              FROM pg_attribute a
+             WHERE a.attrelid = rels[i]::regclass AND a.attname = cols[i] AND a.attnum > 0 AND NOT a.attisdropped;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'table % has no column "%"', rels[i], cols[i]
+                    USING ERRCODE = 'undefined_column';
+            END IF;
+        END IF;
+        BEGIN
+            -- Each column hashed by its type's hash function (twice as
+            -- fast as hashing the row's text) ...
+            res := tenancy.table_query(rels[i]::regclass, NULL,
+                       format('SELECT count(*), coalesce(sum(pg_catalog.hash_record_extended(t, 0)), 0) FROM %s t%s',
+                              rels[i]::regclass, filter), tenant_key);
+        EXCEPTION WHEN undefined_function THEN
+            -- ... unless a column's type has none (json, point, xml): the
+            -- row's text.  The same on both sides: the schemas are the same.
+            res := tenancy.table_query(rels[i]::regclass, NULL,
+                       format('SELECT count(*), coalesce(sum(pg_catalog.hashtextextended(t::pg_catalog.text, 0)), 0) FROM %s t%s',
+                              rels[i]::regclass, filter), tenant_key);
+        END;
+        relation := rels[i]; row_count := res[1]::bigint; checksum := res[2]::numeric;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_checksums(tenant text)
+RETURNS TABLE (relation regclass, row_count bigint, checksum text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    k text := tenancy.tenant_key(tenant);
+    rels text[];
+    cols name[];
+BEGIN
+    SELECT array_agg(o.relation::text ORDER BY o.relation::text), array_agg(o.column_name ORDER BY o.relation::text)
+      INTO rels, cols FROM tenancy.erase_order() o;
+    RETURN QUERY SELECT c.relation::regclass, c.row_count, c.checksum::text
+                 FROM tenancy.move_checksums(k, rels, cols) c;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_checksums(text) IS 'per registered table: the tenant''s row count and an order-free checksum of its rows (move_checksums()), to compare two copies';
+
+CREATE OR REPLACE FUNCTION tenancy.move_plan(tenant text, home text, source_conninfo text DEFAULT NULL)
+RETURNS TABLE (step integer, phase text, side text, sql text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+    SET datestyle = 'ISO, YMD' SET intervalstyle = 'postgres' SET extra_float_digits = 3 AS $$
+DECLARE
+    k text := tenancy.tenant_key(tenant);
+    n name := tenancy.move_object_name(k);
+    src text := coalesce(source_conninfo, tenancy.move_default_source_conninfo());
+    s text;
+    r record;
+BEGIN
+    PERFORM tenancy.move_check_home(home);
+    IF NOT EXISTS (SELECT 1 FROM tenancy.move_tables() m WHERE m.kind = 'tenant') THEN
+        RAISE EXCEPTION 'no registered tenant table to move'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Register the tenant tables first (tenancy.add_tenant_column()).';
+    END IF;
+    step := 0;
+    FOR r IN SELECT * FROM tenancy.move_replica_identity() x WHERE NOT x.covered LOOP
+        step := step + 1; phase := 'replica identity'; side := 'source'; sql := r.fix; RETURN NEXT;
+    END LOOP;
+    step := step + 1; phase := 'publication'; side := 'source'; sql := tenancy.move_publication_sql(k); RETURN NEXT;
+    step := step + 1; phase := 'slot'; side := 'source';
+    sql := format('SELECT pg_create_logical_replication_slot(%L, %L);', n, 'pgoutput'); RETURN NEXT;
+    FOR s IN SELECT * FROM tenancy.move_target_schema_sql(k) LOOP
+        step := step + 1; phase := 'schema'; side := 'target'; sql := s; RETURN NEXT;
+    END LOOP;
+    step := step + 1; phase := 'subscription'; side := 'target'; sql := tenancy.move_subscription_sql(k, src); RETURN NEXT;
+    step := step + 1; phase := 'cut-over'; side := 'source';
+    sql := format('SELECT tenancy.suspend_tenant(%L);', k); RETURN NEXT;
+    FOR r IN SELECT * FROM tenancy.move_fence_sql(k) LOOP
+        step := step + 1; phase := 'cut-over'; side := 'source'; sql := r.sql; RETURN NEXT;
+    END LOOP;
+    step := step + 1; phase := 'cut-over'; side := 'source';
+    sql := '-- wait out transactions older than the fence, then take SELECT pg_current_wal_lsn() as the fence position'; RETURN NEXT;
+    step := step + 1; phase := 'cut-over'; side := 'source';
+    sql := format('-- wait until SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %L reaches it; verify again', n); RETURN NEXT;
+    step := step + 1; phase := 'drop'; side := 'target';
+    sql := format('DROP SUBSCRIPTION %I;  -- drops its slot at the source too', n); RETURN NEXT;
+    step := step + 1; phase := 'drop'; side := 'source';
+    sql := format('DROP PUBLICATION %I;', n); RETURN NEXT;
+    FOR r IN SELECT DISTINCT m.relation, a.attname
+             FROM tenancy.move_tables() m
+             JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
+                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+             JOIN pg_sequence sq ON sq.seqrelid = d.objid
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             ORDER BY 1, 2 LOOP
+        step := step + 1; phase := 'sequences'; side := 'target';
+        sql := format('SELECT setval(pg_get_serial_sequence(%L, %L), <last_value at the source>, true);',
+                      r.relation::text, r.attname);
+        RETURN NEXT;
+    END LOOP;
+    step := step + 1; phase := 'home'; side := 'source';
+    sql := format('INSERT INTO tenancy.tenant_homes (tenant, home) VALUES (%L, %L);', k, home); RETURN NEXT;
+    step := step + 1; phase := 'next'; side := 'source';
+    sql := '-- erase the tenant''s rows at the source (after the subscription and publication are gone)'; RETURN NEXT;
+END
+$$;
+
+CREATE FUNCTION tenancy.move_sequences_sql() RETURNS text
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'SELECT ARRAY[' || string_agg(format('pg_catalog.setval(pg_catalog.pg_get_serial_sequence(%L, %L), %s, true)::text',
+                                                x.relation::text, x.attname, x.last_value), ', ' ORDER BY x.relation::text, x.attname) || ']'
+    FROM (SELECT DISTINCT m.relation, a.attname, ps.last_value
+          FROM tenancy.move_tables() m
+          JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
+                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+          JOIN pg_sequence sq ON sq.seqrelid = d.objid
+          JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          JOIN pg_class sc ON sc.oid = d.objid
+          JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+          JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = sc.relname
+          WHERE ps.last_value IS NOT NULL) x;
+$$;
+COMMENT ON FUNCTION tenancy.move_sequences_sql() IS 'the statement setting a move target''s sequences to the source''s values (NULL: none has one)';
+REVOKE EXECUTE ON FUNCTION tenancy.move_sequences_sql() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.move_drop_replication(j tenancy.move_jobs) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + interval '30 s';
+BEGIN
+    -- DROP SUBSCRIPTION stops its workers and drops its slot and any
+    -- table-sync slot here.  IF EXISTS: one round trip (a subscription is
+    -- of the database it is dropped in: the target's).
+    PERFORM tenancy.move_remote_exec(j.target_conninfo,
+        format('DROP SUBSCRIPTION IF EXISTS %I', j.subscription));
+    WHILE EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = j.slot AND s.active) LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'replication slot "%" is still in use', j.slot
+                USING ERRCODE = 'object_in_use';
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    PERFORM pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots s WHERE s.slot_name = j.slot;
+    IF EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = j.publication) THEN
+        PERFORM tenancy.move_ddl(format('DROP PUBLICATION %I', j.publication));
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE PROCEDURE tenancy.move_cutover(tenant text, timeout interval DEFAULT '60s')
+LANGUAGE plpgsql AS $$
+DECLARE
+    j tenancy.move_jobs;
+    f record;
+    deadline timestamptz;
+    bad text;
+    v jsonb;
+    seq text;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF tenancy.in_transaction_block() THEN
+        RAISE EXCEPTION 'CALL tenancy.move_cutover() cannot run inside a transaction block'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'It commits after each part; run it on its own.';
+    END IF;
+    j := tenancy.move_job(tenant);
+    deadline := clock_timestamp() + timeout;
+    IF j.state = 'planned' THEN
+        RAISE EXCEPTION 'the move of tenant "%" has not started', tenant
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'CALL tenancy.move_start() again: it resumes.';
+    END IF;
+    IF j.state = 'started' THEN
+        IF NOT tenancy.move_copied(j) THEN
+            RAISE EXCEPTION 'the initial copy of tenant "%" is not done', tenant
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'SELECT * FROM tenancy.move_wait(...) waits for it.';
+        END IF;
+        IF j.suspended_at IS NULL THEN
+            UPDATE tenancy.move_jobs
+               SET prior_status = (SELECT t.status FROM tenancy.tenants t WHERE t.id::text = j.tenant),
+                   suspended_at = clock_timestamp()
+             WHERE id = j.id;
+            RAISE DEBUG 'move_cutover: suspended at %', clock_timestamp();
+            PERFORM tenancy.suspend_tenant(j.tenant);
+            COMMIT;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        END IF;
+        FOR f IN SELECT * FROM tenancy.move_fence_sql(j.tenant) x
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = x.relation
+                                     AND g.tgname = tenancy.move_object_name(j.tenant)::text || '_fence_i') LOOP
+            PERFORM tenancy.move_ddl(f.sql);
+        END LOOP;
+        RAISE DEBUG 'move_cutover: fenced at %', clock_timestamp();
+        UPDATE tenancy.move_jobs SET state = 'fenced' WHERE id = j.id;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        UPDATE tenancy.move_jobs SET fenced_at = clock_timestamp() WHERE id = j.id;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        j := tenancy.move_job(tenant);
+    END IF;
+    -- Transactions older than the fence may have written the tenant's rows
+    -- without meeting it: wait until they are gone.
+    WHILE EXISTS (SELECT 1 FROM pg_stat_activity a
+                  WHERE a.backend_xid IS NOT NULL AND a.xact_start < j.fenced_at
+                    AND a.pid <> pg_backend_pid()) LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'transactions older than the fence of tenant "%" are still open after %', tenant, timeout
+                USING ERRCODE = 'object_in_use',
+                      DETAIL = (SELECT string_agg(a.pid::text, ', ') FROM pg_stat_activity a
+                                WHERE a.backend_xid IS NOT NULL AND a.xact_start < j.fenced_at AND a.pid <> pg_backend_pid()),
+                      HINT = 'The tenant stays suspended and fenced: CALL move_cutover() again, or roll back with move_rollback().';
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE DEBUG 'move_cutover: older transactions gone at %', clock_timestamp();
+    IF j.fence_lsn IS NULL THEN
+        UPDATE tenancy.move_jobs SET fence_lsn = pg_current_wal_lsn() WHERE id = j.id RETURNING * INTO j;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    END IF;
+    RAISE DEBUG 'move_cutover: fence position taken at %', clock_timestamp();
+    WHILE coalesce((SELECT s.confirmed_flush_lsn < j.fence_lsn FROM pg_replication_slots s
+                    WHERE s.slot_name = j.slot), true) LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = j.slot) THEN
+            EXIT;   -- dropped by an interrupted run: verify decides
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'the subscription of tenant "%" has not applied the fence position % after %', tenant, j.fence_lsn, timeout
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'The tenant stays suspended and fenced: CALL move_cutover() again, or roll back with move_rollback().';
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE DEBUG 'move_cutover: fence position applied at %', clock_timestamp();
+    SELECT jsonb_agg(to_jsonb(x) ORDER BY x.relation), string_agg(x.relation, ', ') FILTER (WHERE NOT coalesce(x.equal, false))
+      INTO v, bad FROM tenancy.move_verify(j.tenant) x;
+    UPDATE tenancy.move_jobs SET last_check = v WHERE id = j.id;
+    IF bad IS NOT NULL THEN
+        COMMIT;
+        RAISE EXCEPTION 'the tenant''s rows differ between source and target in %', bad
+            USING ERRCODE = 'data_exception',
+                  DETAIL = v::text,
+                  HINT = 'Nothing was dropped: the tenant stays suspended and fenced; roll back with move_rollback(), or look at tenancy.move_verify().';
+    END IF;
+    RAISE DEBUG 'move_cutover: verified at %', clock_timestamp();
+    PERFORM tenancy.move_drop_replication(j);
+    RAISE DEBUG 'move_cutover: replication dropped at %', clock_timestamp();
+    -- Sequences (PostgreSQL 15 does not replicate them), once nothing
+    -- arrives any more: the source's values are then at least every value
+    -- the target holds, shared tables' too.  One statement at the target.
+    seq := tenancy.move_sequences_sql();
+    IF seq IS NOT NULL THEN
+        PERFORM tenancy.move_remote_query(j.target_conninfo, seq);
+    END IF;
+    RAISE DEBUG 'move_cutover: sequences set at %', clock_timestamp();
+    INSERT INTO tenancy.tenant_homes (tenant, home, move_id) VALUES (j.tenant, j.home, j.id)
+        ON CONFLICT ON CONSTRAINT tenant_homes_pkey DO UPDATE SET home = excluded.home, move_id = excluded.move_id, moved_at = now();
+    UPDATE tenancy.tenants SET status = 'suspended' WHERE id::text = j.tenant;
+    UPDATE tenancy.move_jobs SET state = 'cut_over', done_at = clock_timestamp() WHERE id = j.id;
+    RAISE DEBUG 'move_cutover: home recorded at %', clock_timestamp();
+    COMMIT;
+END
+$$;
+
+COMMENT ON PROCEDURE tenancy.move_cutover(text, interval) IS 'cut a tenant move over: suspend, fence, wait, verify, drop the replication, sequences, record the new home; resumable';

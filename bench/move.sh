@@ -101,13 +101,19 @@ for r in $(seq "$ROUNDS"); do
     base_p99+=("$(bench_p99 write.sql base)")
     floor_p99+=("$(bench_p99 floor.sql floor)")
     (q -d bench_src -c "CALL tenancy.move_start('t1', 'bench-dst', '$TARGET')" \
-        -c "SELECT count(*) FROM tenancy.move_wait('t1', '600s')" -c "CALL tenancy.move_cutover('t1')" >"$DIR/move.out" 2>&1) &
+        -c "SELECT count(*) FROM tenancy.move_wait('t1', '600s')" \
+        -c "SET client_min_messages = debug1" -c "CALL tenancy.move_cutover('t1')" >"$DIR/move.out" 2>&1) &
     mv_pid=$!
     move_p99+=("$(bench_p99 write.sql during)")
     wait $mv_pid || { cat "$DIR/move.out"; exit 1; }
     # 3. the refused window of that cut-over.
     refused+=("$(q -d bench_src -c "SELECT round(extract(epoch FROM refused_for) * 1000) FROM tenancy.moves WHERE state = 'cut_over' ORDER BY id DESC LIMIT 1")")
+    # Where it went: the cut-over's DEBUG timings, ms since the previous step.
+    steps=$(sed -n 's/^.*move_cutover: \(.*\) at [0-9-]* \([0-9:.]*\).*$/\1|\2/p' "$DIR/move.out" |
+        awk -F'|' '{split($2, t, ":"); ms = (t[1] * 3600 + t[2] * 60 + t[3]) * 1000
+                    if (NR > 1) printf "%s%s %.0f", (NR > 2 ? ", " : ""), $1, ms - prev; prev = ms}')
     reset_move
+    echo "round $r: cut-over steps (ms): $steps"
     echo "round $r: write p99 without a move ${base_p99[-1]} ms, during a move ${move_p99[-1]} ms, floor (SELECT 1) ${floor_p99[-1]} ms; refused ${refused[-1]} ms"
 done
 min() { printf '%s\n' "$@" | sort -n | head -1; }

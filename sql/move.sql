@@ -81,8 +81,8 @@ SELECT count(*) AS moves FROM tenancy.move_jobs;
 
 -- The fixes, as the plan offers them (the ord"ers table is covered by its
 -- primary key (tenant_id, id)).
+DELETE FROM tenancy.tables WHERE relation = 'public.nokey'::regclass;
 DROP TABLE public.nokey;
-DELETE FROM tenancy.tables WHERE relation::text = 'public.nokey';
 SELECT fix FROM tenancy.move_replica_identity() WHERE NOT covered ORDER BY relation::text \gexec
 SELECT relation, covered FROM tenancy.move_replica_identity() ORDER BY relation::text;
 
@@ -144,6 +144,57 @@ UPDATE "Sch""ema; $x$"."ord""ers; DROP TABLE x; --" SET note = note || '!' WHERE
 SELECT b.row_count = a.row_count AS same_count, b.checksum = a.checksum AS same_checksum
 FROM before b, tenancy.move_checksums('11111111-1111-4111-8111-111111111111',
     ARRAY['"Sch""ema; $x$"."ord""ers; DROP TABLE x; --"'], ARRAY['tenant_id']::name[]) a;
+
+-- A missing row, a duplicated row, a duplicate in place of another row
+-- (same count: the sum of the rows' hashes differs), a changed row: each
+-- changes the checksum, by the columns' hashes (dup) and by the rows' text
+-- (dup_js: json has no hash function); another tenant's change does not.
+CREATE TABLE public.dup (tenant_id uuid NOT NULL, v text);
+CREATE TABLE public.dup_js (tenant_id uuid NOT NULL, v json);
+CREATE TEMP TABLE sums (step text, relation text, row_count bigint, checksum numeric);
+CREATE PROCEDURE pg_temp.sums(step text) LANGUAGE sql AS $$
+    INSERT INTO sums SELECT step, c.relation, c.row_count, c.checksum
+    FROM tenancy.move_checksums('11111111-1111-4111-8111-111111111111', ARRAY['public.dup', 'public.dup_js'],
+                                ARRAY['tenant_id', 'tenant_id']::name[]) c;
+$$;
+CREATE PROCEDURE pg_temp.dml(sql text) LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format(sql, 'public.dup', '''a''', '''b''', '''z''');
+    EXECUTE format(sql, 'public.dup_js', '''"a"''', '''"b"''', '''"z"''');
+END
+$$;
+CALL pg_temp.dml('INSERT INTO %1$s VALUES (''11111111-1111-4111-8111-111111111111'', %2$s), (''11111111-1111-4111-8111-111111111111'', %3$s), (''22222222-2222-4222-8222-222222222222'', %2$s)');
+CALL pg_temp.sums('start');
+CALL pg_temp.dml('DELETE FROM %1$s WHERE v::text = %3$s');
+CALL pg_temp.sums('missing');
+CALL pg_temp.dml('INSERT INTO %1$s VALUES (''11111111-1111-4111-8111-111111111111'', %3$s), (''11111111-1111-4111-8111-111111111111'', %3$s)');
+CALL pg_temp.sums('duplicated');
+CALL pg_temp.dml('DELETE FROM %1$s WHERE v::text = %3$s');
+CALL pg_temp.dml('INSERT INTO %1$s VALUES (''11111111-1111-4111-8111-111111111111'', %2$s)');
+CALL pg_temp.sums('duplicate instead');
+CALL pg_temp.dml('UPDATE %1$s SET v = %3$s WHERE ctid = (SELECT min(ctid) FROM %1$s WHERE v::text = %2$s AND tenant_id = ''11111111-1111-4111-8111-111111111111'')');
+CALL pg_temp.sums('back');
+CALL pg_temp.dml('UPDATE %1$s SET v = %4$s WHERE v::text = %3$s');
+CALL pg_temp.sums('changed');
+CALL pg_temp.dml('UPDATE %1$s SET v = %3$s WHERE v::text = %4$s');
+CALL pg_temp.dml('UPDATE %1$s SET v = %4$s WHERE tenant_id = ''22222222-2222-4222-8222-222222222222''');
+CALL pg_temp.sums('other tenant changed');
+SELECT s.relation, s.step, s.row_count, s.checksum = f.checksum AS as_at_start,
+       count(*) OVER (PARTITION BY s.relation, s.checksum) AS same_checksum
+FROM sums s JOIN sums f ON f.relation = s.relation AND f.step = 'start' ORDER BY s.relation, s.ctid;
+SELECT relation, checksum = (SELECT sum(hashtextextended(j::text, 0)) FROM public.dup_js j WHERE tenant_id = '11111111-1111-4111-8111-111111111111') AS text_hashed
+FROM sums WHERE step = 'other tenant changed' AND relation = 'public.dup_js';
+-- tenant_checksums() (erase, export) is the same checksum.
+SELECT tenancy.tables_register('public.dup', 'tenant_id');
+SELECT t.relation, t.row_count, t.checksum = (SELECT checksum::text FROM sums WHERE step = 'start' AND relation = 'public.dup') AS same
+FROM tenancy.tenant_checksums('acme') t WHERE t.relation = 'public.dup'::regclass;
+DELETE FROM tenancy.tables WHERE relation = 'public.dup'::regclass;
+DROP TABLE public.dup, public.dup_js;
+-- An unknown tenant column: 42703.
+SELECT * FROM tenancy.move_checksums('11111111-1111-4111-8111-111111111111',
+    ARRAY['"Sch""ema; $x$".countries'], ARRAY['no"such']::name[]);
+-- The target's sequences, set in one statement (hostile names quoted).
+SELECT tenancy.move_sequences_sql();
 
 -- The fence: the tenant's writes are refused for every writer, even a
 -- superuser under session_replication_role = replica; other tenants' pass.

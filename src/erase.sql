@@ -382,31 +382,27 @@ $$;
 COMMENT ON PROCEDURE tenancy.erase_tenant(text, integer, integer, integer, interval, interval, interval, integer, integer)
     IS 'delete a suspended tenant''s rows from every registered table, children first, in committed batches; resumable; ends with a count check';
 
--- Per registered table: the tenant's rows and a checksum of them (md5 of
--- the rows' text, in the text's order), to compare two copies (an export
--- loaded elsewhere, a moved tenant).  As the table owner.
+-- Per registered table: the tenant's rows and a checksum of them, to
+-- compare two copies (an export loaded elsewhere, a moved tenant): the
+-- move's checksum (tenancy.move_checksums(): the sum of a 64-bit hash of
+-- each row, order-free), as the table owner.  Comparable between servers
+-- of the same PostgreSQL major version, encoding and byte order.
 CREATE FUNCTION tenancy.tenant_checksums(tenant text)
 RETURNS TABLE (relation regclass, row_count bigint, checksum text)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     k text := tenancy.tenant_key(tenant);
-    t record;
-    r text[];
+    rels text[];
+    cols name[];
 BEGIN
-    FOR t IN SELECT o.relation, o.column_name FROM tenancy.erase_order() o ORDER BY o.relation::text LOOP
-        r := tenancy.table_query(t.relation, NULL,
-                 format('SELECT count(*), md5(coalesce(string_agg(x.r, chr(10) ORDER BY x.r COLLATE "C"), '''')) '
-                        'FROM (SELECT t::text AS r FROM %s t WHERE t.%I OPERATOR(pg_catalog.=) CAST($1 AS %s)) x',
-                        t.relation, t.column_name, tenancy.type_sql(tenancy.key_type())), k);
-        relation := t.relation;
-        row_count := r[1]::bigint;
-        checksum := r[2];
-        RETURN NEXT;
-    END LOOP;
+    SELECT array_agg(o.relation::text ORDER BY o.relation::text), array_agg(o.column_name ORDER BY o.relation::text)
+      INTO rels, cols FROM tenancy.erase_order() o;
+    RETURN QUERY SELECT c.relation::regclass, c.row_count, c.checksum::text
+                 FROM tenancy.move_checksums(k, rels, cols) c;
 END
 $$;
-COMMENT ON FUNCTION tenancy.tenant_checksums(text) IS 'per registered table: the tenant''s row count and an md5 of its rows, to compare two copies';
+COMMENT ON FUNCTION tenancy.tenant_checksums(text) IS 'per registered table: the tenant''s row count and an order-free checksum of its rows (move_checksums()), to compare two copies';
 
 REVOKE EXECUTE ON FUNCTION
     tenancy.erase_order(),

@@ -8,7 +8,7 @@
 --   CALL move_start()    publication, slot, target schema, subscription
 --   move_wait()          initial copy and catch-up (progress, lag)
 --   move_verify()        per-table counts and checksums, both sides
---   CALL move_cutover()  suspend, fence, wait, verify, sequences, drop,
+--   CALL move_cutover()  suspend, fence, wait, verify, drop, sequences,
 --                        record the new home
 --   move_rollback()      before the cut-over is done: undo, source untouched
 -- The next step after a cut-over is erasing the tenant's rows at the
@@ -434,6 +434,10 @@ BEGIN
     sql := '-- wait out transactions older than the fence, then take SELECT pg_current_wal_lsn() as the fence position'; RETURN NEXT;
     step := step + 1; phase := 'cut-over'; side := 'source';
     sql := format('-- wait until SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %L reaches it; verify again', n); RETURN NEXT;
+    step := step + 1; phase := 'drop'; side := 'target';
+    sql := format('DROP SUBSCRIPTION %I;  -- drops its slot at the source too', n); RETURN NEXT;
+    step := step + 1; phase := 'drop'; side := 'source';
+    sql := format('DROP PUBLICATION %I;', n); RETURN NEXT;
     FOR r IN SELECT DISTINCT m.relation, a.attname
              FROM tenancy.move_tables() m
              JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
@@ -446,10 +450,6 @@ BEGIN
                       r.relation::text, r.attname);
         RETURN NEXT;
     END LOOP;
-    step := step + 1; phase := 'drop'; side := 'target';
-    sql := format('DROP SUBSCRIPTION %I;  -- drops its slot at the source too', n); RETURN NEXT;
-    step := step + 1; phase := 'drop'; side := 'source';
-    sql := format('DROP PUBLICATION %I;', n); RETURN NEXT;
     step := step + 1; phase := 'home'; side := 'source';
     sql := format('INSERT INTO tenancy.tenant_homes (tenant, home) VALUES (%L, %L);', k, home); RETURN NEXT;
     step := step + 1; phase := 'next'; side := 'source';
@@ -509,10 +509,14 @@ END
 $$;
 
 ------------------------------------------------------------------------------
--- Counts and checksums: the same function on both sides.  The checksum is
--- the sum of a 64-bit hash of each row (order-free; a lost or a duplicated
--- row changes it).  Run as the table's owner (table_query()),
--- which sees every row under FORCE ROW LEVEL SECURITY.
+-- Counts and checksums: the same function on both sides (and in
+-- tenant_checksums()).  The checksum is the sum of a 64-bit hash of each
+-- row (order-free: no sort, no string of all the rows; a lost or a
+-- duplicated row changes it, a changed row too).  The tenant's rows are
+-- found by the tenant column's own type (= on that type, as the
+-- publication's row filter: the index can serve it, and no row's key is
+-- cast to text).  Run as the table's owner (table_query()), which sees
+-- every row under FORCE ROW LEVEL SECURITY.
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION tenancy.move_checksums(tenant_key text, rels text[], cols name[])
@@ -523,7 +527,17 @@ DECLARE
     filter text;
 BEGIN
     FOR i IN 1 .. coalesce(array_length(rels, 1), 0) LOOP
-        filter := CASE WHEN cols[i] IS NULL THEN '' ELSE format(' WHERE %I::pg_catalog.text = $1', cols[i]) END;
+        filter := '';
+        IF cols[i] IS NOT NULL THEN
+            SELECT format(' WHERE t.%I OPERATOR(pg_catalog.=) CAST($1 AS %s)', a.attname, format_type(a.atttypid, a.atttypmod))
+              INTO filter
+              FROM pg_attribute a
+             WHERE a.attrelid = rels[i]::regclass AND a.attname = cols[i] AND a.attnum > 0 AND NOT a.attisdropped;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'table % has no column "%"', rels[i], cols[i]
+                    USING ERRCODE = 'undefined_column';
+            END IF;
+        END IF;
         BEGIN
             -- Each column hashed by its type's hash function (twice as
             -- fast as hashing the row's text) ...
@@ -790,6 +804,25 @@ END
 $$;
 COMMENT ON PROCEDURE tenancy.move_start(text, text, text, text) IS 'start a tenant move: publication, slot, target schema, subscription with the initial copy; resumable';
 
+-- The target's sequences set to the source's values: one statement for the
+-- target (NULL: no sequence has a value).
+CREATE FUNCTION tenancy.move_sequences_sql() RETURNS text
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'SELECT ARRAY[' || string_agg(format('pg_catalog.setval(pg_catalog.pg_get_serial_sequence(%L, %L), %s, true)::text',
+                                                x.relation::text, x.attname, x.last_value), ', ' ORDER BY x.relation::text, x.attname) || ']'
+    FROM (SELECT DISTINCT m.relation, a.attname, ps.last_value
+          FROM tenancy.move_tables() m
+          JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
+                          AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+          JOIN pg_sequence sq ON sq.seqrelid = d.objid
+          JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          JOIN pg_class sc ON sc.oid = d.objid
+          JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+          JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = sc.relname
+          WHERE ps.last_value IS NOT NULL) x;
+$$;
+COMMENT ON FUNCTION tenancy.move_sequences_sql() IS 'the statement setting a move target''s sequences to the source''s values (NULL: none has one)';
+
 -- Drop what replicates (subscription at the target, slot and publication
 -- here), each only if present.
 CREATE FUNCTION tenancy.move_drop_replication(j tenancy.move_jobs) RETURNS void
@@ -797,13 +830,11 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     deadline timestamptz := clock_timestamp() + interval '30 s';
 BEGIN
-    IF EXISTS (SELECT 1 FROM tenancy.move_remote_query(j.target_conninfo,
-                   format('SELECT ARRAY[subname::text] FROM pg_catalog.pg_subscription WHERE subname = %L'
-                              ' AND subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())', j.subscription))) THEN
-        -- DROP SUBSCRIPTION stops its workers and drops its slot and any
-        -- table-sync slot here.
-        PERFORM tenancy.move_remote_exec(j.target_conninfo, format('DROP SUBSCRIPTION %I', j.subscription));
-    END IF;
+    -- DROP SUBSCRIPTION stops its workers and drops its slot and any
+    -- table-sync slot here.  IF EXISTS: one round trip (a subscription is
+    -- of the database it is dropped in: the target's).
+    PERFORM tenancy.move_remote_exec(j.target_conninfo,
+        format('DROP SUBSCRIPTION IF EXISTS %I', j.subscription));
     WHILE EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.slot_name = j.slot AND s.active) LOOP
         IF clock_timestamp() > deadline THEN
             RAISE EXCEPTION 'replication slot "%" is still in use', j.slot
@@ -820,9 +851,10 @@ $$;
 
 -- cut over: suspend the tenant (set_tenant refuses it), fence its writes
 -- (every other route), wait out older transactions, take the fence
--- position, wait until the subscription has applied it, verify, set the
--- target's sequences, drop subscription, slot and publication, record the
--- new home.  Commits after each part; run it again after an interruption.
+-- position, wait until the subscription has applied it, verify, drop
+-- subscription, slot and publication, set the target's sequences, record
+-- the new home.  Commits after each part; run it again after an
+-- interruption.
 CREATE PROCEDURE tenancy.move_cutover(tenant text, timeout interval DEFAULT '60s')
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -831,6 +863,7 @@ DECLARE
     deadline timestamptz;
     bad text;
     v jsonb;
+    seq text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF tenancy.in_transaction_block() THEN
@@ -920,32 +953,25 @@ BEGIN
                   HINT = 'Nothing was dropped: the tenant stays suspended and fenced; roll back with move_rollback(), or look at tenancy.move_verify().';
     END IF;
     RAISE DEBUG 'move_cutover: verified at %', clock_timestamp();
-    -- Sequences: PostgreSQL 15 does not replicate them.
-    FOR f IN SELECT DISTINCT m.relation, a.attname, ps.last_value
-             FROM tenancy.move_tables() m
-             JOIN pg_depend d ON d.refobjid = m.relation AND d.classid = 'pg_class'::regclass
-                             AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-             JOIN pg_sequence sq ON sq.seqrelid = d.objid
-             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-             JOIN pg_class sc ON sc.oid = d.objid
-             JOIN pg_namespace sn ON sn.oid = sc.relnamespace
-             JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = sc.relname
-             WHERE ps.last_value IS NOT NULL LOOP
-        PERFORM tenancy.move_remote_query(j.target_conninfo,
-            format('SELECT ARRAY[pg_catalog.setval(pg_catalog.pg_get_serial_sequence(%L, %L), %s, true)::text]',
-                   f.relation::text, f.attname, f.last_value));
-    END LOOP;
-    RAISE DEBUG 'move_cutover: sequences set at %', clock_timestamp();
     PERFORM tenancy.move_drop_replication(j);
+    RAISE DEBUG 'move_cutover: replication dropped at %', clock_timestamp();
+    -- Sequences (PostgreSQL 15 does not replicate them), once nothing
+    -- arrives any more: the source's values are then at least every value
+    -- the target holds, shared tables' too.  One statement at the target.
+    seq := tenancy.move_sequences_sql();
+    IF seq IS NOT NULL THEN
+        PERFORM tenancy.move_remote_query(j.target_conninfo, seq);
+    END IF;
+    RAISE DEBUG 'move_cutover: sequences set at %', clock_timestamp();
     INSERT INTO tenancy.tenant_homes (tenant, home, move_id) VALUES (j.tenant, j.home, j.id)
         ON CONFLICT ON CONSTRAINT tenant_homes_pkey DO UPDATE SET home = excluded.home, move_id = excluded.move_id, moved_at = now();
     UPDATE tenancy.tenants SET status = 'suspended' WHERE id::text = j.tenant;
     UPDATE tenancy.move_jobs SET state = 'cut_over', done_at = clock_timestamp() WHERE id = j.id;
-    RAISE DEBUG 'move_cutover: replication dropped, home recorded at %', clock_timestamp();
+    RAISE DEBUG 'move_cutover: home recorded at %', clock_timestamp();
     COMMIT;
 END
 $$;
-COMMENT ON PROCEDURE tenancy.move_cutover(text, interval) IS 'cut a tenant move over: suspend, fence, wait, verify, sequences, drop the replication, record the new home; resumable';
+COMMENT ON PROCEDURE tenancy.move_cutover(text, interval) IS 'cut a tenant move over: suspend, fence, wait, verify, drop the replication, sequences, record the new home; resumable';
 
 -- rollback, before the cut-over is done: drop the subscription, slot and
 -- publication, the fence, and give the tenant its status back.  The rows
@@ -1003,6 +1029,7 @@ REVOKE EXECUTE ON FUNCTION
     tenancy.move_wait(text, interval, bigint),
     tenancy.move_copied(tenancy.move_jobs),
     tenancy.move_ddl(text, interval, integer),
+    tenancy.move_sequences_sql(),
     tenancy.move_drop_replication(tenancy.move_jobs),
     tenancy.move_rollback(text)
 FROM PUBLIC;

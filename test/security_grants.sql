@@ -142,6 +142,7 @@ INSERT INTO expected_routines VALUES
     ('tenancy.move_remote_query(text,text)', ''),
     ('tenancy.move_replica_identity()', ''),
     ('tenancy.move_rollback(text)', ''),
+    ('tenancy.move_sequences_sql()', ''),
     ('tenancy.move_start(text,text,text,text)', ''),
     ('tenancy.move_subscription_sql(text,text)', ''),
     ('tenancy.move_tables()', ''),
