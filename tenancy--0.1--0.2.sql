@@ -761,8 +761,10 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.tenant_required() IS 'raises: the default of tenant columns after retire_role() refuses a write without a tenant';
 
--- A comment that stays one: each line of text after '-- '.
-CREATE FUNCTION tenancy.deprecation_comment(text) RETURNS text
+-- A comment that stays one in a generated script: each line of text after
+-- '-- ' (a name with a line break cannot end the comment and start a
+-- statement).
+CREATE FUNCTION tenancy.sql_comment(text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT '-- ' || regexp_replace($1, '\r\n|[\r\n]', chr(10) || '-- ', 'g');
 $$;
@@ -805,7 +807,7 @@ BEGIN
         RETURN '';
     END IF;
     RETURN format('INSERT INTO tenancy.role_deprecations (role, tenant) VALUES (%L, %L);', role::text, bound)
-        || chr(10) || tenancy.deprecation_comment(format('undo: SELECT tenancy.undeprecate_role(%L);', role::text));
+        || chr(10) || tenancy.sql_comment(format('undo: SELECT tenancy.undeprecate_role(%L);', role::text));
 END
 $$;
 COMMENT ON FUNCTION tenancy.deprecate_role_sql(regrole) IS 'what deprecate_role() would do, and how to undo it (empty: already deprecated)';
@@ -992,10 +994,10 @@ BEGIN
       FROM tenancy.retire_role_steps(role, keep_derived) WITH ORDINALITY s(relation, step, sql, undo_sql, n);
     refusal := tenancy.retire_refusal(role);
     RETURN CASE WHEN refusal.message IS NOT NULL
-                THEN tenancy.deprecation_comment('refused now: ' || refusal.message || ' (force => true overrides)') || chr(10)
+                THEN tenancy.sql_comment('refused now: ' || refusal.message || ' (force => true overrides)') || chr(10)
                 ELSE '' END
         || tenancy.preview_wrap(steps) || chr(10)
-        || tenancy.deprecation_comment('undo: SELECT tenancy.unretire_role(' || quote_literal(role::text) || '), which runs:' || chr(10) || undo);
+        || tenancy.sql_comment('undo: SELECT tenancy.unretire_role(' || quote_literal(role::text) || '), which runs:' || chr(10) || undo);
 END
 $$;
 COMMENT ON FUNCTION tenancy.retire_role_sql(regrole, regclass[]) IS 'what retire_role() would run, and how to undo it (empty: already retired)';
@@ -1308,8 +1310,8 @@ BEGIN
     FOR t IN SELECT o.ord, o.relation, o.column_name, l.leaf
                FROM tenancy.erase_order() o, LATERAL tenancy.erase_leaves(o.relation) WITH ORDINALITY l(leaf, n)
               ORDER BY o.ord, l.n LOOP
-        out := out || chr(10) || format('-- %s. %s (%s rows now)', t.ord, t.leaf::regclass,
-                                        tenancy.erase_remaining(t.leaf, t.column_name, k))
+        out := out || chr(10) || tenancy.sql_comment(format('%s. %s (%s rows now)', t.ord, t.leaf::regclass,
+                                                            tenancy.erase_remaining(t.leaf, t.column_name, k)))
             || chr(10) || tenancy.erase_batch_sql(t.leaf, t.column_name) || ';';
     END LOOP;
     RETURN out || chr(10) || '-- undo: none (restore the tenant from a backup or an export: scripts/tenancy-export)';

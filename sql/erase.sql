@@ -108,12 +108,22 @@ SELECT slug, state, rows_deleted FROM tenancy.tenant_erasures ORDER BY slug;
 SELECT (SELECT count(*) FROM "er ""acc;$$") AS accounts, (SELECT count(*) FROM er_orders) AS orders,
        (SELECT count(*) FROM er_items) AS items, (SELECT count(*) FROM er_events) AS events;
 
+-- A table name with a line break stays inside the preview's comment lines:
+-- its second line must not stand as a statement of its own.
+CREATE TABLE "er_nl
+DROP TABLE er_plans; --" (id int PRIMARY KEY, tenant_id uuid);
+SELECT tenancy.add_tenant_column('"er_nl
+DROP TABLE er_plans; --"'::regclass) IS NOT NULL AS registered;
+SELECT position(E'\n-- DROP TABLE er_plans; --" (0 rows now)' IN tenancy.erase_tenant_sql('er-stays')) > 0 AS comment_kept,
+       position(E'\nDROP TABLE er_plans; --" (0 rows now)' IN tenancy.erase_tenant_sql('er-stays')) = 0 AS no_bare_line;
+
 -- Not for PUBLIC.
 SELECT has_function_privilege('er_owner', 'tenancy.erase_tenant(text, integer, integer, integer, interval, interval, interval, integer, integer)', 'EXECUTE') AS owner_erases,
        has_table_privilege('er_owner', 'tenancy.tenant_erasures', 'SELECT') AS owner_reads;
 
 DROP EXTENSION tenancy CASCADE;
-DROP TABLE er_items, er_orders, "er ""acc;$$", er_events, er_plans;
+DROP TABLE er_items, er_orders, "er ""acc;$$", er_events, er_plans, "er_nl
+DROP TABLE er_plans; --";
 DROP FUNCTION er_keep();
 REVOKE CREATE ON SCHEMA public FROM er_owner;
 DROP ROLE er_owner;

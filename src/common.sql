@@ -142,3 +142,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM pg_catalog.pg_type ty JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ty.typnamespace
      WHERE ty.oid OPERATOR(pg_catalog.=) t
 $$;
+
+-- A comment that stays one in a generated script: each line of text after
+-- '-- ' (a name with a line break cannot end the comment and start a
+-- statement).
+CREATE FUNCTION tenancy.sql_comment(text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '-- ' || regexp_replace($1, '\r\n|[\r\n]', chr(10) || '-- ', 'g');
+$$;

@@ -104,12 +104,6 @@ END
 $$;
 COMMENT ON FUNCTION tenancy.tenant_required() IS 'raises: the default of tenant columns after retire_role() refuses a write without a tenant';
 
--- A comment that stays one: each line of text after '-- '.
-CREATE FUNCTION tenancy.deprecation_comment(text) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT '-- ' || regexp_replace($1, '\r\n|[\r\n]', chr(10) || '-- ', 'g');
-$$;
-
 -- The role's deprecation, checked: a role bound to the implicit tenant.
 CREATE FUNCTION tenancy.deprecation_check(role regrole) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -148,7 +142,7 @@ BEGIN
         RETURN '';
     END IF;
     RETURN format('INSERT INTO tenancy.role_deprecations (role, tenant) VALUES (%L, %L);', role::text, bound)
-        || chr(10) || tenancy.deprecation_comment(format('undo: SELECT tenancy.undeprecate_role(%L);', role::text));
+        || chr(10) || tenancy.sql_comment(format('undo: SELECT tenancy.undeprecate_role(%L);', role::text));
 END
 $$;
 COMMENT ON FUNCTION tenancy.deprecate_role_sql(regrole) IS 'what deprecate_role() would do, and how to undo it (empty: already deprecated)';
@@ -335,10 +329,10 @@ BEGIN
       FROM tenancy.retire_role_steps(role, keep_derived) WITH ORDINALITY s(relation, step, sql, undo_sql, n);
     refusal := tenancy.retire_refusal(role);
     RETURN CASE WHEN refusal.message IS NOT NULL
-                THEN tenancy.deprecation_comment('refused now: ' || refusal.message || ' (force => true overrides)') || chr(10)
+                THEN tenancy.sql_comment('refused now: ' || refusal.message || ' (force => true overrides)') || chr(10)
                 ELSE '' END
         || tenancy.preview_wrap(steps) || chr(10)
-        || tenancy.deprecation_comment('undo: SELECT tenancy.unretire_role(' || quote_literal(role::text) || '), which runs:' || chr(10) || undo);
+        || tenancy.sql_comment('undo: SELECT tenancy.unretire_role(' || quote_literal(role::text) || '), which runs:' || chr(10) || undo);
 END
 $$;
 COMMENT ON FUNCTION tenancy.retire_role_sql(regrole, regclass[]) IS 'what retire_role() would run, and how to undo it (empty: already retired)';

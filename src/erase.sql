@@ -186,8 +186,8 @@ BEGIN
     FOR t IN SELECT o.ord, o.relation, o.column_name, l.leaf
                FROM tenancy.erase_order() o, LATERAL tenancy.erase_leaves(o.relation) WITH ORDINALITY l(leaf, n)
               ORDER BY o.ord, l.n LOOP
-        out := out || chr(10) || format('-- %s. %s (%s rows now)', t.ord, t.leaf::regclass,
-                                        tenancy.erase_remaining(t.leaf, t.column_name, k))
+        out := out || chr(10) || tenancy.sql_comment(format('%s. %s (%s rows now)', t.ord, t.leaf::regclass,
+                                                            tenancy.erase_remaining(t.leaf, t.column_name, k)))
             || chr(10) || tenancy.erase_batch_sql(t.leaf, t.column_name) || ';';
     END LOOP;
     RETURN out || chr(10) || '-- undo: none (restore the tenant from a backup or an export: scripts/tenancy-export)';
