@@ -1808,8 +1808,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                       WHERE a.attrelid = m.relation AND a.attnum = ANY (i.indkey::int2[])
                                         AND NOT a.attnotnull)
                     ORDER BY i.indisprimary DESC, i.indnatts, ic.relname LIMIT 1),
-                   format('SET LOCAL lock_timeout = %L; ALTER TABLE %s REPLICA IDENTITY FULL;  -- no unique NOT NULL index%s: FULL logs whole old rows',
-                          '1s', m.relation, CASE WHEN m.column_name IS NOT NULL THEN format(' with %I', m.column_name) ELSE '' END))
+                   format('SET LOCAL lock_timeout = %L; ALTER TABLE %s REPLICA IDENTITY FULL;  %s',
+                          '1s', m.relation,
+                          tenancy.sql_comment(format('no unique NOT NULL index%s: FULL logs whole old rows',
+                                                     CASE WHEN m.column_name IS NOT NULL THEN format(' with %I', m.column_name) ELSE '' END))))
            END
     FROM tenancy.move_tables() m
     JOIN pg_class c ON c.oid = m.relation

@@ -67,6 +67,14 @@ SELECT relation, column_name, kind, parent, level FROM tenancy.move_tables();
 -- (the unique (tenant_id, id, at) index fixes it); nokey has no unique
 -- index (FULL).
 SELECT relation, covered, fix FROM tenancy.move_replica_identity() ORDER BY relation::text;
+-- A tenant column named with a line break stays inside the fix's comment.
+CREATE TABLE public.nokey_nl ("t
+DROP TABLE x; --" uuid, v text);
+SELECT tenancy.tables_register('public.nokey_nl', E't\nDROP TABLE x; --') IS NOT NULL AS registered;
+SELECT position(E'\nDROP TABLE x' IN fix) = 0 AS comment_kept, position(E'\n-- DROP TABLE x' IN fix) > 0 AS continued
+  FROM tenancy.move_replica_identity() WHERE relation = 'public.nokey_nl'::regclass;
+DELETE FROM tenancy.tables WHERE relation = 'public.nokey_nl'::regclass;
+DROP TABLE public.nokey_nl;
 
 -- start refuses while any is not covered (dblink is needed first).
 CALL tenancy.move_start('acme', 'db2', 'dbname=nowhere');
